@@ -1,0 +1,1 @@
+include!("stages/build.rs");

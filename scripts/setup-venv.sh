@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Provide the Python side tureen builds and tests against: libtorch (for tch) and the
+# open_clip/safetensors references used by parity tests and benchmarks.
+#
+# The venv lives in a per-user cache keyed by the torch version, so a fresh clone does
+# not download 4.6 GB again; `.venv` in the repository is a symlink to it.
+set -euo pipefail
+
+TORCH_VERSION=2.11.0
+OPEN_CLIP_VERSION=3.3.0
+repo=$(cd "$(dirname "$0")/.." && pwd)
+cache=${TUREEN_VENV_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/tureen}
+venv=$cache/venv-torch-$TORCH_VERSION
+stamp=$venv/.tureen-complete
+
+if [ ! -f "$stamp" ]; then
+    echo "setup-venv: creating $venv (torch==$TORCH_VERSION, one-time)" >&2
+    rm -rf "$venv"
+    mkdir -p "$cache"
+    python3 -m venv "$venv"
+    "$venv/bin/python" -m pip install --quiet --upgrade pip
+    "$venv/bin/python" -m pip install --quiet \
+        "torch==$TORCH_VERSION" \
+        "open_clip_torch==$OPEN_CLIP_VERSION" \
+        safetensors numpy pillow
+    # Only a finished install is trusted; an interrupted one is redone next time.
+    touch "$stamp"
+fi
+
+# A stable path to the torch package for tch's build (`LIBTORCH` in .cargo/config.toml),
+# whatever Python minor version the venv has.
+torch_dir=$("$venv/bin/python" -c 'import torch, os; print(os.path.dirname(torch.__file__))')
+ln -sfn "$torch_dir" "$venv/libtorch"
+ln -sfn "$venv" "$repo/.venv"
+"$repo/.venv/bin/python" -c "import torch; assert torch.__version__.startswith('$TORCH_VERSION'), torch.__version__"
