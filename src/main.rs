@@ -39,6 +39,10 @@ enum Command {
     /// Execute one resolved stage (used by executors such as Slurm; not for humans).
     #[command(hide = true)]
     StageExec(cmd::stage_exec::Args),
+    /// Estimate steps, samples, FLOPs, storage and GPU-hours of a pipeline.
+    Plan(cmd::plan::Args),
+    /// Plot the training curves of a recorded run.
+    Plot(cmd::plot::Args),
     /// Datasets: generate synthetic data.
     #[command(subcommand)]
     Data(cmd::data::DataCommand),
@@ -57,6 +61,8 @@ fn main() -> ExitCode {
         Command::Show(args) => cmd::show::run(args, &cli.global),
         Command::Replay(args) => cmd::replay::run(args, &cli.global),
         Command::StageExec(args) => cmd::stage_exec::run(args, &cli.global),
+        Command::Plan(args) => cmd::plan::run(args, &cli.global),
+        Command::Plot(args) => cmd::plot::run(args, &cli.global),
         Command::Data(command) => cmd::data::run(command, &cli.global),
     };
     match result {

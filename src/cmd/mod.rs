@@ -6,6 +6,8 @@ use std::path::PathBuf;
 
 pub mod dag;
 pub mod data;
+pub mod plan;
+pub mod plot;
 pub mod replay;
 pub mod run;
 pub mod runs;
