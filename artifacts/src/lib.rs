@@ -2,3 +2,18 @@
 //! files read through memory maps, and the soup (weighted checkpoint average) math.
 //!
 //! This crate never links libtorch: soups and hashing work on checkpoints from anywhere.
+//!
+//! - [`Digest`]: a BLAKE3 hash, written `blake3:<hex>`.
+//! - [`Store`]: the content-addressed object store (`.tureen/`).
+//! - [`safetensors`]: validated reading over memory maps; streaming, atomic writing.
+//! - [`soup`]: streaming, deterministic weighted averages of checkpoints.
+//! - [`fsutil`]: atomic writes and fast copies shared with the engine.
+
+pub mod digest;
+pub mod fsutil;
+pub mod safetensors;
+pub mod store;
+
+pub use digest::{Digest, ParseDigestError};
+pub use store::{Store, StoreError};
+pub mod soup;

@@ -102,6 +102,12 @@ pub struct StageContext<'a> {
     pub inputs: &'a BTreeMap<String, InputValue>,
     /// An empty directory owned by this attempt; produced files go here.
     pub work_dir: &'a Path,
+    /// The directory of the pipeline file. Relative paths in params (e.g. a `command`
+    /// stage's `outs`) are relative to it, and `command` stages run in it.
+    pub workspace: &'a Path,
+    /// The stage's declared environment (pipeline `env` merged with the stage's `env`);
+    /// part of the cache key. Kinds that start processes pass it to them.
+    pub env: &'a BTreeMap<String, String>,
     pub log: &'a mut dyn StageLog,
     pub journal: &'a mut dyn CheckpointJournal,
     /// GPU ids handed to this stage from the pool (empty: CPU only). The engine also
@@ -127,6 +133,33 @@ pub trait StageKind: Send + Sync {
 
     /// The outputs this stage will produce, given its params.
     fn outputs(&self, decl: &StageDecl<'_>) -> Vec<OutputDecl>;
+
+    /// Extra keys this kind accepts directly on the stage (beside `params`), folded into
+    /// its params by the engine: `command` declares `cmd` and `outs`, so pipelines read
+    /// like DVC's. Any other unknown stage key is a validation error.
+    fn stage_keys(&self) -> &'static [&'static str] {
+        &[]
+    }
+
+    /// Outputs that belong at a fixed place in the workspace (path relative to the
+    /// pipeline file's directory), e.g. a `command` stage's `outs`. The engine links them
+    /// there after the stage runs or is restored from the cache; every other output is
+    /// materialized under `outputs/<stage>/`.
+    fn workspace_paths(&self, _decl: &StageDecl<'_>) -> Vec<(String, String)> {
+        Vec::new()
+    }
+
+    /// What `tureen plan` counts for this stage (steps, samples, FLOPs, output sizes),
+    /// given the estimates of the stages it reads from. `Ok(None)`: nothing to
+    /// estimate (the default, e.g. for shell commands). Errors name the param, like
+    /// [`StageKind::validate`].
+    fn estimate(
+        &self,
+        _decl: &StageDecl<'_>,
+        _inputs: &crate::plan::EstimateInputs<'_>,
+    ) -> Result<Option<crate::plan::StageEstimate>, String> {
+        Ok(None)
+    }
 
     /// Do the work. Returns one [`Produced`] per declared output.
     fn run(&self, ctx: &mut StageContext<'_>) -> anyhow::Result<BTreeMap<String, Produced>>;

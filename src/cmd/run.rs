@@ -1,12 +1,158 @@
-//! `tureen run` (being written).
+//! `tureen run PIPELINE`: run every stage once, in dependency order, cached by content.
 
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+
+use tureen_engine::kind::KindRegistry;
+use tureen_engine::pipeline::{self, LoadError, Pipeline};
+use tureen_engine::progress::Mode;
+use tureen_engine::scheduler::{self, Decision, RunOptions};
 
 use super::Global;
 
 #[derive(clap::Args, Debug)]
-pub struct Args {}
+pub struct Args {
+    /// The pipeline file (YAML, `tureen: 1`).
+    pub pipeline: PathBuf,
+    /// Override a param: `-P lr=2e-3` (top-level) or `-P train.lr=2e-3` (one stage's).
+    #[arg(short = 'P', long = "param", value_name = "NAME=VALUE")]
+    pub params: Vec<String>,
+    /// Run this stage even if it is cached (repeatable).
+    #[arg(long, value_name = "STAGE")]
+    pub force: Vec<String>,
+    /// Run only this stage and its ancestors (repeatable).
+    #[arg(long, value_name = "STAGE")]
+    pub only: Vec<String>,
+    /// Show the plan (what runs, what is cached, and why) without running anything.
+    #[arg(short = 'n', long)]
+    pub dry_run: bool,
+    /// Stages running at once (default: number of CPUs).
+    #[arg(short = 'j', long, value_name = "N")]
+    pub jobs: Option<usize>,
+    /// GPU ids to hand out to stages, e.g. `--gpus 0,1` (default: TUREEN_GPUS,
+    /// CUDA_VISIBLE_DEVICES or nvidia-smi).
+    #[arg(long, value_delimiter = ',', value_name = "IDS")]
+    pub gpus: Option<Vec<u32>>,
+    /// Plain log lines even on a terminal.
+    #[arg(long)]
+    pub plain: bool,
+}
 
-pub fn run(_args: Args, _global: &Global) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("`tureen run` is not available in this build yet")
+/// Loads and validates a pipeline with every registered kind; validation errors are
+/// printed (one `file:line:column: message` per line) and become exit status 2.
+pub fn load(path: &Path, overrides: &[String]) -> Result<(Pipeline, KindRegistry), ExitCode> {
+    let mut registry = KindRegistry::new();
+    tureen_stages::register_all(&mut registry);
+    match pipeline::load(path, &registry, overrides) {
+        Ok(p) => Ok((p, registry)),
+        Err(LoadError::Invalid(diags)) => {
+            for d in &diags.0 {
+                eprintln!("error: {d}");
+            }
+            let n = diags.0.len();
+            eprintln!(
+                "{} is invalid ({n} error{}); nothing was run",
+                path.display(),
+                if n == 1 { "" } else { "s" }
+            );
+            Err(ExitCode::from(2))
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            Err(ExitCode::from(2))
+        }
+    }
+}
+
+/// The progress mode for these flags.
+pub fn mode(global: &Global, plain: bool) -> Mode {
+    if global.quiet {
+        Mode::Quiet
+    } else if plain {
+        Mode::Plain
+    } else {
+        Mode::Auto
+    }
+}
+
+pub fn run(args: Args, global: &Global) -> anyhow::Result<ExitCode> {
+    let clock = std::time::Instant::now();
+    let (pipeline, registry) = match load(&args.pipeline, &args.params) {
+        Ok(v) => v,
+        Err(code) => return Ok(code),
+    };
+    let loaded = clock.elapsed();
+    let cancel = tureen_engine::interrupt::install();
+    let mut opts = RunOptions {
+        force: args.force,
+        only: args.only,
+        dry_run: args.dry_run,
+        gpus: args.gpus,
+        overrides: args.params,
+        progress: mode(global, args.plain),
+        ..RunOptions::default()
+    };
+    if let Some(j) = args.jobs {
+        opts.jobs = j.max(1);
+    }
+    let outcome = scheduler::run(&pipeline, &registry, &global.store_dir(), &opts, cancel)?;
+    tracing::info!(
+        "engine time: {:.2} ms ({} stages; load and validate {:.2} ms)",
+        clock.elapsed().as_secs_f64() * 1e3,
+        pipeline.stages.len(),
+        loaded.as_secs_f64() * 1e3
+    );
+    if args.dry_run {
+        print_plan(&outcome.plan);
+        return Ok(if outcome.succeeded {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(1)
+        });
+    }
+    let rec = outcome.record.as_ref().expect("real runs have records");
+    let count = |s: &str| rec.stages.iter().filter(|x| x.status == s).count();
+    if !global.quiet {
+        eprintln!(
+            "run {}: {} ({} ran, {} cached, {} failed, {} skipped)",
+            rec.run_id,
+            rec.status,
+            count("ran"),
+            count("cached"),
+            count("failed"),
+            count("skipped") + count("cancelled")
+        );
+    }
+    Ok(if outcome.interrupted {
+        ExitCode::from(130)
+    } else if outcome.succeeded {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// Prints a dry-run plan: one line per stage with its decision and the reasons.
+pub fn print_plan(plan: &[scheduler::PlanLine]) {
+    let width = plan.iter().map(|l| l.stage.len()).max().unwrap_or(5).max(5);
+    for line in plan {
+        let (what, why) = match &line.decision {
+            Decision::Cached => ("cached", "up to date".to_string()),
+            Decision::Run(why) => ("run", why.join("; ")),
+            Decision::Blocked(why) => ("run", why.clone()),
+            Decision::Failed(e) => ("error", e.clone()),
+            Decision::Skipped(s) => ("skip", s.clone()),
+            Decision::Excluded => ("skip", "not selected by --only".to_string()),
+        };
+        println!("{:<width$}  {:<6}  {}", line.stage, what, why);
+    }
+    let runs = plan
+        .iter()
+        .filter(|l| matches!(l.decision, Decision::Run(_) | Decision::Blocked(_)))
+        .count();
+    let cached = plan
+        .iter()
+        .filter(|l| l.decision == Decision::Cached)
+        .count();
+    println!("{runs} to run, {cached} cached");
 }

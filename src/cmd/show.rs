@@ -1,12 +1,82 @@
-//! `tureen show` (being written).
+//! `tureen show RUN`: print one recorded run.
 
 use std::process::ExitCode;
+
+use tureen_engine::record::{self, RunRecord};
 
 use super::Global;
 
 #[derive(clap::Args, Debug)]
-pub struct Args {}
+pub struct Args {
+    /// Run id (or a unique prefix of one, or `latest`).
+    pub run: String,
+    /// Print the raw JSON record.
+    #[arg(long)]
+    pub json: bool,
+}
 
-pub fn run(_args: Args, _global: &Global) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("`tureen show` is not available in this build yet")
+pub fn run(args: Args, global: &Global) -> anyhow::Result<ExitCode> {
+    let store = global.store_dir();
+    let id = record::find_run(&store, &args.run)?;
+    let path = RunRecord::path(&store, &id);
+    if args.json {
+        print!("{}", std::fs::read_to_string(&path)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let rec = RunRecord::read(&path)?;
+    println!("run       {}", rec.run_id);
+    println!("status    {}", rec.status);
+    println!(
+        "pipeline  {} ({})",
+        rec.pipeline.display(),
+        rec.pipeline_digest
+    );
+    println!("started   {}", rec.started);
+    println!("ended     {}", rec.ended.as_deref().unwrap_or("-"));
+    println!("host      {} (user {})", rec.host, rec.user);
+    let tools: Vec<String> = rec.tools.iter().map(|(k, v)| format!("{k} {v}")).collect();
+    println!("tools     {}", tools.join(", "));
+    if !rec.params.is_empty() {
+        println!(
+            "params    {}",
+            serde_json::Value::Object(rec.params.clone())
+        );
+    }
+    if !rec.overrides.is_empty() {
+        println!("overrides {}", rec.overrides.join(" "));
+    }
+    println!();
+    for s in &rec.stages {
+        let secs = s.seconds.map(|x| format!(" {x:.2}s")).unwrap_or_default();
+        println!("{} ({}) {}{}", s.name, s.kind, s.status, secs);
+        if let Some(k) = &s.key {
+            println!("  key      {k}");
+        }
+        if !s.why.is_empty() && s.status != "cached" {
+            println!("  why      {}", s.why.join("; "));
+        }
+        for (name, input) in &s.inputs {
+            println!("  input    {name} = {}", input.refs);
+        }
+        for (name, out) in &s.outputs {
+            match out {
+                tureen_engine::cache::OutputRecord::One(a) => {
+                    println!("  output   {name} = {}", a.digest)
+                }
+                tureen_engine::cache::OutputRecord::Series { series } => {
+                    println!("  output   {name} = series of {}", series.len());
+                    for (i, a) in series.iter().enumerate() {
+                        println!("           [{i}] {}", a.digest);
+                    }
+                }
+            }
+        }
+        if let Some(e) = &s.error {
+            println!("  error    {e}");
+        }
+        if let Some(log) = &s.log {
+            println!("  log      {}", store.join(log).display());
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }

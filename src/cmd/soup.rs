@@ -1,12 +1,251 @@
-//! `tureen soup` (being written).
+//! `tureen soup`: average checkpoints into a soup (see `tureen_artifacts::soup`).
 
+use std::io::IsTerminal;
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use anyhow::{bail, Context};
+use tureen_artifacts::safetensors::Dtype;
+use tureen_artifacts::soup::config::SoupConfig;
+use tureen_artifacts::soup::{soup_files, Accumulate, IntPolicy, KeyPolicy, SoupOptions};
+use tureen_artifacts::Store;
 
 use super::Global;
 
+/// Average checkpoints (safetensors) into a soup.
+///
+/// Numerics: float32 accumulation with one fused multiply-add per input in the order given,
+/// one division by the float32 sum of the weights, one round-to-nearest-even to the output
+/// dtype; bit-identical to mergekit 0.1.5 `linear` (and, for uniform weights, to a plain
+/// float32 sum divided by N). With `--store DIR` (or TUREEN_STORE) the output is also added
+/// to the store.
 #[derive(clap::Args, Debug)]
-pub struct Args {}
+#[command(
+    after_help = "Examples:\n  tureen soup a.safetensors b.safetensors c.safetensors -o soup.safetensors\n  tureen soup a.safetensors b.safetensors -o soup.safetensors --weights 0.3,0.7 --out-dtype bf16\n  tureen soup --config soup.yaml -o soup.safetensors   # mergekit linear config"
+)]
+pub struct Args {
+    /// Input checkpoints (.safetensors), in accumulation order.
+    #[arg(
+        value_name = "CHECKPOINT",
+        required_unless_present = "config",
+        conflicts_with = "config"
+    )]
+    pub inputs: Vec<PathBuf>,
+    /// Output file (written to a temp file and renamed when complete).
+    #[arg(short, long, value_name = "FILE")]
+    pub output: PathBuf,
+    /// One weight per input, comma-separated (default: uniform). Divided by their sum.
+    #[arg(
+        long,
+        value_name = "W1,W2,...",
+        value_delimiter = ',',
+        allow_hyphen_values = true,
+        conflicts_with = "config"
+    )]
+    pub weights: Option<Vec<String>>,
+    /// Output dtype of averaged tensors (default: the input dtype; f32 with --accumulate f64).
+    #[arg(long, value_name = "DTYPE", value_parser = parse_dtype)]
+    pub out_dtype: Option<Dtype>,
+    /// What to do when inputs have different tensor names.
+    #[arg(long, value_enum, default_value_t = KeysArg::Strict)]
+    pub keys: KeysArg,
+    /// What to do with integer/bool tensors (never averaged).
+    #[arg(long, value_enum, default_value_t = IntPolicyArg::RequireEqual)]
+    pub int_policy: IntPolicyArg,
+    /// Accumulator precision: f32 (mergekit) or f64 (timm's avg_checkpoints: float32 out).
+    #[arg(long, value_enum, default_value_t = AccumulateArg::F32)]
+    pub accumulate: AccumulateArg,
+    /// A mergekit YAML config with `merge_method: linear` (models, weights, dtype, out_dtype).
+    #[arg(long, value_name = "YAML")]
+    pub config: Option<PathBuf>,
+    /// Write no `__metadata__` (no provenance): the file is then byte-identical to what
+    /// `safetensors.torch.save_file` writes for the same tensors.
+    #[arg(long)]
+    pub no_metadata: bool,
+    /// Do not fsync the output before renaming it into place: still all-or-nothing, but a
+    /// power loss right after may lose it. For slow disks.
+    #[arg(long)]
+    pub no_fsync: bool,
+}
 
-pub fn run(_args: Args, _global: &Global) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("`tureen soup` is not available in this build yet")
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum KeysArg {
+    /// All inputs must have the same tensor names.
+    Strict,
+    /// Keep only names present in every input.
+    Intersection,
+    /// Keep every name; average each over the inputs that have it.
+    Union,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum IntPolicyArg {
+    /// Integer tensors must be identical in all inputs; copied.
+    RequireEqual,
+    /// Take the first input's integer tensors.
+    First,
+    /// Any integer tensor is an error.
+    Error,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum AccumulateArg {
+    /// float32 FMA accumulation (mergekit 0.1.5 linear).
+    F32,
+    /// float64 accumulation (timm avg_checkpoints).
+    F64,
+}
+
+fn parse_dtype(s: &str) -> Result<Dtype, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "bf16" | "bfloat16" => Ok(Dtype::BF16),
+        "f16" | "fp16" | "float16" | "half" => Ok(Dtype::F16),
+        "f32" | "fp32" | "float32" => Ok(Dtype::F32),
+        "f64" | "fp64" | "float64" => Ok(Dtype::F64),
+        _ => Err(format!(
+            "unknown dtype {s:?} (expected bf16, f16, f32 or f64)"
+        )),
+    }
+}
+
+fn parse_weights(items: &[String]) -> anyhow::Result<Vec<f64>> {
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            s.trim()
+                .parse::<f64>()
+                .with_context(|| format!("--weights: item {} ({s:?}) is not a number", i + 1))
+        })
+        .collect()
+}
+
+pub fn run(args: Args, global: &Global) -> anyhow::Result<ExitCode> {
+    let mut opts = SoupOptions {
+        keys: match args.keys {
+            KeysArg::Strict => KeyPolicy::Strict,
+            KeysArg::Intersection => KeyPolicy::Intersection,
+            KeysArg::Union => KeyPolicy::Union,
+        },
+        int_policy: match args.int_policy {
+            IntPolicyArg::RequireEqual => IntPolicy::RequireEqual,
+            IntPolicyArg::First => IntPolicy::First,
+            IntPolicyArg::Error => IntPolicy::Error,
+        },
+        accumulate: match args.accumulate {
+            AccumulateArg::F32 => Accumulate::F32,
+            AccumulateArg::F64 => Accumulate::F64,
+        },
+        provenance: !args.no_metadata,
+        fsync: !args.no_fsync,
+        ..SoupOptions::default()
+    };
+    let (inputs, weights) = match &args.config {
+        Some(path) => {
+            let cfg = SoupConfig::from_file(path)?;
+            cfg.apply(&mut opts);
+            if matches!(args.accumulate, AccumulateArg::F64) {
+                opts.accumulate = Accumulate::F64;
+            }
+            (cfg.inputs, Some(cfg.weights))
+        }
+        None => (
+            args.inputs.clone(),
+            args.weights.as_deref().map(parse_weights).transpose()?,
+        ),
+    };
+    if args.out_dtype.is_some() {
+        opts.out_dtype = args.out_dtype;
+    }
+    if inputs.is_empty() {
+        bail!("no input checkpoints given");
+    }
+
+    // `--store` (or TUREEN_STORE) given explicitly: the soup goes into the store too, and
+    // the inputs' digests come from the store's stat cache instead of a fresh hash.
+    let store = match &global.store {
+        Some(dir) => {
+            Some(Store::open(dir).with_context(|| format!("opening the store {}", dir.display()))?)
+        }
+        None => None,
+    };
+    if let (Some(store), true) = (&store, opts.provenance) {
+        let digests = inputs
+            .iter()
+            .map(|p| store.hash_file_cached(p))
+            .collect::<Result<Vec<_>, _>>()?;
+        opts.input_digests = Some(digests);
+    }
+
+    let bar = (!global.quiet && std::io::stderr().is_terminal()).then(|| {
+        let bar = indicatif::ProgressBar::new(0);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} soup [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+            )
+            .expect("valid template")
+            .progress_chars("=> "),
+        );
+        bar
+    });
+    let high_water = AtomicU64::new(0);
+    let on_progress = |done: u64, total: u64| {
+        if let Some(bar) = &bar {
+            let prev = high_water.fetch_max(done, Ordering::Relaxed);
+            if done > prev {
+                bar.set_length(total);
+                bar.set_position(done);
+            }
+        }
+    };
+    let started = std::time::Instant::now();
+    let result = soup_files(
+        &inputs,
+        weights.as_deref(),
+        &args.output,
+        &opts,
+        Some(&on_progress),
+    );
+    if let Some(bar) = &bar {
+        bar.finish_and_clear();
+    }
+    let report = result?;
+    let elapsed = started.elapsed();
+
+    let stored = match &store {
+        Some(store) => Some(
+            store
+                .add_file(&args.output)
+                .with_context(|| format!("adding {} to the store", args.output.display()))?,
+        ),
+        None => None,
+    };
+    if !global.quiet {
+        println!(
+            "{}: {} tensors averaged, {} copied, {} in {:.2}s ({})",
+            args.output.display(),
+            report.averaged,
+            report.copied,
+            super::store::human_bytes(report.output_bytes),
+            elapsed.as_secs_f64(),
+            report.numerics
+        );
+        if !report.dropped.is_empty() {
+            println!(
+                "left out {} tensors missing from some inputs (--keys intersection)",
+                report.dropped.len()
+            );
+        }
+        if !report.partial.is_empty() {
+            println!(
+                "averaged {} tensors over only the inputs that have them (--keys union)",
+                report.partial.len()
+            );
+        }
+        if let Some(d) = stored {
+            println!("stored as {d}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -1,0 +1,1108 @@
+//! The content-addressed store.
+//!
+//! Layout (shared with the engine, see the project brief):
+//!
+//! ```text
+//! <store>/objects/<hex[0..2]>/<hex[2..]>   immutable objects, read-only files, named by BLAKE3
+//! <store>/tmp/                             temp files for atomic writes (same filesystem)
+//! <store>/pins                             one digest per line (roots for gc)
+//! <store>/runs/ cache/ journal/ locks/     the engine's; gc scans runs/, cache/, journal/
+//! <store>/statcache.json                   (path, size, mtime, ctime, inode, dev) -> digest
+//! ```
+//!
+//! Every object is written to a temp file under `tmp/`, fsynced, made read-only and renamed
+//! into place, so a crash never leaves a partial object visible under `objects/`.
+//! Objects are either *files* (any bytes) or *trees* (a directory, stored as a canonical JSON
+//! manifest of relative path -> file digest; see [`Tree`]).
+
+mod statcache;
+mod tree;
+
+use std::collections::BTreeSet;
+use std::fs::{self, File};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use rayon::prelude::*;
+
+use crate::digest::HashingWriter;
+use crate::fsutil;
+use crate::Digest;
+use statcache::{FileStamp, StatCache};
+pub use tree::{is_safe_relative_path, Tree, TREE_MAGIC};
+
+/// Errors from store operations. Each names the path or digest involved.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// An I/O operation failed.
+    #[error("cannot {action} {}: {source}", path.display())]
+    Io {
+        /// What was being done ("read", "create", "rename"...).
+        action: &'static str,
+        /// The file or directory involved.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+    /// The digest names no object in this store.
+    #[error("object {digest} is not in the store {}", root.display())]
+    NotFound {
+        /// The missing object.
+        digest: Digest,
+        /// The store searched.
+        root: PathBuf,
+    },
+    /// Something other than a regular file or directory (symlink, socket, device...).
+    #[error("{}: not a regular file or directory (symlinks and special files are not stored)", path.display())]
+    UnsupportedFileType {
+        /// The offending path.
+        path: PathBuf,
+    },
+    /// A file or directory name that is not valid UTF-8 cannot be recorded in a tree.
+    #[error("{}: file name is not valid UTF-8", path.display())]
+    NonUtf8Path {
+        /// The offending path.
+        path: PathBuf,
+    },
+    /// A tree object that is not a valid manifest, or lists a missing member.
+    #[error("tree object {digest}: {reason}")]
+    BadTree {
+        /// The tree object.
+        digest: Digest,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// `materialize` never overwrites a directory.
+    #[error("{} already exists; remove it first", path.display())]
+    DestinationExists {
+        /// The destination that exists.
+        path: PathBuf,
+    },
+    /// A committed temp object whose content does not hash to the digest claimed for it.
+    #[error("temp object {} hashes to {actual}, not the claimed {claimed}", path.display())]
+    DigestMismatch {
+        /// The temp file.
+        path: PathBuf,
+        /// What the caller claimed.
+        claimed: Digest,
+        /// What the bytes hash to.
+        actual: Digest,
+    },
+    /// The pins file contains a line that is not a digest.
+    #[error("{}:{line}: not a digest: {text:?}", path.display())]
+    BadPinsLine {
+        /// The pins file.
+        path: PathBuf,
+        /// 1-based line number.
+        line: usize,
+        /// The line's text.
+        text: String,
+    },
+    /// Another process holds the store lock that this operation needs exclusively.
+    #[error("the store {} is in use by another tureen process (lock {}); try again when it finishes", root.display(), lock.display())]
+    Busy {
+        /// The store.
+        root: PathBuf,
+        /// The lock file.
+        lock: PathBuf,
+    },
+}
+
+type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Builds a closure that wraps an `io::Error` with what was done to which path.
+fn io_err(action: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> StoreError {
+    let path = path.into();
+    move |source| StoreError::Io {
+        action,
+        path,
+        source,
+    }
+}
+
+/// What kind of object a digest names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ObjectKind {
+    /// Opaque bytes.
+    File,
+    /// A directory manifest ([`Tree`]).
+    Tree,
+}
+
+impl std::fmt::Display for ObjectKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ObjectKind::File => "file",
+            ObjectKind::Tree => "tree",
+        })
+    }
+}
+
+/// One line of [`Store::list`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ObjectInfo {
+    /// The object's name.
+    pub digest: Digest,
+    /// Its size in bytes (for a tree: the manifest's size).
+    pub size: u64,
+    /// File or tree.
+    pub kind: ObjectKind,
+}
+
+/// How [`Store::materialize`] placed a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placement {
+    /// Shared extents (copy-on-write): instant, and edits can never reach the object.
+    Reflink,
+    /// A hard link to the read-only object (only when not running as root, since root
+    /// ignores permission bits).
+    Hardlink,
+    /// A full copy.
+    Copy,
+}
+
+/// One problem found by [`Store::verify`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VerifyProblem {
+    /// The object's bytes hash to something other than its name (bit rot, tampering).
+    Mismatch {
+        /// The object's name.
+        digest: Digest,
+        /// What its bytes hash to now.
+        actual: Digest,
+        /// The object file.
+        path: PathBuf,
+    },
+    /// The object could not be read.
+    Unreadable {
+        /// The object's name.
+        digest: Digest,
+        /// The object file.
+        path: PathBuf,
+        /// The error, as text.
+        error: String,
+    },
+    /// A tree lists a member that is not in the store.
+    MissingMember {
+        /// The tree object.
+        tree: Digest,
+        /// The member's relative path.
+        member: String,
+        /// The member's digest.
+        digest: Digest,
+    },
+    /// A file under `objects/` whose name is not a digest.
+    StrayFile {
+        /// The file.
+        path: PathBuf,
+    },
+}
+
+impl std::fmt::Display for VerifyProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            VerifyProblem::Mismatch {
+                digest,
+                actual,
+                path,
+            } => {
+                write!(
+                    f,
+                    "{digest}: CORRUPT, content hashes to {actual} ({})",
+                    path.display()
+                )
+            }
+            VerifyProblem::Unreadable {
+                digest,
+                path,
+                error,
+            } => {
+                write!(f, "{digest}: UNREADABLE ({}): {error}", path.display())
+            }
+            VerifyProblem::MissingMember {
+                tree,
+                member,
+                digest,
+            } => {
+                write!(f, "{tree}: tree member {member:?} ({digest}) is missing")
+            }
+            VerifyProblem::StrayFile { path } => {
+                write!(
+                    f,
+                    "{}: stray file in objects/ (name is not a digest)",
+                    path.display()
+                )
+            }
+        }
+    }
+}
+
+/// The result of [`Store::verify`].
+#[derive(Debug, Clone, Default)]
+pub struct VerifyReport {
+    /// Objects rehashed.
+    pub checked: usize,
+    /// Bytes rehashed.
+    pub bytes: u64,
+    /// Everything wrong, sorted by digest/path. Empty means the store is sound.
+    pub problems: Vec<VerifyProblem>,
+}
+
+/// Options for [`Store::gc`].
+#[derive(Debug, Clone, Default)]
+pub struct GcOptions {
+    /// Report what would be removed without removing anything.
+    pub dry_run: bool,
+}
+
+/// The result of [`Store::gc`].
+#[derive(Debug, Clone, Default)]
+pub struct GcReport {
+    /// Objects kept (reachable from a root).
+    pub kept: usize,
+    /// Objects removed (or that would be, in a dry run), with their sizes.
+    pub removed: Vec<(Digest, u64)>,
+    /// Total bytes freed (or that would be).
+    pub freed_bytes: u64,
+    /// Temp files older than a day (left by crashed writers) removed from `tmp/`.
+    pub stale_temps_removed: usize,
+}
+
+/// A content-addressed store rooted at a directory. Cheap to open; safe to share between
+/// threads (`&Store` methods) and between processes (all writes are atomic renames).
+#[derive(Debug)]
+pub struct Store {
+    root: PathBuf,
+    stat_cache: Mutex<Option<StatCache>>,
+}
+
+impl Store {
+    /// Opens the store at `root`, creating its directory layout if missing. The root is
+    /// made absolute so the `Store` keeps working if the process changes directory.
+    pub fn open(root: impl AsRef<Path>) -> Result<Store> {
+        let root = root.as_ref();
+        let root = std::path::absolute(root).map_err(io_err("resolve", root))?;
+        for sub in ["objects", "tmp", "runs", "cache", "journal", "locks"] {
+            let dir = root.join(sub);
+            fs::create_dir_all(&dir).map_err(io_err("create directory", &dir))?;
+        }
+        Ok(Store {
+            root,
+            stat_cache: Mutex::new(None),
+        })
+    }
+
+    /// The store's root directory (absolute).
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// `<store>/tmp`: temp files for atomic writes live here (same filesystem as objects).
+    pub fn tmp_dir(&self) -> PathBuf {
+        self.root.join("tmp")
+    }
+
+    /// Where the object named `digest` lives (whether or not it exists):
+    /// `<store>/objects/<hex[0..2]>/<hex[2..]>`.
+    pub fn object_path(&self, digest: &Digest) -> PathBuf {
+        let hex = digest.to_hex();
+        self.root.join("objects").join(&hex[..2]).join(&hex[2..])
+    }
+
+    /// Whether the object is present.
+    pub fn contains(&self, digest: &Digest) -> bool {
+        self.object_path(digest).is_file()
+    }
+
+    /// Errors with [`StoreError::NotFound`] unless the object is present.
+    fn require(&self, digest: &Digest) -> Result<PathBuf> {
+        let path = self.object_path(digest);
+        if path.is_file() {
+            Ok(path)
+        } else {
+            Err(StoreError::NotFound {
+                digest: *digest,
+                root: self.root.clone(),
+            })
+        }
+    }
+
+    // ----- adding objects -------------------------------------------------------------
+
+    /// Copies a file into the store and returns its digest. The file is hashed while it is
+    /// copied (large files through a memory map, hashed on all threads); if the stat cache
+    /// already knows the file and the object exists, nothing is copied at all.
+    pub fn add_file(&self, path: &Path) -> Result<Digest> {
+        let meta = fs::metadata(path).map_err(io_err("stat", path))?;
+        if !meta.is_file() {
+            return Err(StoreError::UnsupportedFileType {
+                path: path.to_path_buf(),
+            });
+        }
+        if let Some(digest) = self.cached_digest(path, &meta) {
+            if self.contains(&digest) {
+                return Ok(digest);
+            }
+        }
+        let src = File::open(path).map_err(io_err("open", path))?;
+        let mut temp = self.open_temp()?;
+        copy_hashing(&src, meta.len(), &mut temp.writer).map_err(io_err("copy", path))?;
+        let digest = temp.writer.digest();
+        temp.commit_as(digest)?;
+        self.remember(path, &meta, digest);
+        Ok(digest)
+    }
+
+    /// Stores an in-memory byte string (e.g. a small JSON document) and returns its digest.
+    pub fn add_bytes(&self, bytes: &[u8]) -> Result<Digest> {
+        let digest = Digest::of_bytes(bytes);
+        if self.contains(&digest) {
+            return Ok(digest);
+        }
+        let mut temp = self.open_temp()?;
+        temp.write_all(bytes)
+            .map_err(io_err("write", temp.path()))?;
+        temp.commit_as(digest)
+    }
+
+    /// Moves a file into the store: renamed into place when it is on the store's filesystem,
+    /// else copied and then removed. Afterwards `path` no longer exists. Use this for
+    /// outputs a stage just wrote (a multi-GB checkpoint is never copied). The caller must
+    /// not write to the file any more.
+    pub fn ingest(&self, path: &Path) -> Result<Digest> {
+        let meta = fs::symlink_metadata(path).map_err(io_err("stat", path))?;
+        if !meta.is_file() {
+            return Err(StoreError::UnsupportedFileType {
+                path: path.to_path_buf(),
+            });
+        }
+        let file = File::open(path).map_err(io_err("open", path))?;
+        // Whoever wrote the file may not have synced it; the object must be durable
+        // before its name is.
+        file.sync_all().map_err(io_err("fsync", path))?;
+        let digest = Digest::of_open_file(&file).map_err(io_err("hash", path))?;
+        drop(file);
+        let dest = self.object_path(&digest);
+        if dest.is_file() {
+            fs::remove_file(path).map_err(io_err("remove", path))?;
+            return Ok(digest);
+        }
+        let shard = fsutil::parent_dir(&dest).to_path_buf();
+        fs::create_dir_all(&shard).map_err(io_err("create directory", &shard))?;
+        fsutil::set_mode(path, 0o444).map_err(io_err("make read-only", path))?;
+        match fs::rename(path, &dest) {
+            Ok(()) => {
+                fsutil::sync_dir(&shard).map_err(io_err("fsync", &shard))?;
+                Ok(digest)
+            }
+            Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
+                let copied = self.add_file(path)?;
+                if copied != digest {
+                    return Err(StoreError::DigestMismatch {
+                        path: path.to_path_buf(),
+                        claimed: digest,
+                        actual: copied,
+                    });
+                }
+                fs::remove_file(path).map_err(io_err("remove", path))?;
+                Ok(digest)
+            }
+            Err(e) => {
+                let _ = fsutil::set_mode(path, 0o644);
+                Err(io_err("rename into the store", path)(e))
+            }
+        }
+    }
+
+    /// Adds a directory: every regular file below it (recursively) is added, then a tree
+    /// manifest listing relative path -> digest is stored; its digest is returned. The
+    /// result depends only on relative paths and file contents (not on order, times or
+    /// permissions). Symlinks and special files are an error; empty directories are not
+    /// recorded.
+    pub fn add_dir(&self, path: &Path) -> Result<Digest> {
+        let mut files = Vec::new();
+        collect_files(path, String::new(), &mut files)?;
+        let digests: Vec<Result<(String, Digest)>> = files
+            .into_par_iter()
+            .map(|(rel, abs)| self.add_file(&abs).map(|d| (rel, d)))
+            .collect();
+        let mut tree = Tree::new();
+        for entry in digests {
+            let (rel, d) = entry?;
+            tree.files.insert(rel, d);
+        }
+        self.add_bytes(&tree.to_bytes())
+    }
+
+    /// Creates an empty temp file under `<store>/tmp` for a writer that produces an object
+    /// itself (e.g. a checkpoint or a soup). Bytes written through its [`Write`] impl are
+    /// hashed on the fly; if you write through [`TempObject::file`] instead (positional
+    /// writes, memory maps), [`TempObject::commit`] rehashes the file. Dropped without a
+    /// commit, the temp file is deleted.
+    pub fn open_temp(&self) -> Result<TempObject> {
+        let tmp = self.tmp_dir();
+        let path = fsutil::unique_temp_path(&tmp, "object");
+        let file = fsutil::create_new(&path).map_err(io_err("create", &path))?;
+        Ok(TempObject {
+            writer: HashingWriter::new(file),
+            path,
+            objects: self.root.join("objects"),
+            positional: false,
+            committed: false,
+        })
+    }
+
+    // ----- reading objects ------------------------------------------------------------
+
+    /// Whether the object is a file or a tree.
+    pub fn kind(&self, digest: &Digest) -> Result<ObjectKind> {
+        let path = self.require(digest)?;
+        kind_of(&path)
+    }
+
+    /// Reads a tree object. Errors if the object is missing or is not a tree.
+    pub fn read_tree(&self, digest: &Digest) -> Result<Tree> {
+        let path = self.require(digest)?;
+        let bytes = fs::read(&path).map_err(io_err("read", &path))?;
+        Tree::parse(&bytes).ok_or_else(|| StoreError::BadTree {
+            digest: *digest,
+            reason: "not a tree manifest".into(),
+        })
+    }
+
+    /// Opens an object for reading.
+    pub fn open_object(&self, digest: &Digest) -> Result<File> {
+        let path = self.require(digest)?;
+        File::open(&path).map_err(io_err("open", &path))
+    }
+
+    /// Places a copy of the object at `dest`: a file object becomes a file, a tree object a
+    /// directory with all its members. Files are reflinked when the filesystem can, else
+    /// hard-linked (the object is read-only, and hard links are only used when not running
+    /// as root, because root ignores permission bits), else copied. Materialized files are
+    /// read-only, so an edit cannot reach the object through them.
+    ///
+    /// Atomic: everything is assembled under a temp name next to `dest` and renamed at the
+    /// end. An existing file at `dest` is replaced; an existing directory is an error.
+    pub fn materialize(&self, digest: &Digest, dest: &Path) -> Result<Placement> {
+        let src = self.require(digest)?;
+        if dest.is_dir() {
+            return Err(StoreError::DestinationExists {
+                path: dest.to_path_buf(),
+            });
+        }
+        let dir = fsutil::parent_dir(dest);
+        fs::create_dir_all(dir).map_err(io_err("create directory", dir))?;
+        let stem = dest
+            .file_name()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let temp = fsutil::unique_temp_path(dir, &stem);
+        let result = (|| match kind_of(&src)? {
+            ObjectKind::File => place_file(&src, &temp),
+            ObjectKind::Tree => {
+                let tree = self.read_tree(digest)?;
+                fs::create_dir(&temp).map_err(io_err("create directory", &temp))?;
+                let mut placement = Placement::Reflink;
+                for (rel, member) in &tree.files {
+                    let member_src = self.object_path(member);
+                    if !member_src.is_file() {
+                        return Err(StoreError::BadTree {
+                            digest: *digest,
+                            reason: format!("member {rel:?} ({member}) is not in the store"),
+                        });
+                    }
+                    let target = tree::join_relative(&temp, rel);
+                    let parent = fsutil::parent_dir(&target);
+                    fs::create_dir_all(parent).map_err(io_err("create directory", parent))?;
+                    placement = weakest(placement, place_file(&member_src, &target)?);
+                }
+                Ok(placement)
+            }
+        })();
+        let placement = match result {
+            Ok(p) => p,
+            Err(e) => {
+                let _ = remove_any(&temp);
+                return Err(e);
+            }
+        };
+        if let Err(e) = fs::rename(&temp, dest) {
+            let _ = remove_any(&temp);
+            return Err(io_err("rename into place", dest)(e));
+        }
+        fsutil::sync_dir(dir).map_err(io_err("fsync", dir))?;
+        Ok(placement)
+    }
+
+    // ----- hashing with the stat cache ------------------------------------------------
+
+    /// The digest of any file, using the stat cache: a file whose (size, mtime, ctime,
+    /// inode, device) are unchanged since it was last hashed is not read again. The file
+    /// is not added to the store.
+    pub fn hash_file_cached(&self, path: &Path) -> Result<Digest> {
+        let meta = fs::metadata(path).map_err(io_err("stat", path))?;
+        if !meta.is_file() {
+            return Err(StoreError::UnsupportedFileType {
+                path: path.to_path_buf(),
+            });
+        }
+        if let Some(d) = self.cached_digest(path, &meta) {
+            return Ok(d);
+        }
+        let digest = Digest::of_file(path).map_err(io_err("hash", path))?;
+        self.remember(path, &meta, digest);
+        Ok(digest)
+    }
+
+    fn cached_digest(&self, path: &Path, meta: &fs::Metadata) -> Option<Digest> {
+        let key = std::path::absolute(path).ok()?;
+        let mut guard = self.stat_cache.lock().ok()?;
+        let cache = guard.get_or_insert_with(|| StatCache::load(&self.root.join("statcache.json")));
+        cache.lookup(&key, &FileStamp::of(meta))
+    }
+
+    /// Records a digest in the stat cache (if the file is settled) and persists the cache.
+    /// Failures are ignored: the cache only saves time.
+    fn remember(&self, path: &Path, meta: &fs::Metadata, digest: Digest) {
+        let stamp = FileStamp::of(meta);
+        if !stamp.is_settled() {
+            return;
+        }
+        let Ok(key) = std::path::absolute(path) else {
+            return;
+        };
+        let Ok(mut guard) = self.stat_cache.lock() else {
+            return;
+        };
+        let file = self.root.join("statcache.json");
+        let cache = guard.get_or_insert_with(|| StatCache::load(&file));
+        cache.insert(key, stamp, digest);
+        let _ = fsutil::write_atomic(&file, &cache.to_bytes());
+    }
+
+    // ----- pins ---------------------------------------------------------------------
+
+    /// The pins file: one digest per line, roots for [`Store::gc`].
+    pub fn pins_path(&self) -> PathBuf {
+        self.root.join("pins")
+    }
+
+    /// The pinned digests, sorted.
+    pub fn pins(&self) -> Result<BTreeSet<Digest>> {
+        let path = self.pins_path();
+        let text = match fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(BTreeSet::new()),
+            Err(e) => return Err(io_err("read", &path)(e)),
+        };
+        let mut pins = BTreeSet::new();
+        for (i, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let d = line
+                .parse::<Digest>()
+                .map_err(|_| StoreError::BadPinsLine {
+                    path: path.clone(),
+                    line: i + 1,
+                    text: line.to_string(),
+                })?;
+            pins.insert(d);
+        }
+        Ok(pins)
+    }
+
+    /// Pins an object so gc keeps it (and, for a tree, its members). Returns whether it
+    /// was newly pinned. The object must exist.
+    pub fn pin(&self, digest: &Digest) -> Result<bool> {
+        self.require(digest)?;
+        let _lock = self.lock_file("pins.lock", Some(libc::LOCK_EX))?;
+        let mut pins = self.pins()?;
+        let added = pins.insert(*digest);
+        if added {
+            self.write_pins(&pins)?;
+        }
+        Ok(added)
+    }
+
+    /// Unpins an object. Returns whether it was pinned.
+    pub fn unpin(&self, digest: &Digest) -> Result<bool> {
+        let _lock = self.lock_file("pins.lock", Some(libc::LOCK_EX))?;
+        let mut pins = self.pins()?;
+        let removed = pins.remove(digest);
+        if removed {
+            self.write_pins(&pins)?;
+        }
+        Ok(removed)
+    }
+
+    fn write_pins(&self, pins: &BTreeSet<Digest>) -> Result<()> {
+        let mut text = String::new();
+        for d in pins {
+            text.push_str(&d.to_string());
+            text.push('\n');
+        }
+        let path = self.pins_path();
+        fsutil::write_atomic(&path, text.as_bytes()).map_err(io_err("write", &path))
+    }
+
+    // ----- listing, verification, garbage collection ---------------------------------
+
+    /// Every object, sorted by digest. Files under `objects/` whose names are not digests
+    /// are skipped (see [`Store::verify`], which reports them).
+    pub fn list(&self) -> Result<Vec<ObjectInfo>> {
+        let mut out = Vec::new();
+        for (digest, path) in self.object_files()?.objects {
+            let meta = fs::metadata(&path).map_err(io_err("stat", &path))?;
+            out.push(ObjectInfo {
+                digest,
+                size: meta.len(),
+                kind: kind_of(&path)?,
+            });
+        }
+        Ok(out)
+    }
+
+    /// (digest, path) of every object, sorted, plus stray files.
+    fn object_files(&self) -> Result<ObjectFiles> {
+        let objects = self.root.join("objects");
+        let mut found = Vec::new();
+        let mut stray = Vec::new();
+        for shard in read_dir_sorted(&objects)? {
+            let shard_name = shard
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            if !shard.is_dir() {
+                stray.push(shard);
+                continue;
+            }
+            for file in read_dir_sorted(&shard)? {
+                let name = file
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                match Digest::from_hex(&format!("{shard_name}{name}")) {
+                    Ok(d) if file.is_file() => found.push((d, file)),
+                    _ => stray.push(file),
+                }
+            }
+        }
+        found.sort();
+        Ok(ObjectFiles {
+            objects: found,
+            stray,
+        })
+    }
+
+    /// Rehashes every object (in parallel) and checks that tree members exist. The report
+    /// lists every problem; an empty `problems` list means the store is sound.
+    pub fn verify(&self) -> Result<VerifyReport> {
+        let ObjectFiles { objects, stray } = self.object_files()?;
+        let results: Vec<(u64, Vec<VerifyProblem>)> = objects
+            .par_iter()
+            .map(|(digest, path)| {
+                let mut problems = Vec::new();
+                let size = fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+                match Digest::of_file(path) {
+                    Err(e) => problems.push(VerifyProblem::Unreadable {
+                        digest: *digest,
+                        path: path.clone(),
+                        error: e.to_string(),
+                    }),
+                    Ok(actual) if actual != *digest => problems.push(VerifyProblem::Mismatch {
+                        digest: *digest,
+                        actual,
+                        path: path.clone(),
+                    }),
+                    Ok(_) => {
+                        if let Ok(Some(tree)) = read_tree_at(path) {
+                            for (member, d) in &tree.files {
+                                if !self.contains(d) {
+                                    problems.push(VerifyProblem::MissingMember {
+                                        tree: *digest,
+                                        member: member.clone(),
+                                        digest: *d,
+                                    });
+                                }
+                            }
+                        }
+                    }
+                }
+                (size, problems)
+            })
+            .collect();
+        let mut report = VerifyReport {
+            checked: objects.len(),
+            ..Default::default()
+        };
+        for (size, problems) in results {
+            report.bytes += size;
+            report.problems.extend(problems);
+        }
+        report.problems.extend(
+            stray
+                .into_iter()
+                .map(|path| VerifyProblem::StrayFile { path }),
+        );
+        Ok(report)
+    }
+
+    /// The gc roots: every `blake3:<hex>` string in any file under `runs/`, `cache/` and
+    /// `journal/` (whatever their format), plus the pins.
+    pub fn roots(&self) -> Result<BTreeSet<Digest>> {
+        let mut roots = self.pins()?;
+        for sub in ["runs", "cache", "journal"] {
+            let mut files = Vec::new();
+            walk_files(&self.root.join(sub), &mut files)?;
+            for f in files {
+                let bytes = fs::read(&f).map_err(io_err("read", &f))?;
+                roots.extend(Digest::find_all(&String::from_utf8_lossy(&bytes)));
+            }
+        }
+        Ok(roots)
+    }
+
+    /// Removes every object not reachable from [`Store::roots`] (tree members of kept trees
+    /// are kept, recursively), and temp files older than a day. Takes the store's
+    /// exclusive lock, so it fails with [`StoreError::Busy`] while a process holds
+    /// [`Store::lock_shared`] (the engine does, during a run).
+    pub fn gc(&self, opts: &GcOptions) -> Result<GcReport> {
+        let _lock = self.lock_file("store.lock", None).and_then(|l| {
+            l.try_exclusive()
+                .map_err(io_err("lock", l.path.clone()))?
+                .then_some(l)
+                .ok_or_else(|| StoreError::Busy {
+                    root: self.root.clone(),
+                    lock: self.root.join("locks/store.lock"),
+                })
+        })?;
+        let mut keep = BTreeSet::new();
+        let mut queue: Vec<Digest> = self.roots()?.into_iter().collect();
+        while let Some(d) = queue.pop() {
+            if !keep.insert(d) {
+                continue;
+            }
+            let path = self.object_path(&d);
+            if let Ok(Some(tree)) = read_tree_at(&path) {
+                queue.extend(tree.files.values().copied().filter(|m| !keep.contains(m)));
+            }
+        }
+        let mut report = GcReport::default();
+        for (digest, path) in self.object_files()?.objects {
+            if keep.contains(&digest) {
+                report.kept += 1;
+                continue;
+            }
+            let size = fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+            if !opts.dry_run {
+                fs::remove_file(&path).map_err(io_err("remove", &path))?;
+            }
+            report.freed_bytes += size;
+            report.removed.push((digest, size));
+        }
+        let day = std::time::Duration::from_secs(24 * 3600);
+        for temp in read_dir_sorted(&self.tmp_dir())? {
+            let old = fs::metadata(&temp)
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > day);
+            if old {
+                if !opts.dry_run {
+                    let _ = remove_any(&temp);
+                }
+                report.stale_temps_removed += 1;
+            }
+        }
+        Ok(report)
+    }
+
+    /// Takes the store-wide lock in shared mode (blocking). Hold it while creating objects
+    /// that are not referenced yet (e.g. for the length of a pipeline run): `gc` cannot
+    /// start until every shared holder has dropped its guard.
+    pub fn lock_shared(&self) -> Result<StoreLock> {
+        self.lock_file("store.lock", Some(libc::LOCK_SH))
+    }
+
+    /// Opens `<store>/locks/<name>` and, if `op` is given, `flock`s it (blocking).
+    fn lock_file(&self, name: &str, op: Option<libc::c_int>) -> Result<StoreLock> {
+        let path = self.root.join("locks").join(name);
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(io_err("open lock", &path))?;
+        let lock = StoreLock { file, path };
+        if let Some(op) = op {
+            lock.flock(op).map_err(io_err("lock", lock.path.clone()))?;
+        }
+        Ok(lock)
+    }
+}
+
+/// What `objects/` holds: objects named by digest (sorted) and files that are not.
+struct ObjectFiles {
+    objects: Vec<(Digest, PathBuf)>,
+    stray: Vec<PathBuf>,
+}
+
+/// An advisory lock on a file under `<store>/locks/`; released when dropped.
+#[derive(Debug)]
+pub struct StoreLock {
+    file: File,
+    path: PathBuf,
+}
+
+impl StoreLock {
+    fn flock(&self, op: libc::c_int) -> io::Result<()> {
+        use std::os::fd::AsRawFd;
+        loop {
+            // SAFETY: the descriptor is open for the lifetime of `self`.
+            if unsafe { libc::flock(self.file.as_raw_fd(), op) } == 0 {
+                return Ok(());
+            }
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        }
+    }
+
+    /// Tries to upgrade to (or take) the exclusive lock without waiting.
+    fn try_exclusive(&self) -> io::Result<bool> {
+        match self.flock(libc::LOCK_EX | libc::LOCK_NB) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// A temp file under `<store>/tmp` that becomes an object when committed (see
+/// [`Store::open_temp`]). Deleted on drop unless committed.
+#[derive(Debug)]
+pub struct TempObject {
+    writer: HashingWriter<File>,
+    path: PathBuf,
+    objects: PathBuf,
+    positional: bool,
+    committed: bool,
+}
+
+impl TempObject {
+    /// The temp file's path (under `<store>/tmp`, same filesystem as the objects).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The underlying file, for positional writes (`pwrite`, `set_len`, memory maps).
+    /// Using it means [`TempObject::commit`] rehashes the file instead of trusting the
+    /// streaming hash.
+    pub fn file(&mut self) -> &File {
+        self.positional = true;
+        self.writer.get_ref()
+    }
+
+    /// Makes the temp file an object and returns its digest: fsync, read-only, rename into
+    /// `objects/`. If the object already exists, the temp file is just removed.
+    pub fn commit(self) -> Result<Digest> {
+        let digest = if self.positional {
+            Digest::of_open_file(self.writer.get_ref()).map_err(io_err("hash", &self.path))?
+        } else {
+            self.writer.digest()
+        };
+        self.commit_as(digest)
+    }
+
+    /// Like [`TempObject::commit`] when the caller already knows the digest of what it
+    /// wrote (e.g. it hashed while writing in its own way). The digest is trusted here;
+    /// `tureen store verify` would report a lie as corruption.
+    pub fn commit_as(mut self, digest: Digest) -> Result<Digest> {
+        let file = self.writer.get_ref();
+        file.sync_all().map_err(io_err("fsync", &self.path))?;
+        let hex = digest.to_hex();
+        let shard = self.objects.join(&hex[..2]);
+        let dest = shard.join(&hex[2..]);
+        if dest.is_file() {
+            fs::remove_file(&self.path).map_err(io_err("remove", &self.path))?;
+        } else {
+            fs::create_dir_all(&shard).map_err(io_err("create directory", &shard))?;
+            fsutil::set_mode(&self.path, 0o444).map_err(io_err("make read-only", &self.path))?;
+            fs::rename(&self.path, &dest).map_err(io_err("rename into the store", &dest))?;
+            fsutil::sync_dir(&shard).map_err(io_err("fsync", &shard))?;
+        }
+        self.committed = true;
+        Ok(digest)
+    }
+}
+
+impl Write for TempObject {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.writer.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.writer.flush()
+    }
+}
+
+impl Drop for TempObject {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// Copies `len` bytes of `src` into `dst` (which hashes them). Large files are read through
+/// a memory map in 16 MiB blocks; each block is hashed on all threads.
+fn copy_hashing(src: &File, len: u64, dst: &mut HashingWriter<File>) -> io::Result<()> {
+    if len < crate::digest::MMAP_THRESHOLD {
+        let mut reader = src;
+        let mut buf = Vec::with_capacity(len as usize);
+        reader.read_to_end(&mut buf)?;
+        return dst.write_all(&buf);
+    }
+    // SAFETY: read-only map dropped before return; see `Digest::of_open_file`.
+    let map = unsafe { memmap2::Mmap::map(src)? };
+    for block in map.chunks(16 << 20) {
+        dst.write_all(block)?;
+    }
+    Ok(())
+}
+
+/// Places one object file at `target` (which must not exist): reflink, hard link (not as
+/// root) or copy; the result is read-only.
+fn place_file(src: &Path, target: &Path) -> Result<Placement> {
+    let src_file = File::open(src).map_err(io_err("open", src))?;
+    {
+        let dst = fsutil::create_new(target).map_err(io_err("create", target))?;
+        if fsutil::reflink(&src_file, &dst).map_err(io_err("reflink", target))? {
+            fsutil::set_mode(target, 0o444).map_err(io_err("make read-only", target))?;
+            return Ok(Placement::Reflink);
+        }
+    }
+    fs::remove_file(target).map_err(io_err("remove", target))?;
+    if !fsutil::running_as_root() && fs::hard_link(src, target).is_ok() {
+        return Ok(Placement::Hardlink);
+    }
+    fs::copy(src, target).map_err(io_err("copy to", target))?;
+    fsutil::set_mode(target, 0o444).map_err(io_err("make read-only", target))?;
+    Ok(Placement::Copy)
+}
+
+/// The weaker of two placements (a tree reports the least shared way any member was placed).
+fn weakest(a: Placement, b: Placement) -> Placement {
+    use Placement::*;
+    match (a, b) {
+        (Copy, _) | (_, Copy) => Copy,
+        (Hardlink, _) | (_, Hardlink) => Hardlink,
+        _ => Reflink,
+    }
+}
+
+fn kind_of(path: &Path) -> Result<ObjectKind> {
+    let mut head = [0u8; TREE_MAGIC.len()];
+    let mut f = File::open(path).map_err(io_err("open", path))?;
+    let mut n = 0;
+    while n < head.len() {
+        match f.read(&mut head[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(io_err("read", path)(e)),
+        }
+    }
+    if n == head.len() && head == TREE_MAGIC && read_tree_at(path)?.is_some() {
+        Ok(ObjectKind::Tree)
+    } else {
+        Ok(ObjectKind::File)
+    }
+}
+
+/// Reads an object as a tree if it is one.
+fn read_tree_at(path: &Path) -> Result<Option<Tree>> {
+    let mut head = [0u8; TREE_MAGIC.len()];
+    let mut f = File::open(path).map_err(io_err("open", path))?;
+    if f.read_exact(&mut head).is_err() || head != TREE_MAGIC {
+        return Ok(None);
+    }
+    let bytes = fs::read(path).map_err(io_err("read", path))?;
+    Ok(Tree::parse(&bytes))
+}
+
+fn read_dir_sorted(dir: &Path) -> Result<Vec<PathBuf>> {
+    let rd = match fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io_err("list", dir)(e)),
+    };
+    let mut out = Vec::new();
+    for entry in rd {
+        out.push(entry.map_err(io_err("list", dir))?.path());
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Every regular file below `dir` (recursively; symlinks are not followed).
+fn walk_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+    for p in read_dir_sorted(dir)? {
+        let meta = fs::symlink_metadata(&p).map_err(io_err("stat", &p))?;
+        if meta.is_dir() {
+            walk_files(&p, out)?;
+        } else if meta.is_file() {
+            out.push(p);
+        }
+    }
+    Ok(())
+}
+
+/// (relative `/`-path, absolute path) of every file below `dir`, for [`Store::add_dir`].
+fn collect_files(dir: &Path, prefix: String, out: &mut Vec<(String, PathBuf)>) -> Result<()> {
+    let meta = fs::symlink_metadata(dir).map_err(io_err("stat", dir))?;
+    if !meta.is_dir() {
+        return Err(StoreError::UnsupportedFileType {
+            path: dir.to_path_buf(),
+        });
+    }
+    for p in read_dir_sorted(dir)? {
+        let name = p
+            .file_name()
+            .and_then(|n| n.to_str())
+            .ok_or_else(|| StoreError::NonUtf8Path { path: p.clone() })?
+            .to_string();
+        let rel = if prefix.is_empty() {
+            name
+        } else {
+            format!("{prefix}/{name}")
+        };
+        let meta = fs::symlink_metadata(&p).map_err(io_err("stat", &p))?;
+        if meta.is_dir() {
+            collect_files(&p, rel, out)?;
+        } else if meta.is_file() {
+            out.push((rel, p));
+        } else {
+            return Err(StoreError::UnsupportedFileType { path: p });
+        }
+    }
+    Ok(())
+}
+
+fn remove_any(path: &Path) -> io::Result<()> {
+    if fs::symlink_metadata(path)?.is_dir() {
+        fs::remove_dir_all(path)
+    } else {
+        fs::remove_file(path)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,87 @@
+//! The action cache: `<store>/cache/<key-hex>.json` maps a stage key to the digests
+//! of the outputs it produced. Separate from the content store (objects are shared
+//! between entries and outlive them until `gc`).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use tureen_artifacts::{Digest, Store};
+
+use crate::key::Fingerprint;
+
+/// One stored artifact: its digest, whether it is a tree (directory), and the file
+/// name it had when produced (used to name it when materialized).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArtifactRecord {
+    pub digest: Digest,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tree: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file_name: Option<String>,
+}
+
+/// A stage output: one artifact or a series.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum OutputRecord {
+    Series { series: Vec<ArtifactRecord> },
+    One(ArtifactRecord),
+}
+
+impl OutputRecord {
+    pub fn artifacts(&self) -> &[ArtifactRecord] {
+        match self {
+            OutputRecord::Series { series } => series,
+            OutputRecord::One(a) => std::slice::from_ref(a),
+        }
+    }
+
+    /// A short form for tables: the digest, or `N artifacts`.
+    pub fn summary(&self) -> String {
+        match self {
+            OutputRecord::One(a) => a.digest.to_string(),
+            OutputRecord::Series { series } => format!("series of {}", series.len()),
+        }
+    }
+}
+
+/// What a completed stage left in the cache.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CacheEntry {
+    pub key: Digest,
+    pub stage: String,
+    pub kind: String,
+    pub run_id: String,
+    pub created: String,
+    pub fingerprint: Fingerprint,
+    pub outputs: BTreeMap<String, OutputRecord>,
+}
+
+pub fn entry_path(store: &Path, key: &Digest) -> PathBuf {
+    store.join("cache").join(format!("{}.json", key.to_hex()))
+}
+
+/// The entry for `key` if there is one and every object it names is still in the store
+/// (an entry whose objects were garbage-collected is a miss, not an error).
+pub fn lookup(store: &Store, key: &Digest) -> Option<CacheEntry> {
+    let bytes = std::fs::read(entry_path(store.root(), key)).ok()?;
+    let entry: CacheEntry = serde_json::from_slice(&bytes).ok()?;
+    if entry.key != *key {
+        return None;
+    }
+    let complete = entry
+        .outputs
+        .values()
+        .flat_map(|o| o.artifacts())
+        .all(|a| store.contains(&a.digest));
+    complete.then_some(entry)
+}
+
+/// Writes the entry atomically (a reader sees the old entry, none, or the whole new one).
+pub fn insert(store: &Store, entry: &CacheEntry) -> std::io::Result<()> {
+    let path = entry_path(store.root(), &entry.key);
+    std::fs::create_dir_all(path.parent().expect("cache dir"))?;
+    let bytes = serde_json::to_vec_pretty(entry).expect("entries serialize");
+    tureen_artifacts::fsutil::write_atomic(&path, &bytes)
+}

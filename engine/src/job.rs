@@ -1,0 +1,652 @@
+//! One resolved stage, ready to execute anywhere that sees the store: [`StageJob`].
+//!
+//! The local executor runs [`execute`] on a thread; the Slurm executor writes the job
+//! to a file and runs `tureen stage-exec --job FILE` inside an allocation, which calls
+//! the same [`execute`] and writes a [`JobResult`] next to it. Nothing in a job refers
+//! to the pipeline file: it carries every resolved param and input digest, so a
+//! compute node never re-parses or re-validates the pipeline.
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::{LineWriter, Write};
+use std::panic::AssertUnwindSafe;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use anyhow::Context as _;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use tureen_artifacts::{Digest, Store};
+
+use crate::cache::{self, ArtifactRecord, CacheEntry, OutputRecord};
+use crate::journal::{artifact_path, StoreJournal};
+use crate::key::Fingerprint;
+use crate::kind::{
+    Artifact, InputValue, KindRegistry, OutputShape, Produced, StageContext, StageLog,
+};
+use crate::lock::KeyLock;
+use crate::record::now_rfc3339;
+
+/// Everything needed to execute one stage, serializable (the `stage-exec` job file).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StageJob {
+    pub run_id: String,
+    pub stage: String,
+    pub kind: String,
+    pub key: Digest,
+    pub fingerprint: Fingerprint,
+    pub params: Map<String, Value>,
+    pub inputs: BTreeMap<String, JobInput>,
+    /// Declared outputs: name and whether it is a series.
+    pub outputs: Vec<JobOutput>,
+    /// The store (absolute).
+    pub store: PathBuf,
+    /// The pipeline's directory (absolute); command stages run here.
+    pub workspace: PathBuf,
+    pub env: BTreeMap<String, String>,
+    /// GPU ids handed out locally (empty on Slurm, where the allocation decides).
+    pub gpus: Vec<u32>,
+    /// Log file and metrics file (JSON lines) of this stage in this run.
+    pub log: PathBuf,
+    pub metrics: PathBuf,
+    /// TensorBoard event directory for this stage's metrics (`None`: none written).
+    pub tensorboard: Option<PathBuf>,
+    /// Attempts to make (1 + retries).
+    pub attempts: u32,
+    /// `false` for replays: run even if the action cache has the key, and do not
+    /// record the result in the cache.
+    pub use_cache: bool,
+    /// `--force`: run even if another process completes the same key meanwhile.
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// A declared output.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobOutput {
+    pub name: String,
+    pub series: bool,
+}
+
+/// A resolved input: artifacts by digest. Workspace files carry their path (they are
+/// read where they are, not copied into the store).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum JobInput {
+    Series(Vec<JobArtifact>),
+    One(JobArtifact),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobArtifact {
+    pub digest: Digest,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tree: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathBuf>,
+}
+
+/// How a job ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobStatus {
+    /// The stage ran and its outputs are stored.
+    Ran,
+    /// Another process completed the same key while this one waited for its lock.
+    Cached,
+    Failed,
+    Cancelled,
+}
+
+/// The result of [`execute`] (`<job>.result.json` for `stage-exec`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobResult {
+    pub status: JobStatus,
+    pub outputs: BTreeMap<String, OutputRecord>,
+    pub error: Option<String>,
+    pub attempts: u32,
+    pub started: String,
+    pub ended: String,
+    pub seconds: f64,
+    /// Checkpoints the stage resumed from (committed by an interrupted earlier attempt).
+    pub resumed_from: usize,
+}
+
+/// What the executing stage tells its observer (the progress display).
+#[derive(Debug, Clone)]
+pub enum JobEvent {
+    /// Waiting for another process that holds the key's lock.
+    Waiting(String),
+    Attempt(u32),
+    Line(String),
+    Progress(u64, u64),
+}
+
+impl StageJob {
+    pub fn read(path: &Path) -> anyhow::Result<StageJob> {
+        let bytes = std::fs::read(path)
+            .with_context(|| format!("cannot read job file {}", path.display()))?;
+        serde_json::from_slice(&bytes)
+            .with_context(|| format!("{}: not a tureen stage job", path.display()))
+    }
+
+    pub fn write(&self, path: &Path) -> anyhow::Result<()> {
+        let bytes = serde_json::to_vec_pretty(self)?;
+        tureen_artifacts::fsutil::write_atomic(path, &bytes)
+            .with_context(|| format!("cannot write {}", path.display()))
+    }
+}
+
+/// Executes `job`: takes the key's lock, re-checks the action cache (another run may
+/// have finished it), runs the kind with retries, ingests the outputs and records
+/// them in the action cache. Failures are results, not errors; `Err` means the job
+/// could not even be attempted (bad job, unreadable store).
+pub fn execute(
+    job: &StageJob,
+    registry: &KindRegistry,
+    cancel: &AtomicBool,
+    observer: &mut (dyn FnMut(JobEvent) + Send),
+) -> anyhow::Result<JobResult> {
+    let started = now_rfc3339();
+    let clock = Instant::now();
+    let store = Store::open(&job.store)?;
+    // Keeps `gc` from collecting what this stage stores before it is referenced.
+    let _gc_guard = store.lock_shared()?;
+    let kind = registry
+        .get(&job.kind)
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "stage `{}`: kind `{}` is not registered in this tureen",
+                job.stage,
+                job.kind
+            )
+        })?
+        .clone();
+    let finish = |status, outputs, error: Option<String>, attempts, resumed_from| JobResult {
+        status,
+        outputs,
+        error,
+        attempts,
+        started: started.clone(),
+        ended: now_rfc3339(),
+        seconds: clock.elapsed().as_secs_f64(),
+        resumed_from,
+    };
+
+    let lock_path = store
+        .root()
+        .join("locks")
+        .join(format!("{}.lock", job.key.to_hex()));
+    let Some(_lock) = KeyLock::acquire(&lock_path, cancel, |holder| {
+        observer(JobEvent::Waiting(format!(
+            "waiting for {holder} (same stage key)"
+        )));
+    })?
+    else {
+        return Ok(finish(
+            JobStatus::Cancelled,
+            BTreeMap::new(),
+            Some("interrupted".into()),
+            0,
+            0,
+        ));
+    };
+    if job.use_cache && !job.force {
+        if let Some(entry) = cache::lookup(&store, &job.key) {
+            return Ok(finish(JobStatus::Cached, entry.outputs, None, 0, 0));
+        }
+    }
+
+    let inputs = resolve_inputs(&store, job)?;
+    if let Some(dir) = job.log.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let mut log = FileLog::open(job, observer)?;
+    let mut last_error = None;
+    let mut resumed_from = 0;
+    for attempt in 1..=job.attempts.max(1) {
+        if cancel.load(Ordering::Relaxed) {
+            break;
+        }
+        log.observer_event(JobEvent::Attempt(attempt));
+        log.line(&format!(
+            "== tureen: stage {} attempt {attempt}/{} (key {}) at {}",
+            job.stage,
+            job.attempts.max(1),
+            job.key,
+            now_rfc3339()
+        ));
+        let work_dir = store.tmp_dir().join(format!(
+            "work-{}-{}-{attempt}",
+            &job.key.to_hex()[..16],
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&work_dir);
+        std::fs::create_dir_all(&work_dir)
+            .with_context(|| format!("cannot create {}", work_dir.display()))?;
+        let mut journal = StoreJournal::open(&store, &job.key, &job.stage);
+        resumed_from = crate::kind::CheckpointJournal::committed(&journal).len();
+        if resumed_from > 0 {
+            log.line(&format!(
+                "== tureen: resuming: {resumed_from} checkpoint(s) committed by an interrupted run"
+            ));
+        }
+        let outcome = {
+            let mut ctx = StageContext {
+                stage: &job.stage,
+                params: &job.params,
+                inputs: &inputs,
+                work_dir: &work_dir,
+                workspace: &job.workspace,
+                env: &job.env,
+                log: &mut log,
+                journal: &mut journal,
+                gpus: &job.gpus,
+                cancel,
+            };
+            match std::panic::catch_unwind(AssertUnwindSafe(|| kind.run(&mut ctx))) {
+                Ok(r) => r,
+                Err(panic) => {
+                    let msg = panic
+                        .downcast_ref::<String>()
+                        .cloned()
+                        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                        .unwrap_or_else(|| "unknown panic".into());
+                    Err(anyhow::anyhow!("the {} kind panicked: {msg}", job.kind))
+                }
+            }
+        };
+        let stored = outcome.and_then(|produced| store_outputs(&store, job, produced, &journal));
+        let _ = std::fs::remove_dir_all(&work_dir);
+        match stored {
+            Ok(outputs) => {
+                let entry = CacheEntry {
+                    key: job.key,
+                    stage: job.stage.clone(),
+                    kind: job.kind.clone(),
+                    run_id: job.run_id.clone(),
+                    created: now_rfc3339(),
+                    fingerprint: job.fingerprint.clone(),
+                    outputs: outputs.clone(),
+                };
+                if job.use_cache {
+                    cache::insert(&store, &entry).context("cannot write the action cache entry")?;
+                }
+                journal.remove();
+                log.line(&format!(
+                    "== tureen: stage {} succeeded in {:.2}s",
+                    job.stage,
+                    clock.elapsed().as_secs_f64()
+                ));
+                log.flush();
+                return Ok(finish(JobStatus::Ran, outputs, None, attempt, resumed_from));
+            }
+            Err(e) => {
+                let msg = format!("{e:#}");
+                log.line(&format!("== tureen: attempt {attempt} failed: {msg}"));
+                last_error = Some(msg);
+                if cancel.load(Ordering::Relaxed) {
+                    break;
+                }
+            }
+        }
+    }
+    log.flush();
+    if cancel.load(Ordering::Relaxed) {
+        return Ok(finish(
+            JobStatus::Cancelled,
+            BTreeMap::new(),
+            Some(last_error.unwrap_or_else(|| "interrupted".into())),
+            job.attempts,
+            resumed_from,
+        ));
+    }
+    Ok(finish(
+        JobStatus::Failed,
+        BTreeMap::new(),
+        last_error,
+        job.attempts,
+        resumed_from,
+    ))
+}
+
+fn resolve_inputs(store: &Store, job: &StageJob) -> anyhow::Result<BTreeMap<String, InputValue>> {
+    let one = |a: &JobArtifact| -> anyhow::Result<Artifact> {
+        let path = match &a.path {
+            Some(p) => p.clone(),
+            None => artifact_path(store, &a.digest, a.tree).with_context(|| {
+                format!("stage `{}`: input {} is not available", job.stage, a.digest)
+            })?,
+        };
+        Ok(Artifact {
+            digest: a.digest.to_string(),
+            path,
+        })
+    };
+    let mut out = BTreeMap::new();
+    for (name, input) in &job.inputs {
+        let value = match input {
+            JobInput::One(a) => InputValue::One(one(a)?),
+            JobInput::Series(items) => {
+                InputValue::Series(items.iter().map(one).collect::<anyhow::Result<_>>()?)
+            }
+        };
+        out.insert(name.clone(), value);
+    }
+    Ok(out)
+}
+
+/// Ingests what the kind produced and checks it against the declared outputs.
+fn store_outputs(
+    store: &Store,
+    job: &StageJob,
+    produced: BTreeMap<String, Produced>,
+    journal: &StoreJournal<'_>,
+) -> anyhow::Result<BTreeMap<String, OutputRecord>> {
+    let mut out = BTreeMap::new();
+    for decl in &job.outputs {
+        let p = produced.get(&decl.name).ok_or_else(|| {
+            anyhow::anyhow!(
+                "the stage did not produce its declared output `{}`",
+                decl.name
+            )
+        })?;
+        let record = match (p, decl.series) {
+            (Produced::Series(items), true) => OutputRecord::Series {
+                series: items
+                    .iter()
+                    .map(|i| store_one(store, &decl.name, i, journal))
+                    .collect::<anyhow::Result<_>>()?,
+            },
+            (Produced::Series(_), false) => anyhow::bail!(
+                "output `{}` is declared as one artifact but a series was produced",
+                decl.name
+            ),
+            (other, true) => OutputRecord::Series {
+                series: vec![store_one(store, &decl.name, other, journal)?],
+            },
+            (other, false) => OutputRecord::One(store_one(store, &decl.name, other, journal)?),
+        };
+        out.insert(decl.name.clone(), record);
+    }
+    Ok(out)
+}
+
+fn store_one(
+    store: &Store,
+    output: &str,
+    p: &Produced,
+    journal: &StoreJournal<'_>,
+) -> anyhow::Result<ArtifactRecord> {
+    match p {
+        Produced::Path(path) => {
+            let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+            let meta = std::fs::metadata(path).with_context(|| {
+                format!(
+                    "output `{output}`: the stage did not produce {}",
+                    path.display()
+                )
+            })?;
+            if meta.is_dir() {
+                let digest = store
+                    .add_dir(path)
+                    .with_context(|| format!("output `{output}`"))?;
+                Ok(ArtifactRecord {
+                    digest,
+                    tree: true,
+                    file_name,
+                })
+            } else {
+                let digest = store
+                    .ingest(path)
+                    .with_context(|| format!("output `{output}`"))?;
+                Ok(ArtifactRecord {
+                    digest,
+                    tree: false,
+                    file_name,
+                })
+            }
+        }
+        Produced::Stored(d) => {
+            let digest: Digest = d
+                .parse()
+                .with_context(|| format!("output `{output}`: bad digest"))?;
+            if let Some(rec) = journal.records().iter().find(|r| r.digest == digest) {
+                return Ok(rec.clone());
+            }
+            let kind = store
+                .kind(&digest)
+                .with_context(|| format!("output `{output}`"))?;
+            Ok(ArtifactRecord {
+                digest,
+                tree: kind == tureen_artifacts::store::ObjectKind::Tree,
+                file_name: None,
+            })
+        }
+        Produced::Series(_) => anyhow::bail!("output `{output}`: a series cannot contain a series"),
+    }
+}
+
+/// The stage's log file (plus metrics as JSON lines and TensorBoard events), echoing
+/// lines to the observer for the progress display.
+struct FileLog<'o> {
+    file: LineWriter<File>,
+    metrics_path: PathBuf,
+    metrics: Option<File>,
+    tensorboard_dir: Option<PathBuf>,
+    tensorboard: Option<crate::tensorboard::EventWriter>,
+    stage: String,
+    observer: &'o mut (dyn FnMut(JobEvent) + Send),
+}
+
+impl<'o> FileLog<'o> {
+    fn open(
+        job: &StageJob,
+        observer: &'o mut (dyn FnMut(JobEvent) + Send),
+    ) -> anyhow::Result<FileLog<'o>> {
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&job.log)
+            .with_context(|| format!("cannot open log {}", job.log.display()))?;
+        Ok(FileLog {
+            file: LineWriter::new(file),
+            metrics_path: job.metrics.clone(),
+            metrics: None,
+            tensorboard_dir: job.tensorboard.clone(),
+            tensorboard: None,
+            stage: job.stage.clone(),
+            observer,
+        })
+    }
+
+    fn observer_event(&mut self, e: JobEvent) {
+        (self.observer)(e);
+    }
+
+    fn flush(&mut self) {
+        let _ = self.file.flush();
+        if let Some(tb) = self.tensorboard.as_mut() {
+            let _ = tb.flush();
+        }
+    }
+}
+
+impl StageLog for FileLog<'_> {
+    fn line(&mut self, line: &str) {
+        let _ = writeln!(self.file, "{line}");
+        (self.observer)(JobEvent::Line(line.to_string()));
+    }
+
+    fn metrics(&mut self, record: &Value) {
+        if self.metrics.is_none() {
+            self.metrics = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&self.metrics_path)
+                .ok();
+        }
+        if let Some(f) = self.metrics.as_mut() {
+            let _ = writeln!(f, "{record}");
+        }
+        if let Some(dir) = &self.tensorboard_dir {
+            if self.tensorboard.is_none() {
+                match crate::tensorboard::EventWriter::create(dir) {
+                    Ok(w) => self.tensorboard = Some(w),
+                    Err(e) => {
+                        let _ = writeln!(
+                            self.file,
+                            "== tureen: cannot write TensorBoard events for {}: {e}",
+                            self.stage
+                        );
+                        self.tensorboard_dir = None;
+                    }
+                }
+            }
+            if let Some(tb) = self.tensorboard.as_mut() {
+                let _ = tb.add_record("", record, crate::tensorboard::now_wall_time());
+            }
+        }
+    }
+
+    fn progress(&mut self, done: u64, total: u64) {
+        (self.observer)(JobEvent::Progress(done, total));
+    }
+}
+
+/// The shape a declared output has in a job.
+pub fn job_outputs(decls: &[crate::kind::OutputDecl]) -> Vec<JobOutput> {
+    decls
+        .iter()
+        .map(|d| JobOutput {
+            name: d.name.clone(),
+            series: d.shape == OutputShape::Series,
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicBool;
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::kind::{OutputDecl, StageDecl, StageKind};
+
+    /// Writes three checkpoints through the journal; crashes after the first one
+    /// while `crash` is set.
+    struct Checkpointing {
+        crash: AtomicBool,
+    }
+
+    impl StageKind for Checkpointing {
+        fn name(&self) -> &'static str {
+            "ckpt"
+        }
+        fn code_version(&self) -> &'static str {
+            "1"
+        }
+        fn validate(&self, _: &StageDecl<'_>) -> Result<(), String> {
+            Ok(())
+        }
+        fn outputs(&self, _: &StageDecl<'_>) -> Vec<OutputDecl> {
+            vec![OutputDecl {
+                name: "checkpoints".into(),
+                shape: OutputShape::Series,
+                len: Some(3),
+            }]
+        }
+        fn run(&self, ctx: &mut StageContext<'_>) -> anyhow::Result<BTreeMap<String, Produced>> {
+            let start = ctx.journal.committed().len();
+            for step in start..3 {
+                let path = ctx.work_dir.join(format!("step-{step}.bin"));
+                std::fs::write(&path, format!("weights after step {step}"))?;
+                ctx.journal.commit(&path)?;
+                if self.crash.swap(false, Ordering::SeqCst) {
+                    anyhow::bail!("simulated crash after step {step}");
+                }
+            }
+            let all = ctx
+                .journal
+                .committed()
+                .into_iter()
+                .map(|a| Produced::Stored(a.digest))
+                .collect();
+            Ok(BTreeMap::from([(
+                "checkpoints".to_string(),
+                Produced::Series(all),
+            )]))
+        }
+    }
+
+    fn job(store: &Path) -> StageJob {
+        let fingerprint = Fingerprint {
+            format: 1,
+            kind: "ckpt".into(),
+            code_version: "1".into(),
+            params: Map::new(),
+            inputs: BTreeMap::new(),
+            deps: Vec::new(),
+            env: BTreeMap::new(),
+        };
+        StageJob {
+            run_id: "r".into(),
+            stage: "train".into(),
+            kind: "ckpt".into(),
+            key: fingerprint.key(),
+            fingerprint,
+            params: Map::new(),
+            inputs: BTreeMap::new(),
+            outputs: vec![JobOutput {
+                name: "checkpoints".into(),
+                series: true,
+            }],
+            store: store.to_path_buf(),
+            workspace: store.to_path_buf(),
+            env: BTreeMap::new(),
+            gpus: Vec::new(),
+            log: store.join("train.log"),
+            metrics: store.join("train.metrics.jsonl"),
+            tensorboard: None,
+            attempts: 1,
+            use_cache: true,
+            force: false,
+        }
+    }
+
+    #[test]
+    fn a_rerun_after_a_crash_resumes_from_the_committed_checkpoints() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = dir.path().join("store");
+        let mut registry = KindRegistry::new();
+        registry.register(Arc::new(Checkpointing {
+            crash: AtomicBool::new(true),
+        }));
+        let cancel = AtomicBool::new(false);
+        let job = job(&store);
+
+        let first = execute(&job, &registry, &cancel, &mut |_| {}).unwrap();
+        assert_eq!(first.status, JobStatus::Failed);
+        let journal = crate::journal::journal_path(&store, &job.key);
+        assert!(journal.is_file(), "the committed checkpoint is journaled");
+
+        let second = execute(&job, &registry, &cancel, &mut |_| {}).unwrap();
+        assert_eq!(second.status, JobStatus::Ran);
+        assert_eq!(second.resumed_from, 1);
+        let series = second.outputs["checkpoints"].artifacts().to_vec();
+        assert_eq!(series.len(), 3);
+        let s = Store::open(&store).unwrap();
+        let first_bytes = std::fs::read(s.object_path(&series[0].digest)).unwrap();
+        assert_eq!(first_bytes, b"weights after step 0");
+        assert!(
+            !journal.exists(),
+            "the journal is dropped once the stage completes"
+        );
+        assert!(cache::lookup(&s, &job.key).is_some());
+
+        // A third execution is a cache hit.
+        let third = execute(&job, &registry, &cancel, &mut |_| {}).unwrap();
+        assert_eq!(third.status, JobStatus::Cached);
+    }
+}

@@ -1,0 +1,397 @@
+//! `tureen plan`: what a pipeline will cost before anything runs — steps, samples,
+//! FLOPs, checkpoint sizes, store space and GPU-hours per stage, and totals.
+//!
+//! The engine knows nothing about models, so each kind estimates its own stages through
+//! [`StageKind::estimate`](crate::kind::StageKind::estimate), given the estimates of the
+//! stages it reads from ([`EstimateInputs`]): a rewind learns the model and the
+//! checkpoint schedule from the train stage it restarts, a soup the size of its
+//! ingredients. [`plan`] walks the DAG in dependency order, asks every kind, and adds
+//! GPU-hours at a stated [`Throughput`].
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::kind::{KindRegistry, StageDecl};
+use crate::pipeline::{Pipeline, Select, Target};
+
+/// The model a stage trains or produces, as far as planning needs it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ModelSummary {
+    /// A preset name, or `custom`.
+    pub name: String,
+    pub params: u64,
+    pub image_params: u64,
+    pub text_params: u64,
+    /// Square input resolution in pixels.
+    pub image_size: u64,
+    /// Forward multiply-accumulates per sample of the image tower (convolutions,
+    /// linears, norms as 5 per element, pooling as 1 per element: fvcore's convention,
+    /// which open_clip's model profiles and the model cards use).
+    pub image_macs: u64,
+    /// Forward multiply-accumulates per sample of the text tower, same convention,
+    /// including the attention score and value matmuls.
+    pub text_macs: u64,
+    /// Joint embedding width (the contrastive logits cost `2 x batch x embed_dim`
+    /// MACs per sample).
+    pub embed_dim: u64,
+    /// Bytes of one checkpoint of this model: weights plus optimizer state.
+    pub checkpoint_bytes: u64,
+    /// Bytes of the weights alone (what a soup writes).
+    pub weights_bytes: u64,
+}
+
+/// The training work of a train or rewind stage.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TrainWork {
+    /// Global batch size.
+    pub batch: u64,
+    /// Samples per checkpoint interval as declared.
+    pub samples_per_interval: u64,
+    /// Optimizer steps per interval (derived from samples and batch).
+    pub steps_per_interval: u64,
+    /// Intervals of the whole schedule (the lr schedule spans all of them).
+    pub intervals: u64,
+    /// First interval this stage runs, 1-based (a rewind starts past 1).
+    pub first_interval: u64,
+    /// Last interval this stage runs, 1-based, inclusive.
+    pub last_interval: u64,
+    /// Steps this stage runs.
+    pub steps: u64,
+    /// Samples this stage trains on (`steps x batch`).
+    pub samples: u64,
+    /// Steps of the whole lr schedule (`steps_per_interval x intervals`).
+    pub schedule_steps: u64,
+    /// Warmup steps of the lr schedule.
+    pub warmup: u64,
+    /// Base learning rate.
+    pub lr: f64,
+    /// Training FLOPs per sample: 3 x the forward FLOPs (forward, then a backward of
+    /// about twice the forward), plus the contrastive logits.
+    pub flops_per_sample: f64,
+    /// The interval after which element 0 of the stage's checkpoint series is saved
+    /// (1 when the first checkpoint follows interval 1), so a downstream reference
+    /// `stage.checkpoints[i]` is the checkpoint after interval `checkpoints_from + i`.
+    pub checkpoints_from: u64,
+}
+
+/// The size of one output of a stage: `count` artifacts of `bytes_each` (a series of
+/// checkpoints, or one file).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct OutputSize {
+    pub name: String,
+    pub count: u64,
+    pub bytes_each: u64,
+}
+
+impl OutputSize {
+    pub fn bytes(&self) -> u64 {
+        self.count.saturating_mul(self.bytes_each)
+    }
+}
+
+/// What a kind tells `tureen plan` about one stage.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct StageEstimate {
+    /// The model the stage trains or produces (downstream stages read it).
+    pub model: Option<ModelSummary>,
+    /// Present for stages that train.
+    pub train: Option<TrainWork>,
+    /// All FLOPs of the stage (training, or forward passes of an evaluation).
+    pub flops: f64,
+    /// Outputs that take store space.
+    pub outputs: Vec<OutputSize>,
+    /// Assumptions worth printing (one line each).
+    pub notes: Vec<String>,
+}
+
+impl StageEstimate {
+    /// Store space of every output together.
+    pub fn store_bytes(&self) -> u64 {
+        self.outputs.iter().map(OutputSize::bytes).sum()
+    }
+}
+
+/// One upstream output a stage input refers to, with the producing stage's estimate.
+#[derive(Debug, Clone, Copy)]
+pub struct UpstreamOutput<'a> {
+    pub stage: &'a str,
+    pub kind: &'a str,
+    pub output: &'a str,
+    pub select: Select,
+    /// `None` when the producing kind has no estimate.
+    pub estimate: Option<&'a StageEstimate>,
+}
+
+/// The stage inputs that refer to other stages' outputs, by input name (an input may
+/// list several references, e.g. a soup's ingredients). File inputs are not listed.
+#[derive(Debug, Clone)]
+pub struct EstimateInputs<'a> {
+    pub inputs: BTreeMap<&'a str, Vec<UpstreamOutput<'a>>>,
+    /// The pipeline's directory: relative paths in params are relative to it.
+    pub workspace: &'a std::path::Path,
+}
+
+impl<'a> EstimateInputs<'a> {
+    /// The upstream outputs of input `name` (empty when absent or a file).
+    pub fn get(&self, name: &str) -> &[UpstreamOutput<'a>] {
+        self.inputs.get(name).map(Vec::as_slice).unwrap_or(&[])
+    }
+
+    /// Every upstream output of every input.
+    pub fn all(&self) -> impl Iterator<Item = &UpstreamOutput<'a>> {
+        self.inputs.values().flatten()
+    }
+}
+
+/// How fast hardware is assumed to be, for GPU-hours.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Throughput {
+    /// Measured training throughput in samples per second per GPU. Applies to training
+    /// stages; other stages use `peak_flops x mfu`.
+    Samples {
+        per_gpu: f64,
+        peak_flops: f64,
+        mfu: f64,
+    },
+    /// A fraction `mfu` (model FLOP utilisation) of a GPU's peak FLOP/s.
+    Flops { peak_flops: f64, mfu: f64 },
+}
+
+impl Throughput {
+    /// NVIDIA A100's dense bf16 peak, the GPU of the model card's runs.
+    pub const A100_BF16_PEAK: f64 = 312e12;
+    /// Default utilisation: the card's A100 runs trained the xxlarge CLIP at 50-59
+    /// samples/s/GPU, which is 21-25% of the A100's bf16 peak in model FLOPs (3 x
+    /// forward; with gradient checkpointing the hardware did a fourth forward on top).
+    pub const DEFAULT_MFU: f64 = 0.25;
+
+    /// GPU-seconds for `estimate`.
+    pub fn gpu_seconds(&self, estimate: &StageEstimate) -> f64 {
+        match *self {
+            Throughput::Samples {
+                per_gpu,
+                peak_flops,
+                mfu,
+            } => match &estimate.train {
+                Some(train) => train.samples as f64 / per_gpu,
+                None => estimate.flops / (peak_flops * mfu),
+            },
+            Throughput::Flops { peak_flops, mfu } => estimate.flops / (peak_flops * mfu),
+        }
+    }
+
+    /// A one-line statement of the assumption, printed with every plan.
+    pub fn describe(&self) -> String {
+        match *self {
+            Throughput::Samples {
+                per_gpu,
+                peak_flops,
+                mfu,
+            } => format!(
+                "training at {per_gpu} samples/s per GPU; other stages at {:.0}% of {:.0} TFLOP/s",
+                mfu * 100.0,
+                peak_flops / 1e12
+            ),
+            Throughput::Flops { peak_flops, mfu } => format!(
+                "{:.0}% model FLOP utilisation of {:.0} TFLOP/s per GPU ({:.1} TFLOP/s effective)",
+                mfu * 100.0,
+                peak_flops / 1e12,
+                peak_flops * mfu / 1e12
+            ),
+        }
+    }
+}
+
+impl Default for Throughput {
+    fn default() -> Self {
+        Throughput::Flops {
+            peak_flops: Self::A100_BF16_PEAK,
+            mfu: Self::DEFAULT_MFU,
+        }
+    }
+}
+
+/// One stage of a [`Plan`].
+#[derive(Debug, Clone, Serialize)]
+pub struct StagePlan {
+    pub name: String,
+    pub kind: String,
+    /// GPUs the stage declares (`resources.gpus x resources.nodes`).
+    pub gpus: u64,
+    /// `None` when the kind has no estimate (e.g. a shell command).
+    pub estimate: Option<StageEstimate>,
+    pub gpu_hours: f64,
+    /// Hours on the declared GPUs (`gpu_hours / gpus`); `None` without GPUs.
+    pub wall_hours: Option<f64>,
+}
+
+/// Totals over all stages.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Totals {
+    pub steps: u64,
+    pub samples: u64,
+    pub flops: f64,
+    pub store_bytes: u64,
+    pub gpu_hours: f64,
+}
+
+/// The whole plan, stages in dependency order.
+#[derive(Debug, Clone, Serialize)]
+pub struct Plan {
+    pub throughput: Throughput,
+    pub stages: Vec<StagePlan>,
+    pub totals: Totals,
+}
+
+/// An estimate that failed, naming the stage.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("stage `{stage}`: {message}")]
+pub struct PlanError {
+    pub stage: String,
+    pub message: String,
+}
+
+/// Estimates every stage of `pipeline` (already validated) in dependency order.
+pub fn plan(
+    pipeline: &Pipeline,
+    registry: &KindRegistry,
+    throughput: Throughput,
+) -> Result<Plan, PlanError> {
+    let mut estimates: Vec<Option<StageEstimate>> = vec![None; pipeline.stages.len()];
+    let mut stages = Vec::with_capacity(pipeline.stages.len());
+    let mut totals = Totals::default();
+    for i in pipeline.topo_order() {
+        let stage = &pipeline.stages[i];
+        let estimate = {
+            let mut inputs = EstimateInputs {
+                inputs: BTreeMap::new(),
+                workspace: &pipeline.root,
+            };
+            for (name, input) in &stage.inputs {
+                let refs = inputs.inputs.entry(name.as_str()).or_default();
+                for r in input.refs() {
+                    if let Target::Output {
+                        stage: up,
+                        output,
+                        select,
+                    } = &r.target
+                    {
+                        refs.push(UpstreamOutput {
+                            stage: &pipeline.stages[*up].name,
+                            kind: &pipeline.stages[*up].kind,
+                            output,
+                            select: *select,
+                            estimate: estimates[*up].as_ref(),
+                        });
+                    }
+                }
+            }
+            let decl = StageDecl {
+                name: &stage.name,
+                params: &stage.params,
+                input_names: stage.inputs.keys().map(String::as_str).collect(),
+            };
+            match registry.get(&stage.kind) {
+                Some(kind) => kind.estimate(&decl, &inputs).map_err(|message| PlanError {
+                    stage: stage.name.clone(),
+                    message,
+                })?,
+                None => None,
+            }
+        };
+        let gpus = u64::from(stage.resources.gpus) * u64::from(stage.resources.nodes.max(1));
+        let gpu_hours = estimate
+            .as_ref()
+            .map_or(0.0, |e| throughput.gpu_seconds(e) / 3600.0);
+        let wall_hours = (gpus > 0 && estimate.is_some()).then(|| gpu_hours / gpus as f64);
+        if let Some(e) = &estimate {
+            if let Some(t) = &e.train {
+                totals.steps += t.steps;
+                totals.samples += t.samples;
+            }
+            totals.flops += e.flops;
+            totals.store_bytes += e.store_bytes();
+            totals.gpu_hours += gpu_hours;
+        }
+        estimates[i] = estimate.clone();
+        stages.push(StagePlan {
+            name: stage.name.clone(),
+            kind: stage.kind.clone(),
+            gpus,
+            estimate,
+            gpu_hours,
+            wall_hours,
+        });
+    }
+    Ok(Plan {
+        throughput,
+        stages,
+        totals,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn train_estimate(samples: u64) -> StageEstimate {
+        StageEstimate {
+            train: Some(TrainWork {
+                batch: 10,
+                samples_per_interval: 100,
+                steps_per_interval: 10,
+                intervals: 1,
+                first_interval: 1,
+                last_interval: 1,
+                steps: samples / 10,
+                samples,
+                schedule_steps: 10,
+                warmup: 0,
+                lr: 1e-3,
+                flops_per_sample: 1e9,
+                checkpoints_from: 1,
+            }),
+            flops: samples as f64 * 1e9,
+            outputs: vec![OutputSize {
+                name: "checkpoints".into(),
+                count: 3,
+                bytes_each: 7,
+            }],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn gpu_seconds_follow_the_stated_throughput() {
+        let e = train_estimate(1000);
+        let flops = Throughput::Flops {
+            peak_flops: 1e12,
+            mfu: 0.5,
+        };
+        assert_eq!(flops.gpu_seconds(&e), 2.0);
+        let samples = Throughput::Samples {
+            per_gpu: 100.0,
+            peak_flops: 1e12,
+            mfu: 0.5,
+        };
+        assert_eq!(samples.gpu_seconds(&e), 10.0);
+        let eval = StageEstimate {
+            flops: 1e12,
+            ..Default::default()
+        };
+        assert_eq!(samples.gpu_seconds(&eval), 2.0);
+    }
+
+    #[test]
+    fn store_bytes_add_every_output() {
+        let mut e = train_estimate(10);
+        e.outputs.push(OutputSize {
+            name: "final".into(),
+            count: 1,
+            bytes_each: 5,
+        });
+        assert_eq!(e.store_bytes(), 26);
+    }
+}

@@ -1,0 +1,132 @@
+//! What a run shows while it goes: on a terminal, one live line per running stage
+//! with its elapsed time and last log line (indicatif); otherwise plain log lines, one
+//! per event, that read well in CI logs and files.
+
+use std::collections::HashMap;
+use std::io::IsTerminal;
+use std::time::Duration;
+
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+/// How to show progress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Live lines when stderr is a terminal, else plain lines.
+    Auto,
+    Plain,
+    Quiet,
+}
+
+/// The display of one run.
+pub struct Progress {
+    bars: Option<(MultiProgress, HashMap<String, ProgressBar>)>,
+    quiet: bool,
+}
+
+impl Progress {
+    pub fn new(mode: Mode) -> Progress {
+        let live = mode == Mode::Auto && std::io::stderr().is_terminal();
+        let bars = live.then(|| {
+            (
+                MultiProgress::with_draw_target(ProgressDrawTarget::stderr_with_hz(10)),
+                HashMap::new(),
+            )
+        });
+        Progress {
+            bars,
+            quiet: mode == Mode::Quiet,
+        }
+    }
+
+    /// A line that stays (stage finished, cached, failed...).
+    pub fn println(&self, line: &str) {
+        if self.quiet {
+            return;
+        }
+        match &self.bars {
+            Some((multi, _)) => {
+                let _ = multi.println(line);
+            }
+            None => eprintln!("{line}"),
+        }
+    }
+
+    /// A message that is always shown, even with `-q` (failures).
+    pub fn error(&self, line: &str) {
+        match &self.bars {
+            Some((multi, _)) => {
+                let _ = multi.println(line);
+            }
+            None => eprintln!("{line}"),
+        }
+    }
+
+    pub fn started(&mut self, stage: &str, what: &str) {
+        if self.quiet {
+            return;
+        }
+        match &mut self.bars {
+            Some((multi, bars)) => {
+                let bar = multi.add(ProgressBar::new_spinner());
+                bar.set_style(
+                    ProgressStyle::with_template(
+                        "{spinner} {prefix:.bold} [{elapsed_precise}] {wide_msg}",
+                    )
+                    .expect("valid template"),
+                );
+                bar.set_prefix(stage.to_string());
+                bar.set_message(what.to_string());
+                bar.enable_steady_tick(Duration::from_millis(120));
+                bars.insert(stage.to_string(), bar);
+            }
+            None => eprintln!("{stage}: {what}"),
+        }
+    }
+
+    /// The last log line of a running stage (live display only).
+    pub fn message(&self, stage: &str, line: &str) {
+        if let Some((_, bars)) = &self.bars {
+            if let Some(bar) = bars.get(stage) {
+                let line: String = line.chars().filter(|c| !c.is_control()).take(200).collect();
+                bar.set_message(line);
+            }
+        }
+    }
+
+    pub fn fraction(&self, stage: &str, done: u64, total: u64) {
+        if let Some((_, bars)) = &self.bars {
+            if let Some(bar) = bars.get(stage) {
+                if total > 0 {
+                    bar.set_message(format!(
+                        "{done}/{total} ({:.0}%)",
+                        100.0 * done as f64 / total as f64
+                    ));
+                }
+            }
+        }
+    }
+
+    pub fn finished(&mut self, stage: &str, line: &str) {
+        if let Some((_, bars)) = &mut self.bars {
+            if let Some(bar) = bars.remove(stage) {
+                bar.finish_and_clear();
+            }
+        }
+        if line.is_empty() {
+            return;
+        }
+        if self.quiet && !line.contains("FAILED") {
+            return;
+        }
+        self.error(line);
+    }
+
+    pub fn clear(&mut self) {
+        if let Some((multi, bars)) = &mut self.bars {
+            for (_, bar) in bars.drain() {
+                bar.finish_and_clear();
+            }
+            let _ = multi.clear();
+        }
+    }
+}

@@ -1,0 +1,198 @@
+//! `tureen replay RUN`: re-executes every stage of a recorded run, without the cache,
+//! each against the inputs *recorded* for it (so one divergence does not cascade), and
+//! compares every output digest with the record.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
+
+use tureen_artifacts::Store;
+
+use crate::cache::OutputRecord;
+use crate::job::{self, JobInput, JobOutput, JobStatus, StageJob};
+use crate::kind::{KindRegistry, StageDecl};
+use crate::progress::{Mode, Progress};
+use crate::record::{self, RunRecord};
+
+/// The verdict for one stage.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Same,
+    Differs(Vec<String>),
+    Failed(String),
+}
+
+/// One row of the replay table.
+#[derive(Debug, Clone)]
+pub struct ReplayRow {
+    pub stage: String,
+    pub verdict: Verdict,
+    pub seconds: f64,
+    pub log: String,
+}
+
+/// Replays `rec` (every stage that ran or was cached in it), in recorded order.
+pub fn replay(
+    rec: &RunRecord,
+    registry: &KindRegistry,
+    store_dir: &Path,
+    cancel: &AtomicBool,
+    mode: Mode,
+) -> anyhow::Result<Vec<ReplayRow>> {
+    let store = Store::open(store_dir)?;
+    let workspace = rec
+        .pipeline
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| ".".into());
+    let replay_id = format!("{}-replay", record::new_run_id());
+    let run_dir = store.root().join("runs").join(&replay_id);
+    std::fs::create_dir_all(&run_dir)?;
+    let mut progress = Progress::new(mode);
+    let mut rows = Vec::new();
+    for s in &rec.stages {
+        if !matches!(s.status.as_str(), "ran" | "cached") {
+            continue;
+        }
+        if cancel.load(std::sync::atomic::Ordering::Relaxed) {
+            break;
+        }
+        let (Some(fp), Some(key)) = (&s.fingerprint, s.key) else {
+            continue;
+        };
+        let log = run_dir.join(format!("{}.log", s.name));
+        let row = |verdict, seconds| ReplayRow {
+            stage: s.name.clone(),
+            verdict,
+            seconds,
+            log: log.display().to_string(),
+        };
+        // Workspace inputs must still hold the recorded bytes.
+        let mut inputs = BTreeMap::new();
+        let mut stale = Vec::new();
+        for (name, recorded) in &s.inputs {
+            if let JobInput::One(a) = &recorded.artifacts {
+                if let Some(path) = &a.path {
+                    match store.hash_file_cached(path) {
+                        Ok(d) if d == a.digest => {}
+                        Ok(_) => stale.push(format!(
+                            "input {name} ({}) changed since the run",
+                            path.display()
+                        )),
+                        Err(e) => stale.push(format!("input {name}: {e}")),
+                    }
+                }
+            }
+            inputs.insert(name.clone(), recorded.artifacts.clone());
+        }
+        if !stale.is_empty() {
+            rows.push(row(Verdict::Failed(stale.join("; ")), 0.0));
+            continue;
+        }
+        let outputs: Vec<JobOutput> = s
+            .outputs
+            .iter()
+            .map(|(name, o)| JobOutput {
+                name: name.clone(),
+                series: matches!(o, OutputRecord::Series { .. }),
+            })
+            .collect();
+        let job = StageJob {
+            run_id: replay_id.clone(),
+            stage: s.name.clone(),
+            kind: s.kind.clone(),
+            key,
+            fingerprint: fp.clone(),
+            params: fp.params.clone(),
+            inputs,
+            outputs,
+            store: store.root().to_path_buf(),
+            workspace: workspace.clone(),
+            env: fp.env.clone(),
+            gpus: Vec::new(),
+            log: log.clone(),
+            metrics: run_dir.join(format!("{}.metrics.jsonl", s.name)),
+            tensorboard: None,
+            attempts: 1,
+            use_cache: false,
+            force: true,
+        };
+        progress.started(&s.name, "replaying");
+        let mut observer = |_e: job::JobEvent| {};
+        let result = job::execute(&job, registry, cancel, &mut observer);
+        let (verdict, secs) = match result {
+            Err(e) => (Verdict::Failed(format!("{e:#}")), 0.0),
+            Ok(r) if r.status != JobStatus::Ran => (
+                Verdict::Failed(r.error.unwrap_or_else(|| "failed".into())),
+                r.seconds,
+            ),
+            Ok(r) => {
+                let mut diffs = Vec::new();
+                for (name, recorded) in &s.outputs {
+                    match r.outputs.get(name) {
+                        Some(got)
+                            if got
+                                .artifacts()
+                                .iter()
+                                .map(|a| a.digest)
+                                .eq(recorded.artifacts().iter().map(|a| a.digest)) => {}
+                        Some(got) => diffs.push(format!(
+                            "{name}: recorded {} replayed {}",
+                            recorded.summary(),
+                            got.summary()
+                        )),
+                        None => diffs.push(format!("{name}: not produced")),
+                    }
+                }
+                (
+                    if diffs.is_empty() {
+                        Verdict::Same
+                    } else {
+                        Verdict::Differs(diffs)
+                    },
+                    r.seconds,
+                )
+            }
+        };
+        // Leave the workspace as the recorded run left it.
+        restore_workspace(&store, registry, &workspace, s);
+        let word = match &verdict {
+            Verdict::Same => "same",
+            Verdict::Differs(_) => "differs",
+            Verdict::Failed(_) => "failed",
+        };
+        progress.finished(&s.name, &format!("{}: {word}", s.name));
+        rows.push(row(verdict, secs));
+    }
+    progress.clear();
+    Ok(rows)
+}
+
+fn restore_workspace(
+    store: &Store,
+    registry: &KindRegistry,
+    workspace: &Path,
+    s: &record::StageRecord,
+) {
+    let Some(kind) = registry.get(&s.kind) else {
+        return;
+    };
+    let Some(fp) = &s.fingerprint else { return };
+    let names: Vec<&str> = s.inputs.keys().map(String::as_str).collect();
+    let decl = StageDecl {
+        name: &s.name,
+        params: &fp.params,
+        input_names: names,
+    };
+    for (name, rel) in kind.workspace_paths(&decl) {
+        if let Some(OutputRecord::One(a)) = s.outputs.get(&name) {
+            let dest = workspace.join(rel);
+            if dest.is_dir() {
+                let _ = std::fs::remove_dir_all(&dest);
+            } else {
+                let _ = std::fs::remove_file(&dest);
+            }
+            let _ = store.materialize(&a.digest, &dest);
+        }
+    }
+}

@@ -1,0 +1,106 @@
+//! Training checkpoints: a directory with the weights, the optimizer moments and the
+//! position in the run.
+//!
+//! ```text
+//! checkpoint-000003/
+//!   model.safetensors      open_clip state_dict keys, float32, config in __metadata__
+//!   optimizer.safetensors  exp_avg.<param>, exp_avg_sq.<param> (AdamW moments)
+//!   state.json             TrainState: interval, step, samples, schedule, AdamW, seed...
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use tch::nn::VarStore;
+use tch::Tensor;
+
+use super::{save_weights, tensor_file, CheckpointError};
+use crate::model::ClipConfig;
+use crate::train::{AdamWConfig, Schedule};
+
+pub const MODEL_FILE: &str = "model.safetensors";
+pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
+pub const STATE_FILE: &str = "state.json";
+/// `state.json`'s `format` value; bumped when the layout changes.
+pub const TRAIN_STATE_FORMAT: &str = "tureen.train-state/1";
+
+/// Where a run stood when the checkpoint was written (`state.json`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainState {
+    pub format: String,
+    /// Intervals completed (this checkpoint is the end of interval `interval`, 1-based).
+    pub interval: u64,
+    /// Schedule position: optimizer steps in this run's schedule.
+    pub step: u64,
+    /// AdamW's own step count (bias correction); differs from `step` after a rewind
+    /// with a different batch size, as in open_clip.
+    pub adam_step: u64,
+    pub samples_seen: u64,
+    pub batch_size: u64,
+    pub samples_per_interval: u64,
+    pub steps_per_interval: u64,
+    pub intervals: u64,
+    pub schedule: Schedule,
+    pub optimizer: AdamWConfig,
+    pub grad_clip_norm: Option<f64>,
+    /// Base seed; every random draw derives from (seed, step) or (seed, interval).
+    pub seed: u64,
+    pub model: ClipConfig,
+}
+
+/// Reading and writing checkpoint directories.
+pub struct TrainCheckpoint;
+
+impl TrainCheckpoint {
+    /// Writes a complete checkpoint into `dir` (created). Files are written atomically
+    /// and `state.json` last, so a directory with a `state.json` is complete.
+    pub fn write(
+        dir: &Path,
+        vs: &VarStore,
+        optimizer: &BTreeMap<String, Tensor>,
+        state: &TrainState,
+    ) -> Result<(), CheckpointError> {
+        std::fs::create_dir_all(dir).map_err(|e| CheckpointError::Io {
+            path: dir.to_path_buf(),
+            source: e,
+        })?;
+        save_weights(&dir.join(MODEL_FILE), vs, &state.model)?;
+        let mut meta = BTreeMap::new();
+        meta.insert("format".to_string(), "pt".to_string());
+        tensor_file::write(&dir.join(OPTIMIZER_FILE), optimizer, &meta)?;
+        let json = serde_json::to_vec_pretty(state).expect("state serializes");
+        tensor_file::write_bytes(&dir.join(STATE_FILE), &json)
+    }
+
+    /// Reads `state.json` of a checkpoint directory.
+    pub fn read_state(dir: &Path) -> Result<TrainState, CheckpointError> {
+        let path = dir.join(STATE_FILE);
+        let bytes = std::fs::read(&path).map_err(|e| CheckpointError::Io {
+            path: path.clone(),
+            source: e,
+        })?;
+        let state: TrainState =
+            serde_json::from_slice(&bytes).map_err(|e| CheckpointError::State {
+                path: path.clone(),
+                message: format!("line {} column {}: {e}", e.line(), e.column()),
+            })?;
+        if state.format != TRAIN_STATE_FORMAT {
+            return Err(CheckpointError::State {
+                path,
+                message: format!("format `{}` is not `{TRAIN_STATE_FORMAT}`", state.format),
+            });
+        }
+        Ok(state)
+    }
+
+    /// Loads the weights into `vs` (strict) and returns the optimizer tensors.
+    pub fn load_into(
+        dir: &Path,
+        vs: &VarStore,
+    ) -> Result<BTreeMap<String, Tensor>, CheckpointError> {
+        super::load_weights(vs, &dir.join(MODEL_FILE))?;
+        Ok(tensor_file::read(&dir.join(OPTIMIZER_FILE))?.tensors)
+    }
+}

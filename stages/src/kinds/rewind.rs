@@ -1,0 +1,62 @@
+//! `kind: rewind`: continue another stage's run from one of its checkpoints with new
+//! settings (batch size, lr, augmentation, drop path), as the model card's rewind of
+//! intervals 231-256 at batch 95,744 and lr 2e-3.
+//!
+//! The schedule is recomputed for the new batch size (total steps = steps per interval x
+//! `intervals`) and entered at `k x steps per interval` for a checkpoint after interval
+//! k, so the lr jumps at the restart, exactly as open_clip's `--resume` with a new batch
+//! size. AdamW's betas, eps and weight decay and its step count come from the
+//! checkpoint; only the lr follows the new schedule. `checkpoints` holds the intervals
+//! trained here (k+1..intervals).
+//!
+//! ```yaml
+//! rewind:
+//!   kind: rewind
+//!   inputs: {from: core.checkpoints[2], data: synth.dataset}
+//!   params:
+//!     data: {shards: "train/{000000..000007}.tar", augment: {scale: [0.3, 1.0], re_prob: 0.4}}
+//!     batch_size: 96
+//!     samples_per_interval: 1024
+//!     intervals: 4
+//!     lr: 2.0e-3
+//!     warmup: 10
+//! ```
+
+use std::collections::BTreeMap;
+
+use tureen_engine::kind::{OutputDecl, Produced, StageContext, StageDecl, StageKind};
+
+use crate::train::stage::{self, Mode};
+
+/// The `rewind` kind.
+pub struct RewindKind;
+
+impl StageKind for RewindKind {
+    fn name(&self) -> &'static str {
+        "rewind"
+    }
+
+    fn code_version(&self) -> &'static str {
+        "rewind-1"
+    }
+
+    fn validate(&self, decl: &StageDecl<'_>) -> Result<(), String> {
+        stage::validate(decl, Mode::Rewind)
+    }
+
+    fn outputs(&self, decl: &StageDecl<'_>) -> Vec<OutputDecl> {
+        stage::outputs(decl, Mode::Rewind)
+    }
+
+    fn estimate(
+        &self,
+        decl: &StageDecl<'_>,
+        inputs: &tureen_engine::plan::EstimateInputs<'_>,
+    ) -> Result<Option<tureen_engine::plan::StageEstimate>, String> {
+        crate::plan::estimate_rewind(decl, inputs)
+    }
+
+    fn run(&self, ctx: &mut StageContext<'_>) -> anyhow::Result<BTreeMap<String, Produced>> {
+        stage::run(ctx, Mode::Rewind)
+    }
+}

@@ -1,0 +1,287 @@
+//! `kind: soup`: a weight average of checkpoints.
+//!
+//! ```yaml
+//! soup:
+//!   kind: soup
+//!   inputs:
+//!     checkpoints: [core.checkpoints[10], core.checkpoints[20], core.final]
+//!   params:
+//!     method: weighted          # uniform (default), weighted, greedy
+//!     weights: [1, 1, 2]        # weighted only: one per checkpoint, any scale
+//!     out_dtype: bfloat16       # optional: float32, float16, bfloat16, float64
+//!     accumulate: f32           # f32 (mergekit-exact, default) or f64 (timm)
+//!     keys: strict              # strict (default), intersection, union
+//! ```
+//!
+//! Every checkpoint is a `.safetensors` file or a directory holding `model.safetensors`
+//! (the `checkpoints` series of a train stage). The one output, `soup`, is a
+//! safetensors file made by `tureen_artifacts::soup::soup_files` (numerics documented
+//! there). `method: greedy` sorts the checkpoints by held-out zero-shot top-1 and adds
+//! each one only if the soup's score does not drop (`stages::eval::greedy`); its
+//! `heldout:` param takes the `eval` kind's params (`data`, `classnames`, `templates`,
+//! ...); list those files in the stage's `deps` so that changing them re-runs the soup.
+//!
+//! The soup file carries no path-dependent metadata, so the same checkpoints give the
+//! same bytes in every store and workspace.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use serde_json::{Map, Value};
+use tureen_artifacts::safetensors::Dtype;
+use tureen_artifacts::soup::{soup_files, Accumulate, KeyPolicy, SoupOptions};
+use tureen_engine::kind::{
+    InputValue, OutputDecl, OutputShape, Produced, StageContext, StageDecl, StageKind,
+};
+
+/// The `soup` kind.
+pub struct SoupKind;
+
+const PARAMS: &[&str] = &[
+    "method",
+    "weights",
+    "out_dtype",
+    "accumulate",
+    "keys",
+    "heldout",
+];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Method {
+    Uniform,
+    Weighted,
+    Greedy,
+}
+
+fn method(params: &Map<String, Value>) -> Result<Method, String> {
+    match params.get("method").map(|v| v.as_str()) {
+        None => Ok(if params.contains_key("weights") {
+            Method::Weighted
+        } else {
+            Method::Uniform
+        }),
+        Some(Some("uniform")) => Ok(Method::Uniform),
+        Some(Some("weighted")) => Ok(Method::Weighted),
+        Some(Some("greedy")) => Ok(Method::Greedy),
+        Some(_) => Err("params.method: expected `uniform`, `weighted` or `greedy`".into()),
+    }
+}
+
+fn weights(params: &Map<String, Value>) -> Result<Option<Vec<f64>>, String> {
+    match params.get("weights") {
+        None => Ok(None),
+        Some(Value::Array(items)) if !items.is_empty() => items
+            .iter()
+            .map(|v| {
+                v.as_f64().filter(|w| w.is_finite()).ok_or_else(|| {
+                    "params.weights: every weight must be a finite number".to_string()
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(Some),
+        Some(_) => Err("params.weights: expected a non-empty list of numbers".into()),
+    }
+}
+
+fn options(params: &Map<String, Value>) -> Result<SoupOptions, String> {
+    let mut opts = SoupOptions {
+        provenance: false,
+        ..SoupOptions::default()
+    };
+    if let Some(v) = params.get("out_dtype") {
+        let dtype = match v.as_str() {
+            Some("float32" | "f32" | "F32") => Dtype::F32,
+            Some("float16" | "f16" | "F16") => Dtype::F16,
+            Some("bfloat16" | "bf16" | "BF16") => Dtype::BF16,
+            Some("float64" | "f64" | "F64") => Dtype::F64,
+            _ => {
+                return Err(
+                    "params.out_dtype: expected float32, float16, bfloat16 or float64".into(),
+                )
+            }
+        };
+        opts.out_dtype = Some(dtype);
+    }
+    if let Some(v) = params.get("accumulate") {
+        opts.accumulate = match v.as_str() {
+            Some("f32") => Accumulate::F32,
+            Some("f64") => Accumulate::F64,
+            _ => return Err("params.accumulate: expected `f32` or `f64`".into()),
+        };
+    }
+    if let Some(v) = params.get("keys") {
+        opts.keys = match v.as_str() {
+            Some("strict") => KeyPolicy::Strict,
+            Some("intersection") => KeyPolicy::Intersection,
+            Some("union") => KeyPolicy::Union,
+            _ => return Err("params.keys: expected `strict`, `intersection` or `union`".into()),
+        };
+    }
+    Ok(opts)
+}
+
+impl StageKind for SoupKind {
+    fn name(&self) -> &'static str {
+        "soup"
+    }
+
+    fn code_version(&self) -> &'static str {
+        "1"
+    }
+
+    fn validate(&self, decl: &StageDecl<'_>) -> Result<(), String> {
+        for key in decl.params.keys() {
+            if !PARAMS.contains(&key.as_str()) {
+                return Err(format!(
+                    "params.{key}: unknown soup param (known: {})",
+                    PARAMS.join(", ")
+                ));
+            }
+        }
+        if decl.input_names != ["checkpoints"] {
+            return Err(format!(
+                "params: a soup takes exactly one input, `checkpoints` (a series, or a list of checkpoints); found: {}",
+                if decl.input_names.is_empty() { "none".to_string() } else { decl.input_names.join(", ") }
+            ));
+        }
+        let m = method(decl.params)?;
+        let w = weights(decl.params)?;
+        match (m, &w) {
+            (Method::Weighted, None) => {
+                return Err("params.method: `weighted` needs `weights`".into())
+            }
+            (Method::Uniform | Method::Greedy, Some(_)) => {
+                return Err("params.weights: only used with `method: weighted`".into())
+            }
+            _ => {}
+        }
+        if let Some(w) = &w {
+            if w.iter().sum::<f64>() == 0.0 {
+                return Err("params.weights: the weights sum to zero".into());
+            }
+        }
+        match (m, decl.params.get("heldout")) {
+            (Method::Greedy, Some(Value::Object(h))) => {
+                crate::eval::suite::EvalParams::from_params(h).map_err(|e| format!("params.heldout: {e}"))?;
+            }
+            (Method::Greedy, _) => return Err("params.heldout: `method: greedy` needs `heldout:` (the eval params of the held-out set)".into()),
+            (_, Some(_)) => return Err("params.heldout: only used with `method: greedy`".into()),
+            _ => {}
+        }
+        options(decl.params).map(|_| ())
+    }
+
+    fn outputs(&self, _decl: &StageDecl<'_>) -> Vec<OutputDecl> {
+        vec![OutputDecl {
+            name: "soup".into(),
+            shape: OutputShape::One,
+            len: None,
+        }]
+    }
+
+    /// What `tureen plan` counts for this stage (see [`crate::plan`]).
+    fn estimate(
+        &self,
+        decl: &StageDecl<'_>,
+        inputs: &tureen_engine::plan::EstimateInputs<'_>,
+    ) -> Result<Option<tureen_engine::plan::StageEstimate>, String> {
+        crate::plan::estimate_soup(decl, inputs)
+    }
+
+    fn run(&self, ctx: &mut StageContext<'_>) -> anyhow::Result<BTreeMap<String, Produced>> {
+        let artifacts = match ctx.inputs.get("checkpoints") {
+            Some(InputValue::One(a)) => vec![a.clone()],
+            Some(InputValue::Series(items)) => items.clone(),
+            None => anyhow::bail!("no `checkpoints` input"),
+        };
+        let paths: Vec<PathBuf> = artifacts
+            .iter()
+            .map(|a| checkpoint_file(&a.path))
+            .collect::<anyhow::Result<_>>()?;
+        let mut opts = options(ctx.params).map_err(anyhow::Error::msg)?;
+        opts.input_digests = Some(
+            artifacts
+                .iter()
+                .map(|a| a.digest.parse())
+                .collect::<Result<_, _>>()?,
+        );
+        let out = ctx.work_dir.join("soup.safetensors");
+        let m = method(ctx.params).map_err(anyhow::Error::msg)?;
+        ctx.log.line(&format!(
+            "{} soup of {} checkpoints",
+            format!("{m:?}").to_lowercase(),
+            paths.len()
+        ));
+        match m {
+            Method::Uniform | Method::Weighted => {
+                let w = weights(ctx.params).map_err(anyhow::Error::msg)?;
+                if let Some(w) = &w {
+                    anyhow::ensure!(
+                        w.len() == paths.len(),
+                        "params.weights: {} weights for {} checkpoints",
+                        w.len(),
+                        paths.len()
+                    );
+                }
+                let report = soup_files(&paths, w.as_deref(), &out, &opts, None)?;
+                ctx.log.line(&format!(
+                    "averaged {} tensors, copied {}, {} bytes ({})",
+                    report.averaged, report.copied, report.output_bytes, report.numerics
+                ));
+                ctx.log.metrics(&serde_json::json!({"step": 0, "ingredients": paths.len(), "output_bytes": report.output_bytes}));
+            }
+            Method::Greedy => {
+                let heldout = ctx
+                    .params
+                    .get("heldout")
+                    .and_then(Value::as_object)
+                    .cloned()
+                    .unwrap_or_default();
+                let params = crate::eval::suite::EvalParams::from_params(&heldout)
+                    .map_err(anyhow::Error::msg)?;
+                let device = match ctx.gpus.first() {
+                    Some(&g) => tch::Device::Cuda(g as usize),
+                    None => tch::Device::Cpu,
+                };
+                let scorer = crate::eval::greedy::ZeroShotScorer {
+                    params,
+                    base_dir: ctx.workspace.to_path_buf(),
+                    device,
+                };
+                let mut score = |p: &std::path::Path| scorer.score(p);
+                let outcome = crate::eval::greedy::greedy_soup(
+                    &paths,
+                    &out,
+                    &opts,
+                    &mut score,
+                    ctx.work_dir,
+                )?;
+                ctx.log.line(&format!(
+                    "greedy soup: kept {} of {} checkpoints ({:?}), held-out score {:.4}",
+                    outcome.selected.len(),
+                    paths.len(),
+                    outcome.selected,
+                    outcome.score
+                ));
+                ctx.log.metrics(&serde_json::to_value(&outcome)?);
+            }
+        }
+        Ok(BTreeMap::from([("soup".to_string(), Produced::Path(out))]))
+    }
+}
+
+/// A checkpoint is a safetensors file, or a directory holding `model.safetensors`.
+fn checkpoint_file(path: &std::path::Path) -> anyhow::Result<PathBuf> {
+    if path.is_dir() {
+        let inner = path.join("model.safetensors");
+        anyhow::ensure!(
+            inner.is_file(),
+            "{} is a directory without model.safetensors",
+            path.display()
+        );
+        return Ok(inner);
+    }
+    std::fs::metadata(path).with_context(|| format!("checkpoint {}", path.display()))?;
+    Ok(path.to_path_buf())
+}

@@ -1,0 +1,56 @@
+//! `kind: train`: train a CLIP model from scratch (or resume this stage's own last
+//! checkpoint after an interruption). See [`crate::train::stage`] for the params.
+//!
+//! ```yaml
+//! core:
+//!   kind: train
+//!   inputs: {data: synth.dataset}
+//!   params:
+//!     model: {preset: convnext_atto_64, text: {vocab_size: 259}}
+//!     data: {shards: "train/{000000..000007}.tar", augment: {scale: [0.33, 1.0], re_prob: 0.35}}
+//!     batch_size: 64
+//!     samples_per_interval: 1024
+//!     intervals: 4
+//!     lr: 1.0e-3
+//!     warmup: 10
+//!     grad_clip_norm: 5.0
+//! ```
+
+use std::collections::BTreeMap;
+
+use tureen_engine::kind::{OutputDecl, Produced, StageContext, StageDecl, StageKind};
+
+use crate::train::stage::{self, Mode};
+
+/// The `train` kind.
+pub struct TrainKind;
+
+impl StageKind for TrainKind {
+    fn name(&self) -> &'static str {
+        "train"
+    }
+
+    fn code_version(&self) -> &'static str {
+        "train-1"
+    }
+
+    fn validate(&self, decl: &StageDecl<'_>) -> Result<(), String> {
+        stage::validate(decl, Mode::Train)
+    }
+
+    fn outputs(&self, decl: &StageDecl<'_>) -> Vec<OutputDecl> {
+        stage::outputs(decl, Mode::Train)
+    }
+
+    fn estimate(
+        &self,
+        decl: &StageDecl<'_>,
+        inputs: &tureen_engine::plan::EstimateInputs<'_>,
+    ) -> Result<Option<tureen_engine::plan::StageEstimate>, String> {
+        crate::plan::estimate_train(decl, inputs)
+    }
+
+    fn run(&self, ctx: &mut StageContext<'_>) -> anyhow::Result<BTreeMap<String, Produced>> {
+        stage::run(ctx, Mode::Train)
+    }
+}

@@ -1,0 +1,208 @@
+//! AdamW over tch tensors, operation for operation `torch.optim.AdamW` (single-tensor
+//! path, which torch uses on the CPU), so a run can be saved and resumed bit-exactly
+//! and compared with PyTorch.
+//!
+//! Weight decay follows open_clip: no decay for parameters with fewer than 2 dims and
+//! those whose name contains `bn`, `ln`, `bias` or `logit_scale`.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use tch::nn::VarStore;
+use tch::Tensor;
+
+/// AdamW hyper-parameters other than the learning rate (which the schedule sets).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdamWConfig {
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub weight_decay: f64,
+}
+
+impl Default for AdamWConfig {
+    /// open_clip's defaults for ConvNeXt CLIP: betas (0.9, 0.98), eps 1e-6, wd 0.2.
+    fn default() -> Self {
+        AdamWConfig {
+            beta1: 0.9,
+            beta2: 0.98,
+            eps: 1e-6,
+            weight_decay: 0.2,
+        }
+    }
+}
+
+/// open_clip's rule: parameters excluded from weight decay.
+pub fn excluded_from_decay(name: &str, dims: usize) -> bool {
+    dims < 2
+        || name.contains("bn")
+        || name.contains("ln")
+        || name.contains("bias")
+        || name.contains("logit_scale")
+}
+
+struct ParamState {
+    name: String,
+    param: Tensor,
+    exp_avg: Tensor,
+    exp_avg_sq: Tensor,
+    decay: bool,
+}
+
+/// The optimizer: one state per trainable variable, in name order.
+pub struct AdamW {
+    pub config: AdamWConfig,
+    params: Vec<ParamState>,
+    /// Optimizer steps taken (torch keeps one count per parameter; they are equal here
+    /// because every CLIP parameter gets a gradient every step).
+    pub step: u64,
+}
+
+impl AdamW {
+    pub fn new(vs: &VarStore, config: AdamWConfig) -> AdamW {
+        let mut vars: Vec<(String, Tensor)> = vs
+            .variables()
+            .into_iter()
+            .filter(|(_, t)| t.requires_grad())
+            .collect();
+        vars.sort_by(|a, b| a.0.cmp(&b.0));
+        let params = vars
+            .into_iter()
+            .map(|(name, param)| {
+                let decay = !excluded_from_decay(&name, param.dim());
+                let exp_avg = param.zeros_like();
+                let exp_avg_sq = param.zeros_like();
+                ParamState {
+                    name,
+                    param,
+                    exp_avg,
+                    exp_avg_sq,
+                    decay,
+                }
+            })
+            .collect();
+        AdamW {
+            config,
+            params,
+            step: 0,
+        }
+    }
+
+    /// Names of the parameters that get weight decay.
+    pub fn decayed(&self) -> impl Iterator<Item = &str> {
+        self.params
+            .iter()
+            .filter(|p| p.decay)
+            .map(|p| p.name.as_str())
+    }
+
+    pub fn zero_grad(&mut self) {
+        for p in &mut self.params {
+            let mut g = p.param.grad();
+            if g.defined() {
+                let _ = g.zero_();
+            }
+        }
+    }
+
+    /// Gradients of all parameters, in name order (undefined ones skipped).
+    pub fn grads(&self) -> Vec<Tensor> {
+        self.params
+            .iter()
+            .map(|p| p.param.grad())
+            .filter(|g| g.defined())
+            .collect()
+    }
+
+    /// One update at learning rate `lr`, exactly torch's `_single_tensor_adam` with
+    /// decoupled weight decay.
+    pub fn step(&mut self, lr: f64) {
+        self.step += 1;
+        let step = self.step as f64;
+        let AdamWConfig {
+            beta1,
+            beta2,
+            eps,
+            weight_decay,
+        } = self.config;
+        let bias_correction1 = 1.0 - beta1.powf(step);
+        let bias_correction2 = 1.0 - beta2.powf(step);
+        let step_size = lr / bias_correction1;
+        let bias_correction2_sqrt = bias_correction2.powf(0.5);
+        tch::no_grad(|| {
+            for p in &mut self.params {
+                let grad = p.param.grad();
+                if !grad.defined() {
+                    continue;
+                }
+                let mut param = p.param.shallow_clone();
+                if p.decay && weight_decay != 0.0 {
+                    let _ = param.g_mul_scalar_(1.0 - lr * weight_decay);
+                }
+                let _ = p.exp_avg.lerp_(&grad, 1.0 - beta1);
+                // torch: exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2).
+                // tch has no `value`; the kernel computes (value * t1) * t2, so scaling
+                // t1 first is the same arithmetic.
+                let _ = p
+                    .exp_avg_sq
+                    .g_mul_scalar_(beta2)
+                    .addcmul_(&grad.g_mul_scalar(1.0 - beta2), &grad);
+                let denom = (p.exp_avg_sq.sqrt() / bias_correction2_sqrt) + eps;
+                // torch: param.addcdiv_(exp_avg, denom, value=-step_size); the kernel
+                // computes (value * t1) / t2, so scale t1 first here too.
+                let _ = param.addcdiv_(&p.exp_avg.g_mul_scalar(-step_size), &denom);
+            }
+        });
+    }
+
+    /// The state as tensors: `exp_avg.<param>` and `exp_avg_sq.<param>`.
+    pub fn state_tensors(&self) -> BTreeMap<String, Tensor> {
+        let mut out = BTreeMap::new();
+        for p in &self.params {
+            out.insert(format!("exp_avg.{}", p.name), p.exp_avg.shallow_clone());
+            out.insert(
+                format!("exp_avg_sq.{}", p.name),
+                p.exp_avg_sq.shallow_clone(),
+            );
+        }
+        out
+    }
+
+    /// Restores the state saved by [`AdamW::state_tensors`] (strict: every parameter's
+    /// moments must be present with its shape).
+    pub fn load_state(
+        &mut self,
+        tensors: &BTreeMap<String, Tensor>,
+        step: u64,
+    ) -> Result<(), String> {
+        if tensors.len() != 2 * self.params.len() {
+            return Err(format!(
+                "{} tensors for {} parameters (expected exp_avg and exp_avg_sq for each)",
+                tensors.len(),
+                self.params.len()
+            ));
+        }
+        for p in &mut self.params {
+            for (key, dst) in [
+                ("exp_avg", &mut p.exp_avg),
+                ("exp_avg_sq", &mut p.exp_avg_sq),
+            ] {
+                let name = format!("{key}.{}", p.name);
+                let src = tensors
+                    .get(&name)
+                    .ok_or_else(|| format!("missing tensor `{name}`"))?;
+                if src.size() != dst.size() {
+                    return Err(format!(
+                        "tensor `{name}`: shape {:?}, parameter has {:?}",
+                        src.size(),
+                        dst.size()
+                    ));
+                }
+                tch::no_grad(|| dst.copy_(src));
+            }
+        }
+        self.step = step;
+        Ok(())
+    }
+}

@@ -1,0 +1,531 @@
+//! The training loop shared by the `train` and `rewind` kinds.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tch::nn::VarStore;
+use tch::{Device, Kind, Tensor};
+
+use super::adamw::{AdamW, AdamWConfig};
+use super::data::DataSource;
+use super::schedule::{steps_per_interval, Schedule, StepRounding};
+use crate::checkpoint::{self, CheckpointError, TrainCheckpoint, TrainState};
+use crate::model::{amp, clip_loss, Clip, ClipConfig};
+
+/// Numeric precision of the forward/backward pass. Master weights and optimizer state
+/// are always float32.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Precision {
+    /// bf16 on CUDA, fp32 on the CPU (where bf16 is slower).
+    Auto,
+    Fp32,
+    /// Matmuls and convolutions in bfloat16 (torch autocast's split).
+    Bf16,
+}
+
+/// Everything that decides what a training run computes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    pub model: ClipConfig,
+    /// Global batch: samples per optimizer step.
+    pub batch_size: u64,
+    /// Samples per forward/backward pass; smaller than `batch_size` turns on exact
+    /// gradient accumulation.
+    pub micro_batch: Option<u64>,
+    pub samples_per_interval: u64,
+    /// Steps per interval = ceil (open_clip) or floor of samples / batch.
+    pub step_rounding: StepRounding,
+    /// Total intervals of the schedule (a rewind counts the intervals before it too).
+    pub intervals: u64,
+    pub lr: f64,
+    pub warmup: u64,
+    pub optimizer: AdamWConfig,
+    pub grad_clip_norm: Option<f64>,
+    pub seed: u64,
+    pub precision: Precision,
+    /// A metrics record every this many steps (and at the end of every interval).
+    pub log_every: u64,
+}
+
+impl TrainConfig {
+    pub fn steps_per_interval(&self) -> u64 {
+        steps_per_interval(
+            self.samples_per_interval,
+            self.batch_size,
+            self.step_rounding,
+        )
+    }
+
+    pub fn schedule(&self) -> Schedule {
+        Schedule {
+            base_lr: self.lr,
+            warmup_steps: self.warmup,
+            total_steps: self.steps_per_interval() * self.intervals,
+        }
+    }
+
+    /// Checks the numbers, naming the param at fault.
+    pub fn validate(&self) -> Result<(), TrainError> {
+        let bad = |m: String| Err(TrainError::Config(m));
+        self.model
+            .validate()
+            .map_err(|e| TrainError::Config(e.to_string()))?;
+        if self.batch_size < 2 {
+            return bad(
+                "batch_size: must be at least 2 (the contrastive loss needs negatives)".into(),
+            );
+        }
+        if self.micro_batch == Some(0) {
+            return bad("micro_batch: must be at least 1".into());
+        }
+        if self.intervals == 0 {
+            return bad("intervals: must be at least 1".into());
+        }
+        if self.steps_per_interval() == 0 {
+            return bad(format!(
+                "samples_per_interval ({}) is smaller than batch_size ({}): an interval would have no step",
+                self.samples_per_interval, self.batch_size
+            ));
+        }
+        if !(self.lr > 0.0 && self.lr.is_finite()) {
+            return bad("lr: must be a positive number".into());
+        }
+        let o = &self.optimizer;
+        if !(0.0..1.0).contains(&o.beta1) || !(0.0..1.0).contains(&o.beta2) {
+            return bad("betas: must be in [0, 1)".into());
+        }
+        if !(o.eps > 0.0) || !(o.weight_decay >= 0.0) {
+            return bad("eps must be positive and weight_decay non-negative".into());
+        }
+        if let Some(c) = self.grad_clip_norm {
+            if !(c > 0.0) {
+                return bad("grad_clip_norm: must be positive".into());
+            }
+        }
+        if self.log_every == 0 {
+            return bad("log_every: must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+/// Where a run starts.
+#[derive(Debug, Clone)]
+pub enum Start {
+    /// Fresh weights from `seed`, step 0.
+    Fresh,
+    /// Continue this run from one of its own checkpoints (`resume: latest`).
+    Resume(PathBuf),
+    /// Start from another run's checkpoint with this config: the schedule is
+    /// recomputed for the new batch size and entered at `interval * steps_per_interval`;
+    /// AdamW betas, eps and weight decay come from the checkpoint.
+    Rewind(PathBuf),
+}
+
+/// Errors of a training run.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error("invalid training config: {0}")]
+    Config(String),
+    #[error("loss is {loss} at step {step} (interval {interval}); stopped, the last good checkpoint is kept")]
+    NonFinite { step: u64, interval: u64, loss: f64 },
+    #[error("data: {0}")]
+    Data(String),
+    #[error("batch at step {step}: {message}")]
+    Batch { step: u64, message: String },
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    #[error("checkpoint {path}: {message}")]
+    Incompatible { path: PathBuf, message: String },
+    #[error("cancelled at step {0}")]
+    Cancelled(u64),
+    #[error("committing checkpoint of interval {interval}: {message}")]
+    Commit { interval: u64, message: String },
+}
+
+/// How the trainer talks to its host (the stage context, or a test).
+pub trait TrainHooks {
+    fn metrics(&mut self, record: &serde_json::Value);
+    fn progress(&mut self, done: u64, total: u64);
+    /// A finished checkpoint directory for interval `interval` (1-based); store it.
+    fn checkpoint(&mut self, interval: u64, dir: &Path) -> Result<(), String>;
+    fn cancelled(&self) -> bool;
+}
+
+/// What a finished run reports.
+#[derive(Debug, Clone)]
+pub struct TrainOutcome {
+    pub steps: u64,
+    pub samples_seen: u64,
+    pub last_loss: Option<f64>,
+    /// Intervals trained in this call (0 when everything was already done).
+    pub intervals_trained: u64,
+}
+
+/// `device: auto|cpu|cuda|cuda:N`.
+pub fn resolve_device(spec: &str) -> Result<Device, String> {
+    match spec {
+        "auto" => Ok(Device::cuda_if_available()),
+        "cpu" => Ok(Device::Cpu),
+        "cuda" => {
+            if tch::Cuda::is_available() {
+                Ok(Device::Cuda(0))
+            } else {
+                Err("device: cuda requested but no CUDA device is available".into())
+            }
+        }
+        s => match s
+            .strip_prefix("cuda:")
+            .and_then(|n| n.parse::<usize>().ok())
+        {
+            Some(n) if (n as i64) < tch::Cuda::device_count() => Ok(Device::Cuda(n)),
+            Some(n) => Err(format!(
+                "device: cuda:{n} is not available ({} CUDA devices)",
+                tch::Cuda::device_count()
+            )),
+            None => Err(format!(
+                "device: expected auto, cpu, cuda or cuda:N, got `{s}`"
+            )),
+        },
+    }
+}
+
+static INIT_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// splitmix64 over a few words: the seed of libtorch's generator for one forward pass.
+pub(crate) fn mix(words: &[u64]) -> u64 {
+    let mut x = 0x9E37_79B9_7F4A_7C15u64;
+    for &w in words {
+        x ^= w;
+        x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = x;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        x = z ^ (z >> 31);
+    }
+    // libtorch takes a signed seed; keep it non-negative.
+    x >> 1
+}
+
+/// `torch.nn.utils.clip_grad_norm_(params, max_norm)`: scales every gradient by
+/// `min(1, max_norm / (total_norm + 1e-6))`; returns the total 2-norm before clipping.
+pub fn clip_grad_norm(grads: &[Tensor], max_norm: f64) -> f64 {
+    if grads.is_empty() {
+        return 0.0;
+    }
+    tch::no_grad(|| {
+        let norms: Vec<Tensor> = grads.iter().map(|g| g.norm()).collect();
+        let total = Tensor::stack(&norms, 0).norm();
+        let coef = (max_norm / (&total + 1e-6)).clamp_max(1.0);
+        for g in grads {
+            let _ = g.shallow_clone().g_mul_(&coef);
+        }
+        total.double_value(&[])
+    })
+}
+
+/// A model, its optimizer and where they are in the schedule.
+pub struct Trainer {
+    pub config: TrainConfig,
+    pub device: Device,
+    pub vs: VarStore,
+    pub model: Clip,
+    pub optimizer: AdamW,
+    /// Intervals completed.
+    pub interval: u64,
+    /// Schedule position (optimizer steps in the current schedule's terms).
+    pub step: u64,
+    pub samples_seen: u64,
+    compute: Option<Kind>,
+}
+
+impl Trainer {
+    /// Builds the model and optimizer and positions them per `start`.
+    pub fn new(config: TrainConfig, device: Device, start: &Start) -> Result<Trainer, TrainError> {
+        config.validate()?;
+        let compute = match (config.precision, device) {
+            (Precision::Fp32, _) | (Precision::Auto, Device::Cpu) => None,
+            _ => Some(Kind::BFloat16),
+        };
+        // Initialisation draws from libtorch's process-global generator: hold a lock so
+        // stages initialising models in parallel threads each get their seed's weights.
+        let (vs, model) = {
+            let _guard = INIT_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+            tch::manual_seed(mix(&[config.seed, 0x1417]) as i64);
+            let vs = VarStore::new(device);
+            let model = Clip::new(&vs.root(), &config.model);
+            (vs, model)
+        };
+        let optimizer = AdamW::new(&vs, config.optimizer);
+        let mut trainer = Trainer {
+            config,
+            device,
+            vs,
+            model,
+            optimizer,
+            interval: 0,
+            step: 0,
+            samples_seen: 0,
+            compute,
+        };
+        match start {
+            Start::Fresh => {}
+            Start::Resume(dir) => trainer.restore(dir, false)?,
+            Start::Rewind(dir) => trainer.restore(dir, true)?,
+        }
+        Ok(trainer)
+    }
+
+    fn restore(&mut self, dir: &Path, rewind: bool) -> Result<(), TrainError> {
+        let ckpt = TrainCheckpoint::read_state(dir)?;
+        let incompatible = |message: String| TrainError::Incompatible {
+            path: dir.to_path_buf(),
+            message,
+        };
+        if ckpt.model != self.config.model {
+            let mut cfg = ckpt.model.clone();
+            // Regularisation may change on a rewind; shapes may not.
+            cfg.vision.drop_path = self.config.model.vision.drop_path;
+            if !rewind || cfg != self.config.model {
+                return Err(incompatible(
+                    "its model config differs from this stage's `model`".into(),
+                ));
+            }
+        }
+        if ckpt.interval > self.config.intervals {
+            return Err(incompatible(format!(
+                "it is at interval {}, beyond this run's {} intervals",
+                ckpt.interval, self.config.intervals
+            )));
+        }
+        let opt = TrainCheckpoint::load_into(dir, &self.vs)?;
+        self.optimizer
+            .load_state(&opt, ckpt.adam_step)
+            .map_err(|m| incompatible(format!("optimizer state: {m}")))?;
+        if rewind {
+            // open_clip restores the optimizer's param groups: betas/eps/wd come from
+            // the checkpoint; only the lr follows the new schedule.
+            self.optimizer.config = ckpt.optimizer;
+            self.config.optimizer = ckpt.optimizer;
+        } else if ckpt.batch_size != self.config.batch_size
+            || ckpt.samples_per_interval != self.config.samples_per_interval
+        {
+            return Err(incompatible(
+                "batch_size or samples_per_interval differ from the run that wrote it".into(),
+            ));
+        }
+        self.interval = ckpt.interval;
+        self.step = ckpt.interval * self.config.steps_per_interval();
+        self.samples_seen = ckpt.samples_seen;
+        Ok(())
+    }
+
+    /// Loss of one global batch with gradients accumulated into the parameters.
+    fn forward_backward(&self, images: &Tensor, tokens: &Tensor) -> Tensor {
+        let b = images.size()[0];
+        let micro = self.config.micro_batch.map_or(b, |m| m as i64).min(b);
+        let seed = self.config.seed;
+        let step = self.step;
+        let reseed = |j: u64| {
+            self.model
+                .seed_stochastic_depth(mix(&[seed, 0xd409, step, j]))
+        };
+        if micro >= b {
+            reseed(0);
+            let loss = amp::autocast(self.compute, || self.model.loss(images, tokens, true));
+            loss.backward();
+            return loss;
+        }
+        // Exact accumulation over the global batch (GradCache, as open_clip's
+        // accum_freq): features of every micro-batch first without gradients, then each
+        // micro-batch again with gradients against the cached features of the others.
+        // Unlike open_clip, logit_scale's gradient is counted once, so the update equals
+        // the one of a single pass over the whole batch.
+        let image_chunks = images.split(micro, 0);
+        let token_chunks = tokens.split(micro, 0);
+        let mut cached_images = Vec::with_capacity(image_chunks.len());
+        let mut cached_texts = Vec::with_capacity(image_chunks.len());
+        tch::no_grad(|| {
+            for (j, (im, tk)) in image_chunks.iter().zip(&token_chunks).enumerate() {
+                reseed(j as u64);
+                amp::autocast(self.compute, || {
+                    cached_images.push(self.model.encode_image(im, true));
+                    cached_texts.push(self.model.encode_text(tk));
+                });
+            }
+        });
+        let mut first_loss = None;
+        for (j, (im, tk)) in image_chunks.iter().zip(&token_chunks).enumerate() {
+            reseed(j as u64);
+            let loss = amp::autocast(self.compute, || {
+                let fi = self.model.encode_image(im, true);
+                let ft = self.model.encode_text(tk);
+                let mut all_i: Vec<Tensor> =
+                    cached_images.iter().map(|t| t.shallow_clone()).collect();
+                let mut all_t: Vec<Tensor> =
+                    cached_texts.iter().map(|t| t.shallow_clone()).collect();
+                all_i[j] = fi;
+                all_t[j] = ft;
+                let scale = if j == 0 {
+                    self.model.logit_scale().shallow_clone()
+                } else {
+                    self.model.logit_scale().detach()
+                };
+                clip_loss(&Tensor::cat(&all_i, 0), &Tensor::cat(&all_t, 0), &scale)
+            });
+            loss.backward();
+            first_loss.get_or_insert(loss);
+        }
+        first_loss.expect("at least one micro-batch")
+    }
+
+    /// Whether matmuls and convolutions run in bf16.
+    pub fn uses_bf16(&self) -> bool {
+        self.compute.is_some()
+    }
+
+    /// One optimizer step on a global batch; returns the loss (before the update).
+    pub fn train_step(&mut self, images: &Tensor, tokens: &Tensor) -> Result<f64, TrainError> {
+        self.model
+            .check_batch(Some(images), Some(tokens))
+            .map_err(|e| TrainError::Batch {
+                step: self.step,
+                message: e.to_string(),
+            })?;
+        let images = images.to_device(self.device);
+        let tokens = tokens.to_device(self.device);
+        let lr = self.config.schedule().lr(self.step);
+        self.optimizer.zero_grad();
+        let loss = self.forward_backward(&images, &tokens);
+        let value = loss.double_value(&[]);
+        if !value.is_finite() {
+            return Err(TrainError::NonFinite {
+                step: self.step,
+                interval: self.interval,
+                loss: value,
+            });
+        }
+        if let Some(max_norm) = self.config.grad_clip_norm {
+            clip_grad_norm(&self.optimizer.grads(), max_norm);
+        }
+        self.optimizer.step(lr);
+        self.model.clamp_logit_scale();
+        self.step += 1;
+        self.samples_seen += images.size()[0] as u64;
+        Ok(value)
+    }
+
+    /// The state a checkpoint written now records.
+    pub fn state(&self) -> TrainState {
+        TrainState {
+            format: checkpoint::TRAIN_STATE_FORMAT.to_string(),
+            interval: self.interval,
+            step: self.step,
+            adam_step: self.optimizer.step,
+            samples_seen: self.samples_seen,
+            batch_size: self.config.batch_size,
+            samples_per_interval: self.config.samples_per_interval,
+            steps_per_interval: self.config.steps_per_interval(),
+            intervals: self.config.intervals,
+            schedule: self.config.schedule(),
+            optimizer: self.optimizer.config,
+            grad_clip_norm: self.config.grad_clip_norm,
+            seed: self.config.seed,
+            model: self.config.model.clone(),
+        }
+    }
+
+    /// Writes a checkpoint directory `dir` (created; must not exist).
+    pub fn write_checkpoint(&self, dir: &Path) -> Result<(), TrainError> {
+        TrainCheckpoint::write(
+            dir,
+            &self.vs,
+            &self.optimizer.state_tensors(),
+            &self.state(),
+        )?;
+        Ok(())
+    }
+
+    /// Trains from the current interval to the last, checkpointing into
+    /// `work_dir/checkpoint-<interval>` and handing each to `hooks`.
+    pub fn run(
+        &mut self,
+        data: &mut dyn DataSource,
+        work_dir: &Path,
+        hooks: &mut dyn TrainHooks,
+    ) -> Result<TrainOutcome, TrainError> {
+        let spi = self.config.steps_per_interval();
+        let total = spi * self.config.intervals;
+        let start_interval = self.interval;
+        let mut last_loss = None;
+        let mut window_start = Instant::now();
+        let mut window_samples = 0u64;
+        hooks.progress(self.step, total);
+        while self.interval < self.config.intervals {
+            let mut batches = data
+                .interval(self.interval, self.config.batch_size)
+                .map_err(TrainError::Data)?;
+            for i in 0..spi {
+                if hooks.cancelled() {
+                    return Err(TrainError::Cancelled(self.step));
+                }
+                let (images, tokens) = match batches.next() {
+                    Some(Ok(b)) => b,
+                    Some(Err(e)) => return Err(TrainError::Data(e)),
+                    None => {
+                        return Err(TrainError::Data(format!(
+                            "interval {} ended after {i} of {spi} batches",
+                            self.interval
+                        )))
+                    }
+                };
+                let lr = self.config.schedule().lr(self.step);
+                let loss = self.train_step(&images, &tokens)?;
+                last_loss = Some(loss);
+                window_samples += self.config.batch_size;
+                if self.step % self.config.log_every == 0 || i + 1 == spi {
+                    let secs = window_start.elapsed().as_secs_f64();
+                    let scale = self.model.logit_scale().double_value(&[]);
+                    hooks.metrics(&json!({
+                        "step": self.step,
+                        "interval": self.interval,
+                        "samples": self.samples_seen,
+                        "loss": loss,
+                        "lr": lr,
+                        "logit_scale": scale,
+                        "scale": scale.exp(),
+                        "samples_per_s": if secs > 0.0 { window_samples as f64 / secs } else { 0.0 },
+                    }));
+                    window_start = Instant::now();
+                    window_samples = 0;
+                }
+                hooks.progress(self.step, total);
+            }
+            drop(batches);
+            self.interval += 1;
+            let dir = work_dir.join(format!("checkpoint-{:06}", self.interval));
+            if dir.exists() {
+                std::fs::remove_dir_all(&dir).map_err(|e| CheckpointError::Io {
+                    path: dir.clone(),
+                    source: e,
+                })?;
+            }
+            self.write_checkpoint(&dir)?;
+            hooks
+                .checkpoint(self.interval, &dir)
+                .map_err(|message| TrainError::Commit {
+                    interval: self.interval,
+                    message,
+                })?;
+        }
+        Ok(TrainOutcome {
+            steps: self.step,
+            samples_seen: self.samples_seen,
+            last_loss,
+            intervals_trained: self.interval - start_interval,
+        })
+    }
+}

@@ -1,0 +1,460 @@
+//! `executor: slurm` end to end: the `tureen` binary against the real single-node Slurm
+//! cluster that `scripts/slurm/up.sh` starts (no stand-in `sbatch` anywhere).
+//!
+//! The cluster is found through `TUREEN_TEST_SLURM_CONF` (its slurm.conf), which
+//! `scripts/test.sh` exports after starting it. Without it these tests fail under CI
+//! (`CI=true`) and are skipped, with a note, elsewhere. To run them by hand:
+//!
+//! ```sh
+//! scripts/slurm/up.sh && . /tmp/tureen-slurm/env
+//! cargo test --release --test slurm
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use tureen_engine::slurm::JobRecord;
+
+/// The test cluster's slurm.conf, or `None` (after saying so) outside CI.
+fn cluster() -> Option<PathBuf> {
+    match std::env::var_os("TUREEN_TEST_SLURM_CONF") {
+        Some(conf) => Some(PathBuf::from(conf)),
+        None if std::env::var("CI").is_ok_and(|v| v == "true") => panic!(
+            "TUREEN_TEST_SLURM_CONF is not set under CI: scripts/test.sh must start the test cluster \
+             (scripts/slurm/up.sh) and export it"
+        ),
+        None => {
+            eprintln!("skipped (no cluster): run scripts/slurm/up.sh and `. /tmp/tureen-slurm/env` first");
+            None
+        }
+    }
+}
+
+/// A pipeline directory with its own store.
+struct Workspace {
+    dir: tempfile::TempDir,
+    conf: PathBuf,
+}
+
+impl Workspace {
+    fn new(conf: &Path, pipeline: &str) -> Workspace {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("pipeline.yaml"), pipeline).unwrap();
+        Workspace {
+            dir,
+            conf: conf.to_path_buf(),
+        }
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    fn store(&self) -> PathBuf {
+        self.path(".tureen")
+    }
+
+    fn tureen(&self) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tureen"));
+        cmd.current_dir(self.dir.path())
+            .env("SLURM_CONF", &self.conf)
+            .arg("--store")
+            .arg(self.store())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        cmd
+    }
+
+    fn spawn_run(&self) -> Child {
+        self.tureen()
+            .arg("run")
+            .arg("pipeline.yaml")
+            .spawn()
+            .unwrap()
+    }
+
+    /// `tureen run pipeline.yaml`, killed if it takes more than two minutes.
+    fn run(&self) -> Output {
+        finish(self.spawn_run(), Duration::from_secs(120))
+    }
+
+    /// The Slurm directory of the (single) Slurm stage: `<store>/slurm/<key>/`.
+    fn slurm_dirs(&self) -> Vec<PathBuf> {
+        let Ok(entries) = std::fs::read_dir(self.store().join("slurm")) else {
+            return Vec::new();
+        };
+        let mut dirs: Vec<PathBuf> = entries
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.is_dir())
+            .collect();
+        dirs.sort();
+        dirs
+    }
+
+    /// The job id recorded for the single Slurm stage, once there is one.
+    fn recorded_job(&self) -> Option<(String, bool)> {
+        let dir = self.slurm_dirs().into_iter().next()?;
+        let record = JobRecord::load(&dir).ok()??;
+        Some((record.job_id, record.finished))
+    }
+
+    /// Job logs (`slurm-<id>.log`) of the single Slurm stage: one per submitted job.
+    fn job_logs(&self) -> Vec<PathBuf> {
+        let Some(dir) = self.slurm_dirs().into_iter().next() else {
+            return Vec::new();
+        };
+        let mut logs: Vec<PathBuf> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "log"))
+            .collect();
+        logs.sort();
+        logs
+    }
+
+    fn slurm(&self, args: &[&str]) -> String {
+        let out = Command::new(args[0])
+            .args(&args[1..])
+            .env("SLURM_CONF", &self.conf)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn job_state(&self, job_id: &str) -> String {
+        let shown = self.slurm(&["scontrol", "show", "job", "-o", job_id]);
+        shown
+            .split_whitespace()
+            .find_map(|t| t.strip_prefix("JobState="))
+            .unwrap_or_else(|| panic!("no JobState in {shown}"))
+            .to_string()
+    }
+
+    /// Waits (bounded) until the stage's job is recorded and RUNNING; returns its id.
+    fn wait_running(&self, child: &mut Child) -> String {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!("tureen exited ({status}) before its Slurm job ran");
+            }
+            if let Some((id, _)) = self.recorded_job() {
+                if self.job_state(&id) == "RUNNING" {
+                    return id;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the Slurm job did not start within 60 s"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The line the cluster's jobcomp file has for `job_id` (waits for slurmctld to write it).
+    fn jobcomp_line(&self, job_id: &str) -> String {
+        let conf = std::fs::read_to_string(&self.conf).unwrap();
+        let loc = conf
+            .lines()
+            .find_map(|l| l.strip_prefix("JobCompLoc="))
+            .expect("JobCompLoc in slurm.conf");
+        let needle = format!("JobId={job_id} ");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let text = std::fs::read_to_string(loc.trim()).unwrap_or_default();
+            // The newest line for this id (ids restart when a cluster is set up afresh).
+            if let Some(line) = text.lines().rev().find(|l| l.starts_with(&needle)) {
+                return line.to_string();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "job {job_id} never reached the jobcomp file {loc}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+/// Waits for `child`, killing it after `limit`; returns its output.
+fn finish(mut child: Child, limit: Duration) -> Output {
+    let deadline = Instant::now() + limit;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "tureen did not finish within {limit:?}; stderr:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.wait_with_output().unwrap()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Polling settings that keep the tests in seconds (defaults suit a real cluster).
+const FAST: &str = "slurm:\n  poll_interval: 0.1\n  query_interval: 0.3\n  sentinel_grace: 1\n";
+
+fn pipeline(stage: &str) -> String {
+    format!("tureen: 1\n{FAST}stages:\n{stage}")
+}
+
+#[test]
+fn slurm_stage_runs_through_sbatch_and_its_output_lands_in_the_store() {
+    let Some(conf) = cluster() else { return };
+    let ws = Workspace::new(
+        &conf,
+        &pipeline(
+            "  hello:\n    kind: command\n    executor: slurm\n    cmd: echo \"hello from $SLURM_JOB_NAME\" > ${outs.greeting}\n    outs: {greeting: out/greeting.txt}\n",
+        ),
+    );
+    let out = ws.run();
+    assert!(out.status.success(), "tureen run failed:\n{}", stderr(&out));
+
+    let (job_id, finished) = ws.recorded_job().expect("a Slurm job record");
+    assert!(finished);
+    let greeting = std::fs::read_to_string(ws.path("out/greeting.txt")).unwrap();
+    assert!(
+        greeting.starts_with("hello from tureen-") && greeting.trim_end().ends_with("-hello"),
+        "{greeting:?}"
+    );
+    // The job really ran under Slurm, under the run's name, and completed.
+    let line = ws.jobcomp_line(&job_id);
+    assert!(line.contains("JobState=COMPLETED"), "{line}");
+    assert!(
+        line.contains(&format!(
+            "Name={}",
+            greeting.trim_end().trim_start_matches("hello from ")
+        )),
+        "{line}"
+    );
+    // The output is in the store: some object holds exactly these bytes.
+    let stored = walk(&ws.store().join("objects"))
+        .into_iter()
+        .any(|p| std::fs::read(&p).unwrap() == greeting.as_bytes());
+    assert!(stored, "no store object holds the stage's output");
+
+    // Cached now: a second run submits nothing.
+    let logs = ws.job_logs();
+    let again = ws.run();
+    assert!(
+        again.status.success(),
+        "second run failed:\n{}",
+        stderr(&again)
+    );
+    assert_eq!(
+        ws.recorded_job().unwrap().0,
+        job_id,
+        "the cached stage was submitted again"
+    );
+    assert_eq!(ws.job_logs(), logs);
+}
+
+#[test]
+fn ctrl_c_cancels_the_slurm_job() {
+    let Some(conf) = cluster() else { return };
+    let ws = Workspace::new(
+        &conf,
+        &pipeline("  long:\n    kind: command\n    executor: slurm\n    cmd: sleep 300; echo late > ${outs.o}\n    outs: {o: o.txt}\n"),
+    );
+    let mut child = ws.spawn_run();
+    let job_id = ws.wait_running(&mut child);
+    let started = Instant::now();
+    let status = Command::new("kill")
+        .arg("-INT")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = finish(child, Duration::from_secs(60));
+    assert!(!out.status.success(), "an interrupted run must fail");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "cancelling took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(ws.job_state(&job_id), "CANCELLED");
+    let err = stderr(&out);
+    assert!(
+        err.contains(&job_id) && err.to_lowercase().contains("cancel"),
+        "{err}"
+    );
+    assert!(!ws.path("o.txt").exists());
+}
+
+#[test]
+fn job_cancelled_outside_tureen_fails_the_stage_with_a_clear_error() {
+    let Some(conf) = cluster() else { return };
+    let ws = Workspace::new(
+        &conf,
+        &pipeline(
+            "  victim:\n    kind: command\n    executor: slurm\n    retries: 2\n    cmd: sleep 300; echo late > ${outs.o}\n    outs: {o: o.txt}\n",
+        ),
+    );
+    let mut child = ws.spawn_run();
+    let job_id = ws.wait_running(&mut child);
+    ws.slurm(&["scancel", &job_id]);
+    let out = finish(child, Duration::from_secs(60));
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!("Slurm job {job_id}")) && err.contains("cancelled outside tureen"),
+        "{err}"
+    );
+    // Somebody chose to stop it: no retry was submitted.
+    assert_eq!(ws.job_logs().len(), 1, "{:?}", ws.job_logs());
+}
+
+#[test]
+fn failing_slurm_stage_is_retried_up_to_retries() {
+    let Some(conf) = cluster() else { return };
+    // Fails twice, then succeeds: `retries: 2` is just enough.
+    let ws = Workspace::new(
+        &conf,
+        &pipeline(
+            "  flaky:\n    kind: command\n    executor: slurm\n    retries: 2\n    cmd: echo try >> tries.txt; [ $(wc -l < tries.txt) -ge 3 ] && echo ok > ${outs.o}\n    outs: {o: o.txt}\n",
+        ),
+    );
+    let out = ws.run();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        std::fs::read_to_string(ws.path("tries.txt"))
+            .unwrap()
+            .lines()
+            .count(),
+        3
+    );
+    assert_eq!(ws.job_logs().len(), 3, "one Slurm job per attempt");
+
+    // Always fails: `retries: 1` means two attempts, then the run fails.
+    let ws = Workspace::new(
+        &conf,
+        &pipeline(
+            "  doomed:\n    kind: command\n    executor: slurm\n    retries: 1\n    cmd: echo try >> tries.txt; exit 7\n    outs: {o: o.txt}\n",
+        ),
+    );
+    let out = ws.run();
+    assert!(!out.status.success());
+    assert_eq!(
+        std::fs::read_to_string(ws.path("tries.txt"))
+            .unwrap()
+            .lines()
+            .count(),
+        2
+    );
+    assert_eq!(ws.job_logs().len(), 2);
+    assert!(stderr(&out).contains("doomed"), "{}", stderr(&out));
+}
+
+#[test]
+fn restarted_tureen_reattaches_to_its_running_job_instead_of_resubmitting() {
+    let Some(conf) = cluster() else { return };
+    let ws = Workspace::new(
+        &conf,
+        &pipeline("  steady:\n    kind: command\n    executor: slurm\n    cmd: sleep 4; echo done > ${outs.o}\n    outs: {o: o.txt}\n"),
+    );
+    let mut first = ws.spawn_run();
+    let job_id = ws.wait_running(&mut first);
+    // tureen dies hard (no chance to cancel anything); the job keeps running.
+    first.kill().unwrap();
+    first.wait().unwrap();
+    assert_eq!(ws.recorded_job(), Some((job_id.clone(), false)));
+
+    let out = ws.run();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(std::fs::read_to_string(ws.path("o.txt")).unwrap(), "done\n");
+    assert_eq!(
+        ws.recorded_job(),
+        Some((job_id, true)),
+        "a second job was submitted"
+    );
+    assert_eq!(ws.job_logs().len(), 1, "{:?}", ws.job_logs());
+}
+
+#[test]
+fn gpu_stage_gets_a_gres_gpu() {
+    let Some(conf) = cluster() else { return };
+    let ws = Workspace::new(
+        &conf,
+        &pipeline(
+            "  gpu:\n    kind: command\n    executor: slurm\n    resources: {gpus: 1}\n    cmd: echo \"$SLURM_JOB_GPUS|$CUDA_VISIBLE_DEVICES\" > ${outs.o}\n    outs: {o: gpus.txt}\n",
+        ),
+    );
+    let out = ws.run();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let (job_id, _) = ws.recorded_job().unwrap();
+    let shown = ws.slurm(&["scontrol", "show", "job", "-d", &job_id]);
+    assert!(shown.contains("TresPerNode=gres:gpu:1"), "{shown}");
+    // The stage saw the GPU Slurm gave it.
+    let seen = std::fs::read_to_string(ws.path("gpus.txt")).unwrap();
+    let (job_gpus, visible) = seen.trim_end().split_once('|').unwrap();
+    assert!(
+        !job_gpus.is_empty() && job_gpus.bytes().all(|b| b.is_ascii_digit() || b == b','),
+        "{seen:?}"
+    );
+    assert!(
+        !visible.is_empty(),
+        "CUDA_VISIBLE_DEVICES is empty in a GPU stage on Slurm: {seen:?}"
+    );
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                files.push(p);
+            }
+        }
+    }
+    files
+}
+
+#[test]
+fn bad_slurm_options_are_reported_with_file_line_and_column_before_anything_runs() {
+    // Validation only: no cluster needed, nothing is submitted.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("pipeline.yaml"),
+        "tureen: 1\nslurm: {partiton: gpu}\nstages:\n  s:\n    kind: command\n    executor: slurm\n    resources: {time: two hours}\n    cmd: echo hi > ${outs.o}\n    outs: {o: o.txt}\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_tureen"))
+        .current_dir(dir.path())
+        .args(["--store", ".tureen", "run", "pipeline.yaml"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("pipeline.yaml:2:8")
+            && err.contains("slurm.partiton")
+            && err.contains("partition"),
+        "{err}"
+    );
+    assert!(
+        err.contains("pipeline.yaml:7:23") && err.contains("`two hours` is not a Slurm time limit"),
+        "{err}"
+    );
+    assert!(
+        !dir.path().join(".tureen/slurm").exists(),
+        "something was submitted"
+    );
+}
