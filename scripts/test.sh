@@ -13,4 +13,4 @@ scripts/setup.sh
 scripts/slurm/up.sh
 trap 'scripts/slurm/down.sh' EXIT
 . "${TUREEN_SLURM_DIR:-/tmp/tureen-slurm}/env"
-cargo test --release --locked --workspace
+cargo test --release --locked --workspace --no-fail-fast

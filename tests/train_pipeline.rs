@@ -141,8 +141,9 @@ fn journal_commits(store: &Path) -> usize {
 
 #[test]
 fn a_train_stage_killed_mid_interval_resumes_to_the_same_final_checkpoint() {
-    // 4 intervals of 12 steps: long enough to kill inside interval 2.
-    let text = pipeline(4, 96, false);
+    // 4 intervals of 60 steps: an interval takes far longer than the 10 ms polling
+    // below, so the kill lands inside interval 2 however fast the machine is.
+    let text = pipeline(4, 480, false);
     let whole = tempfile::tempdir().unwrap();
     std::fs::write(whole.path().join("pipeline.yaml"), &text).unwrap();
     run_ok(whole.path());
@@ -166,8 +167,7 @@ fn a_train_stage_killed_mid_interval_resumes_to_the_same_final_checkpoint() {
         );
         std::thread::sleep(Duration::from_millis(10));
     }
-    std::thread::sleep(Duration::from_millis(150)); // into interval 2
-    child.kill().unwrap(); // SIGKILL
+    child.kill().unwrap(); // SIGKILL, early in interval 2
     child.wait().unwrap();
     let commits = journal_commits(&killed.path().join(".tureen"));
     assert!(

@@ -206,8 +206,9 @@ pub fn now_rfc3339() -> String {
     )
 }
 
-/// A new run id: `20261122-224107-<6 hex>` (UTC time, then randomness so two runs in
-/// one second differ).
+/// A new run id: `20261122-224107.123-<6 hex>`: UTC time to the millisecond, so ids sort
+/// in start order (`latest` depends on it; runs often start within one second), then
+/// randomness so two runs started in the same millisecond still differ.
 pub fn new_run_id() -> String {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -223,7 +224,8 @@ pub fn new_run_id() -> String {
         .as_bytes(),
     );
     format!(
-        "{y:04}{mo:02}{d:02}-{h:02}{mi:02}{s:02}-{}",
+        "{y:04}{mo:02}{d:02}-{h:02}{mi:02}{s:02}.{:03}-{}",
+        now.subsec_millis(),
         &noise.to_hex()[..6]
     )
 }

@@ -95,6 +95,10 @@ pub struct SoupOptions {
     /// The inputs' digests if the caller already knows them (e.g. from the store); else
     /// they are computed while the soup runs, when `provenance` is on.
     pub input_digests: Option<Vec<Digest>>,
+    /// How provenance names each input (`"file"` in `tureen.soup.ingredients`); default:
+    /// the path as given. Pipelines pass store-independent labels so the same soup has
+    /// the same bytes in every store.
+    pub input_labels: Option<Vec<String>>,
     /// fsync the output before renaming it into place (default). `false` keeps the
     /// all-or-nothing rename but not durability across a power loss.
     pub fsync: bool,
@@ -114,6 +118,7 @@ impl Default for SoupOptions {
             provenance: true,
             extra_metadata: BTreeMap::new(),
             input_digests: None,
+            input_labels: None,
             fsync: true,
             chunk_elems: 1 << 18,
         }
@@ -626,11 +631,15 @@ fn provenance(
 ) -> BTreeMap<String, String> {
     let mut m = opts.extra_metadata.clone();
     m.insert("format".into(), "pt".into());
-    let ingredients: Vec<serde_json::Value> = inputs
+    let labels: Vec<String> = match &opts.input_labels {
+        Some(labels) => labels.clone(),
+        None => inputs.iter().map(|p| p.display().to_string()).collect(),
+    };
+    let ingredients: Vec<serde_json::Value> = labels
         .iter()
         .zip(digests)
         .zip(weights)
-        .map(|((p, d), w)| serde_json::json!({"file": p.display().to_string(), "blake3": d.to_string(), "weight": w}))
+        .map(|((label, d), w)| serde_json::json!({"file": label, "blake3": d.to_string(), "weight": w}))
         .collect();
     m.insert(
         "tureen.soup.ingredients".into(),

@@ -85,10 +85,7 @@ fn weights(params: &Map<String, Value>) -> Result<Option<Vec<f64>>, String> {
 }
 
 fn options(params: &Map<String, Value>) -> Result<SoupOptions, String> {
-    let mut opts = SoupOptions {
-        provenance: false,
-        ..SoupOptions::default()
-    };
+    let mut opts = SoupOptions::default();
     if let Some(v) = params.get("out_dtype") {
         let dtype = match v.as_str() {
             Some("float32" | "f32" | "F32") => Dtype::F32,
@@ -206,6 +203,11 @@ impl StageKind for SoupKind {
                 .map(|a| a.digest.parse())
                 .collect::<Result<_, _>>()?,
         );
+        // Provenance names ingredients by digest, never by their path in this store, so
+        // the soup's bytes are the same everywhere; the model config of the ingredients
+        // is carried over so the soup loads (and evaluates) like a checkpoint.
+        opts.input_labels = Some(artifacts.iter().map(|a| a.digest.clone()).collect());
+        let opts = crate::eval::greedy::inherit_model_config(&opts, &paths)?;
         let out = ctx.work_dir.join("soup.safetensors");
         let m = method(ctx.params).map_err(anyhow::Error::msg)?;
         ctx.log.line(&format!(
