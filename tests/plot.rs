@@ -43,7 +43,7 @@ fn blake3_hex(s: &str) -> String {
     out
 }
 
-/// A core run of 100 steps at batch 64, a rewind redoing the last 10 steps at batch
+/// A synthetic dataset, a core run of 100 steps at batch 64, a rewind redoing the last 10 steps at batch
 /// 75, a soup of the two and an eval of each final model.
 fn write_run(store: &Path) {
     let s = Store::open(store).unwrap();
@@ -53,8 +53,17 @@ fn write_run(store: &Path) {
             .unwrap();
         json!({"metrics": {"digest": d.to_string()}})
     };
+    // Evals name their dataset too (`data` sorts before `model`): the marker must still
+    // belong to the evaluated model, not to the dataset's stage.
     let stages = vec![
-        stage("core", "train", "ran", json!({}), json!({})),
+        stage("synth", "command", "ran", json!({}), json!({})),
+        stage(
+            "core",
+            "train",
+            "ran",
+            json!({"data": {"ref": "synth.dataset", "digest": null}}),
+            json!({}),
+        ),
         stage(
             "rewind",
             "rewind",
@@ -73,7 +82,7 @@ fn write_run(store: &Path) {
             "eval_core",
             "eval",
             "ran",
-            json!({"model": {"ref": "core.final", "digest": null}}),
+            json!({"data": {"ref": "synth.dataset", "digest": null}, "model": {"ref": "core.final", "digest": null}}),
             eval_out(0.52),
         ),
         stage(
@@ -87,7 +96,7 @@ fn write_run(store: &Path) {
             "eval_soup",
             "eval",
             "ran",
-            json!({"model": {"ref": "soup.soup", "digest": null}}),
+            json!({"data": {"ref": "synth.dataset", "digest": null}, "model": {"ref": "soup.soup", "digest": null}}),
             eval_out(0.57),
         ),
     ];

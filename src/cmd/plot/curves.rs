@@ -51,10 +51,18 @@ impl RunView {
 }
 
 impl StageView {
-    /// The references of every input, split where an input lists several.
+    /// The references of every input, split where an input lists several; the `model`
+    /// input first, since an eval also names its dataset (`data: synth.dataset`), and
+    /// inputs are recorded in name order.
     fn refs(&self) -> impl Iterator<Item = &str> {
-        self.inputs
-            .values()
+        let model = self.inputs.get("model").into_iter();
+        let others = self
+            .inputs
+            .iter()
+            .filter(|(name, _)| *name != "model")
+            .map(|(_, i)| i);
+        model
+            .chain(others)
             .filter_map(|i| i.get("ref").and_then(Value::as_str))
             .flat_map(|r| r.split(", "))
     }
