@@ -49,7 +49,6 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    restore_default_sigpipe();
     let cli = Cli::parse();
     cmd::init_logging(&cli.global);
     let result = match cli.command {
@@ -72,14 +71,5 @@ fn main() -> ExitCode {
             eprintln!("error: {err:#}");
             ExitCode::from(1)
         }
-    }
-}
-
-/// Rust ignores SIGPIPE, so `tureen show RUN | head` would fail with a broken-pipe
-/// error; a command-line tool should end quietly instead, as `cat` does.
-fn restore_default_sigpipe() {
-    // SAFETY: called first thing in main, before any thread exists.
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
