@@ -5,6 +5,9 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+mod common;
+use common::{ok, tureen};
+
 use tureen_artifacts::safetensors::{write_file, Dtype, SafetensorsFile};
 use tureen_artifacts::Digest;
 
@@ -16,25 +19,6 @@ fn fixture_inputs(tag: &str) -> Vec<PathBuf> {
     (0..3)
         .map(|i| fixtures().join(tag).join(format!("in{i}.safetensors")))
         .collect()
-}
-
-fn tureen(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_tureen"))
-        .args(args)
-        .current_dir(dir)
-        .env_remove("TUREEN_STORE")
-        .output()
-        .expect("run tureen")
-}
-
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "tureen failed: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        String::from_utf8_lossy(&out.stdout)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// Asserts failure, returns stderr, and checks no file other than `allowed` is in `dir`.

@@ -2,25 +2,10 @@
 //! keeping what runs and pins reference, materialize never exposing an object to edits.
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 
-fn tureen(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_tureen"))
-        .args(args)
-        .current_dir(dir)
-        .env_remove("TUREEN_STORE")
-        .output()
-        .expect("run tureen")
-}
-
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "tureen failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
+mod common;
+use common::{ok, tureen};
 
 /// `tureen store add` prints `<digest>  <path>`; returns the digest of the first line.
 fn add(dir: &Path, path: &str) -> String {
