@@ -22,6 +22,7 @@ use std::path::{Path, PathBuf};
 
 use tch::nn::VarStore;
 use tch::{Kind, Tensor};
+use tureen_artifacts::soup::SoupOptions;
 
 use crate::model::ClipConfig;
 
@@ -31,6 +32,32 @@ pub use train_checkpoint::{
 
 /// `__metadata__` key holding the model config as JSON.
 pub const CONFIG_KEY: &str = "tureen.clip_config";
+
+/// Soups carry the ingredients' model config (`tureen.clip_config` in `__metadata__`)
+/// so that every candidate and the result load as models without extra params.
+pub fn inherit_model_config(
+    opts: &SoupOptions,
+    ingredients: &[PathBuf],
+) -> anyhow::Result<SoupOptions> {
+    let mut opts = opts.clone();
+    if let Some(d) = &opts.input_digests {
+        anyhow::ensure!(
+            d.len() == ingredients.len(),
+            "{} input digests given for {} ingredients",
+            d.len(),
+            ingredients.len()
+        );
+    }
+    if opts.provenance && !opts.extra_metadata.contains_key(CONFIG_KEY) {
+        for path in ingredients {
+            if let Some(config) = tensor_file::read_header(path)?.remove(CONFIG_KEY) {
+                opts.extra_metadata.insert(CONFIG_KEY.to_string(), config);
+                break;
+            }
+        }
+    }
+    Ok(opts)
+}
 
 /// Errors reading or writing checkpoints; every variant names the file (and tensor).
 #[derive(Debug, thiserror::Error)]

@@ -81,7 +81,7 @@ pub fn greedy_soup(
     let mut order: Vec<usize> = (0..ingredients.len()).collect();
     order.sort_by(|&a, &b| individual_scores[b].total_cmp(&individual_scores[a]));
 
-    let opts = inherit_model_config(opts, ingredients)?;
+    let opts = crate::checkpoint::inherit_model_config(opts, ingredients)?;
     let mut selected = vec![order[0]];
     let mut best = individual_scores[order[0]];
     let mut steps = Vec::new();
@@ -138,33 +138,6 @@ fn subset_options(opts: &SoupOptions, chosen: &[usize]) -> SoupOptions {
         input_digests,
         ..opts.clone()
     }
-}
-
-/// Soups carry the ingredients' model config (`tureen.clip_config` in `__metadata__`)
-/// so that every candidate and the result load as models without extra params.
-pub fn inherit_model_config(
-    opts: &SoupOptions,
-    ingredients: &[PathBuf],
-) -> anyhow::Result<SoupOptions> {
-    let mut opts = opts.clone();
-    if let Some(d) = &opts.input_digests {
-        anyhow::ensure!(
-            d.len() == ingredients.len(),
-            "{} input digests given for {} ingredients",
-            d.len(),
-            ingredients.len()
-        );
-    }
-    let key = crate::checkpoint::CONFIG_KEY;
-    if opts.provenance && !opts.extra_metadata.contains_key(key) {
-        for path in ingredients {
-            if let Some(config) = crate::checkpoint::tensor_file::read_header(path)?.remove(key) {
-                opts.extra_metadata.insert(key.to_string(), config);
-                break;
-            }
-        }
-    }
-    Ok(opts)
 }
 
 /// The usual held-out score of a greedy soup: zero-shot top-1 of a checkpoint on a

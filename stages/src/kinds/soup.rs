@@ -207,7 +207,7 @@ impl StageKind for SoupKind {
         // the soup's bytes are the same everywhere; the model config of the ingredients
         // is carried over so the soup loads (and evaluates) like a checkpoint.
         opts.input_labels = Some(artifacts.iter().map(|a| a.digest.clone()).collect());
-        let opts = crate::eval::greedy::inherit_model_config(&opts, &paths)?;
+        let opts = crate::checkpoint::inherit_model_config(&opts, &paths)?;
         let out = ctx.work_dir.join("soup.safetensors");
         let m = method(ctx.params).map_err(anyhow::Error::msg)?;
         ctx.log.line(&format!(
