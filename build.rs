@@ -1,1 +1,1 @@
-include!("stages/build.rs");
+include!("stages/torch/build.rs");

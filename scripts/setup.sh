@@ -16,4 +16,4 @@ if ! python3 -m venv --help >/dev/null 2>&1 || ! python3 -c 'import ensurepip' >
 fi
 
 scripts/setup-venv.sh
-cargo build --release --locked --bin tureen
+cargo build --release --locked --bin tureen --bin tureen-torch

@@ -50,6 +50,9 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if cli.command.only_prints() {
+        end_quietly_on_a_closed_pipe();
+    }
     cmd::init_logging(&cli.global);
     let result = match cli.command {
         Command::Soup(args) => cmd::soup::run(args, &cli.global),
@@ -60,7 +63,7 @@ fn main() -> ExitCode {
         Command::Runs(args) => cmd::runs::run(args, &cli.global),
         Command::Show(args) => cmd::show::run(args, &cli.global),
         Command::Replay(args) => cmd::replay::run(args, &cli.global),
-        Command::StageExec(args) => cmd::stage_exec::run(args, &cli.global),
+        Command::StageExec(args) => cmd::stage_exec::run(args, tureen_stages::register_all),
         Command::Plan(args) => cmd::plan::run(args, &cli.global),
         Command::Plot(args) => cmd::plot::run(args, &cli.global),
         Command::Data(command) => cmd::data::run(command, &cli.global),
@@ -71,5 +74,31 @@ fn main() -> ExitCode {
             eprintln!("error: {err:#}");
             ExitCode::from(1)
         }
+    }
+}
+
+impl Command {
+    /// Commands whose only output is what they print: no child process reads from them.
+    fn only_prints(&self) -> bool {
+        matches!(
+            self,
+            Command::Store(_)
+                | Command::Dag(_)
+                | Command::Status(_)
+                | Command::Runs(_)
+                | Command::Show(_)
+                | Command::Plan(_)
+        )
+    }
+}
+
+/// Rust ignores SIGPIPE, so `tureen show RUN | head` would end with a broken-pipe
+/// panic; a command-line tool should stop quietly, as `cat` does. Only for commands that
+/// only print: `run` writes job scripts to `sbatch`'s stdin and must survive a child
+/// that exits without reading them (it gets an error it reports instead).
+fn end_quietly_on_a_closed_pipe() {
+    // SAFETY: called first thing in main, before any thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }

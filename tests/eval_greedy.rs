@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 
 use tch::Tensor;
 use tureen_artifacts::soup::SoupOptions;
-use tureen_stages::checkpoint::tensor_file;
-use tureen_stages::eval::greedy::greedy_soup;
+use tureen_torch::checkpoint::{self, tensor_file};
+use tureen_torch::eval::greedy::greedy_soup;
 
 /// Writes a checkpoint whose every weight is `value`.
 fn ingredient(dir: &Path, name: &str, value: f32) -> PathBuf {
@@ -154,7 +154,7 @@ fn a_non_finite_score_or_no_ingredients_is_an_error() {
 fn soups_keep_the_model_config_and_record_only_their_own_ingredients() {
     let dir = tempfile::tempdir().unwrap();
     let config = BTreeMap::from([(
-        tureen_stages::checkpoint::CONFIG_KEY.to_string(),
+        tureen_torch::checkpoint::CONFIG_KEY.to_string(),
         "{\"model\": 1}".to_string(),
     )]);
     let inputs = vec![
@@ -178,9 +178,9 @@ fn soups_keep_the_model_config_and_record_only_their_own_ingredients() {
         &mut |p| {
             // Every file scored, candidates included, carries the model config.
             scored_configs.push(
-                tensor_file::read_header(p)
+                checkpoint::read_metadata(p)
                     .unwrap()
-                    .contains_key(tureen_stages::checkpoint::CONFIG_KEY),
+                    .contains_key(tureen_torch::checkpoint::CONFIG_KEY),
             );
             score(p)
         },
@@ -189,9 +189,9 @@ fn soups_keep_the_model_config_and_record_only_their_own_ingredients() {
     .unwrap();
     assert_eq!(outcome.selected, [2, 1]);
     assert!(scored_configs.iter().all(|&c| c), "{scored_configs:?}");
-    let header = tensor_file::read_header(&out).unwrap();
+    let header = checkpoint::read_metadata(&out).unwrap();
     assert_eq!(
-        header[tureen_stages::checkpoint::CONFIG_KEY],
+        header[tureen_torch::checkpoint::CONFIG_KEY],
         "{\"model\": 1}"
     );
     let recorded = &header["tureen.soup.ingredients"];

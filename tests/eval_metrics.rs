@@ -1,10 +1,10 @@
 //! Evaluation metrics on hand-made scores and embeddings with known answers.
 
 use tch::{Device, Tensor};
-use tureen_stages::eval::metrics::{classification, retrieval, MetricsError};
-use tureen_stages::eval::zeroshot::{classifier, fill_template};
-use tureen_stages::eval::Encoder;
-use tureen_stages::tokenizer::{ByteTokenizer, Tokenizer};
+use tureen_torch::eval::metrics::{classification, retrieval, MetricsError};
+use tureen_torch::eval::zeroshot::{classifier, fill_template};
+use tureen_torch::eval::Encoder;
+use tureen_torch::tokenizer::{ByteTokenizer, Tokenizer};
 
 #[test]
 fn top1_top5_and_per_class_recall_on_known_scores() {

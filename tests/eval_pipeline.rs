@@ -3,8 +3,8 @@
 
 use std::process::Command;
 
-use tureen_stages::checkpoint;
-use tureen_stages::model::{config_from_json, Clip};
+use tureen_torch::checkpoint;
+use tureen_torch::model::{config_from_json, Clip};
 
 const PIPELINE: &str = r#"
 tureen: 1

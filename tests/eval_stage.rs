@@ -5,13 +5,15 @@
 use std::path::Path;
 use std::process::Command;
 
-use tureen_stages::checkpoint;
-use tureen_stages::data::{AugmentConfig, Loader, LoaderConfig, Transform};
-use tureen_stages::eval::dataset::EvalSource;
-use tureen_stages::eval::suite::{evaluate, EvalParams};
-use tureen_stages::eval::zeroshot;
-use tureen_stages::model::{config_from_json, Clip, ClipConfig};
-use tureen_stages::tokenizer::{ByteTokenizer, Tokenizer};
+use tureen_stages::eval::EvalParams;
+use tureen_torch::batch::BatchTensors;
+use tureen_torch::checkpoint;
+use tureen_torch::data::{AugmentConfig, Loader, LoaderConfig, Transform};
+use tureen_torch::eval::dataset::EvalSource;
+use tureen_torch::eval::suite::evaluate;
+use tureen_torch::eval::zeroshot;
+use tureen_torch::model::{config_from_json, Clip, ClipConfig};
+use tureen_torch::tokenizer::{ByteTokenizer, Tokenizer};
 
 fn synth(out: &Path, shards: usize, per_shard: usize, per_class: usize) {
     let status = Command::new(env!("CARGO_BIN_EXE_tureen"))
@@ -123,7 +125,7 @@ fn a_webdataset_with_labels_evaluates_like_the_image_folder() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("d");
     synth(&data, 1, 4, 1);
-    let items = tureen_stages::eval::dataset::list_image_folder(&data.join("zeroshot/images"))
+    let items = tureen_torch::eval::dataset::list_image_folder(&data.join("zeroshot/images"))
         .unwrap()
         .items;
     let file = std::fs::File::create(data.join("zs.tar")).unwrap();
@@ -220,7 +222,7 @@ fn a_briefly_trained_tiny_clip_beats_chance_at_zero_shot() {
         eprintln!("set TUREEN_LONG_TESTS=1 to run the few-minute training check");
         return;
     }
-    use tureen_stages::train::{Precision, Start, TrainConfig, Trainer};
+    use tureen_torch::train::{Precision, Start, TrainConfig, Trainer};
     let env = |name: &str| std::env::var(name).ok().and_then(|s| s.parse::<f64>().ok());
     let steps = env("TUREEN_SIGNAL_STEPS").unwrap_or(300.0) as u64;
     let lr = env("TUREEN_SIGNAL_LR").unwrap_or(1e-3);
@@ -245,7 +247,7 @@ fn a_briefly_trained_tiny_clip_beats_chance_at_zero_shot() {
         intervals: 1,
         lr,
         warmup: steps / 10,
-        optimizer: tureen_stages::train::AdamWConfig {
+        optimizer: tureen_torch::train::AdamWConfig {
             weight_decay: 0.1,
             ..Default::default()
         },
@@ -266,7 +268,9 @@ fn a_briefly_trained_tiny_clip_beats_chance_at_zero_shot() {
     let mut last = 0.0;
     for (i, b) in Loader::new(loader_cfg, 0).unwrap().enumerate() {
         let b = b.unwrap();
-        last = trainer.train_step(&b.images, &b.tokens).unwrap();
+        last = trainer
+            .train_step(&b.image_tensor(), &b.token_tensor())
+            .unwrap();
         if i % 25 == 0 {
             eprintln!(
                 "step {i}: loss {last:.3} ({:.0} s)",

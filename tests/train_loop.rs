@@ -7,10 +7,10 @@ use std::process::Command;
 
 use tch::nn::{Init, VarStore};
 use tch::{Device, Kind, Tensor};
-use tureen_stages::checkpoint::{tensor_file, TrainCheckpoint, MODEL_FILE, OPTIMIZER_FILE};
-use tureen_stages::model::{ClipConfig, MlpKind, ProjKind, TextConfig, VisionConfig};
-use tureen_stages::train::data::Batches;
-use tureen_stages::train::{
+use tureen_torch::checkpoint::{tensor_file, TrainState, MODEL_FILE, OPTIMIZER_FILE};
+use tureen_torch::model::{ClipConfig, MlpKind, ProjKind, TextConfig, VisionConfig};
+use tureen_torch::train::data::Batches;
+use tureen_torch::train::{
     AdamW, AdamWConfig, DataSource, Precision, Schedule, Start, StepRounding, SyntheticSource,
     TrainConfig, TrainError, TrainHooks, Trainer,
 };
@@ -163,10 +163,7 @@ fn interrupted_and_resumed_run_ends_bit_identical_to_an_uninterrupted_one() {
         bytes(&x.join(OPTIMIZER_FILE)) == bytes(&y.join(OPTIMIZER_FILE)),
         "final optimizer state differs"
     );
-    assert_eq!(
-        TrainCheckpoint::read_state(x).unwrap(),
-        TrainCheckpoint::read_state(y).unwrap()
-    );
+    assert_eq!(TrainState::read(x).unwrap(), TrainState::read(y).unwrap());
     // The metrics of the resumed part equal the uninterrupted run's.
     let losses = |m: &[serde_json::Value]| {
         m.iter()
@@ -352,7 +349,7 @@ fn rewind_recomputes_the_schedule_and_keeps_adamw_hyperparameters() {
         total_steps: 2 * 3,
     };
     assert_eq!(rrec.metrics[0]["lr"].as_f64().unwrap(), expected.lr(2));
-    let state = TrainCheckpoint::read_state(&rrec.checkpoints[1]).unwrap();
+    let state = TrainState::read(&rrec.checkpoints[1]).unwrap();
     assert_eq!(
         (
             state.interval,

@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use tch::{Device, Kind, Tensor};
-use tureen_stages::checkpoint::{self, tensor_file};
-use tureen_stages::model::{clip_loss, Clip, ClipConfig, ProjKind};
+use tureen_torch::checkpoint::{self, tensor_file};
+use tureen_torch::model::{clip_loss, Clip, ClipConfig, ProjKind};
 
 fn python() -> Option<PathBuf> {
     let py = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");

@@ -12,7 +12,7 @@ OC=${OC_TRAIN_BENCH:-/work/shared/bench/oc_train_bench.py}
 [ -x "$PY" ] || { echo "missing $PY: run scripts/setup-venv.sh" >&2; exit 1; }
 [ -f "$OC" ] || { echo "missing $OC (set OC_TRAIN_BENCH)" >&2; exit 1; }
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target}
-cargo build --release -q -p tureen-stages --example train_bench
+cargo build --release -q -p tureen-torch --example train_bench
 BIN="$CARGO_TARGET_DIR/release/examples/train_bench"
 export OMP_NUM_THREADS=2 MKL_NUM_THREADS=2
 

@@ -113,8 +113,10 @@ pub struct JobResult {
     pub resumed_from: usize,
 }
 
-/// What the executing stage tells its observer (the progress display).
-#[derive(Debug, Clone)]
+/// What the executing stage tells its observer (the progress display). A worker
+/// process sends them as JSON lines (`{"line": "..."}`, `{"progress": [3, 10]}`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum JobEvent {
     /// Waiting for another process that holds the key's lock.
     Waiting(String),

@@ -161,6 +161,15 @@ pub trait StageKind: Send + Sync {
         Ok(None)
     }
 
+    /// The executable that runs this stage when it is not tureen itself. Kinds whose
+    /// work needs libtorch (training, evaluation) name the `tureen-torch` worker, so
+    /// that `tureen` links no libtorch and starts in milliseconds; the engine hands
+    /// such a stage to that program as a [`crate::job::StageJob`] file, locally or on
+    /// Slurm. `None` (the default): the stage runs in the engine's own process.
+    fn worker(&self, _decl: &StageDecl<'_>) -> Option<&'static str> {
+        None
+    }
+
     /// Do the work. Returns one [`Produced`] per declared output.
     fn run(&self, ctx: &mut StageContext<'_>) -> anyhow::Result<BTreeMap<String, Produced>>;
 }

@@ -2,7 +2,8 @@
 //! executors (local and Slurm), run records and replay.
 //!
 //! The engine never links libtorch. What a stage does is behind [`kind::StageKind`];
-//! the kinds themselves live in the `tureen-stages` crate.
+//! the kinds themselves live in the `tureen-stages` crate, and those that need libtorch
+//! run in a separate worker program ([`worker`]).
 
 pub mod diag;
 pub mod kind;
@@ -21,5 +22,6 @@ pub mod interrupt;
 pub mod progress;
 pub mod scheduler;
 pub mod slurm_dispatch;
+pub mod worker;
 pub mod graph;
 pub mod replay;

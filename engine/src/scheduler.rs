@@ -43,7 +43,8 @@ pub struct RunOptions {
     /// `-P` overrides as given (recorded).
     pub overrides: Vec<String>,
     pub progress: Mode,
-    /// This tureen binary (command stages get it as `$TUREEN`; Slurm jobs run it).
+    /// This tureen binary (command stages get it as `$TUREEN`; Slurm jobs run it; worker
+    /// programs such as `tureen-torch` are looked for beside it).
     pub tureen_exe: PathBuf,
     /// Recorded in the run record as the reason for the run (e.g. `replay of X`).
     pub purpose: Option<String>,
@@ -956,24 +957,39 @@ fn execute(
                     let tx = tx.clone();
                     let slurm = (stage.executor == Executor::Slurm)
                         .then(|| (p.slurm.clone(), stage.resources.clone(), stage.retries));
+                    // The program that executes the job: tureen itself, or the kind's
+                    // worker (e.g. `tureen-torch`), found beside tureen.
+                    let worker = stage
+                        .worker
+                        .as_deref()
+                        .map(|name| crate::worker::locate(name, &opts.tureen_exe))
+                        .transpose()
+                        .map_err(|e| {
+                            anyhow::anyhow!("stage `{}` (kind {}): {e}", stage.name, stage.kind)
+                        });
                     let exe = opts.tureen_exe.clone();
                     scope.spawn(move || {
                         let events = tx.clone();
                         let mut observer = move |e: JobEvent| {
                             let _ = events.send(Msg::Event(i, e));
                         };
-                        let result = match slurm {
-                            None => job::execute(&job, registry, cancel, &mut observer),
-                            Some((options, resources, retries)) => crate::slurm_dispatch::run(
-                                &job,
-                                &options,
-                                &resources,
-                                retries,
-                                &exe,
-                                cancel,
-                                &mut observer,
-                            ),
-                        };
+                        let result = worker.and_then(|worker| match (slurm, worker) {
+                            (None, None) => job::execute(&job, registry, cancel, &mut observer),
+                            (None, Some(worker)) => {
+                                crate::worker::run(&job, &worker, cancel, &mut observer)
+                            }
+                            (Some((options, resources, retries)), worker) => {
+                                crate::slurm_dispatch::run(
+                                    &job,
+                                    &options,
+                                    &resources,
+                                    retries,
+                                    worker.as_deref().unwrap_or(&exe),
+                                    cancel,
+                                    &mut observer,
+                                )
+                            }
+                        });
                         let _ = tx.send(Msg::Done(i, result));
                     });
                 }

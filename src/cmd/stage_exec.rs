@@ -1,14 +1,14 @@
 //! `tureen stage-exec --job FILE`: execute one resolved stage (a job file written by
 //! the engine) against the store it names, and write its result JSON. Used by the
-//! Slurm executor (`srun tureen stage-exec --job ...`); not meant for humans.
+//! Slurm executor (`srun tureen stage-exec --job ...`); not meant for humans. Stages
+//! that need libtorch go to `tureen-torch stage-exec` instead: the same command, built
+//! into that program from this file (see `tureen_engine::worker`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use tureen_engine::job::{self, JobStatus, StageJob};
 use tureen_engine::kind::KindRegistry;
-
-use super::Global;
+use tureen_engine::worker::{self, ServeArgs};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -18,33 +18,23 @@ pub struct Args {
     /// Where to write the result (default: next to the job, `<job>.result.json`).
     #[arg(long)]
     pub result: Option<PathBuf>,
+    /// Print progress events as JSON lines (for the tureen that started this process).
+    #[arg(long)]
+    pub events: bool,
 }
 
-pub fn run(args: Args, _global: &Global) -> anyhow::Result<ExitCode> {
-    let mut job = StageJob::read(&args.job)?;
-    // On Slurm the allocation decides the GPUs (the engine hands out none there).
-    if job.gpus.is_empty() {
-        job.gpus = tureen_engine::slurm::allocated_gpus().unwrap_or_default();
-    }
+/// Runs the job with the kinds `register` registers (this program's).
+pub fn run(args: Args, register: fn(&mut KindRegistry)) -> anyhow::Result<ExitCode> {
     let mut registry = KindRegistry::new();
-    tureen_stages::register_all(&mut registry);
-    let cancel = tureen_engine::interrupt::install();
-    let mut observer = |e: job::JobEvent| {
-        if let job::JobEvent::Line(l) = e {
-            println!("{l}");
-        }
+    register(&mut registry);
+    let serve = ServeArgs {
+        job: args.job,
+        result: args.result,
+        events: args.events,
     };
-    let result = job::execute(&job, &registry, cancel, &mut observer)?;
-    let path = args
-        .result
-        .unwrap_or_else(|| tureen_engine::slurm_dispatch::result_path(&args.job));
-    let bytes = serde_json::to_vec_pretty(&result)?;
-    tureen_artifacts::fsutil::write_atomic(&path, &bytes)?;
-    Ok(match result.status {
-        JobStatus::Ran | JobStatus::Cached => ExitCode::SUCCESS,
-        JobStatus::Failed | JobStatus::Cancelled => {
-            eprintln!("stage {}: {}", job.stage, result.error.unwrap_or_default());
-            ExitCode::from(1)
-        }
+    Ok(if worker::serve(&serve, &registry)? {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
     })
 }

@@ -11,24 +11,21 @@
 //!   `exp_avg.<param>` / `exp_avg_sq.<param>`) and `state.json` (step, samples seen,
 //!   interval, model config, hyper-parameters, seed).
 //!
-//! Tensors are written contiguous, from the CPU, one at a time, atomically (temp file,
-//! fsync, rename).
+//! This module reads what needs no libtorch: the model config embedded in a weights
+//! file, and a checkpoint's `state.json`. Reading and writing the tensors is
+//! `tureen_torch::checkpoint`.
 
-pub mod tensor_file;
-mod train_checkpoint;
+mod train_state;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use tch::nn::VarStore;
-use tch::{Kind, Tensor};
+use tureen_artifacts::safetensors::SafetensorsFile;
 use tureen_artifacts::soup::SoupOptions;
 
 use crate::model::ClipConfig;
 
-pub use train_checkpoint::{
-    TrainCheckpoint, TrainState, MODEL_FILE, OPTIMIZER_FILE, STATE_FILE, TRAIN_STATE_FORMAT,
-};
+pub use train_state::{TrainState, MODEL_FILE, OPTIMIZER_FILE, STATE_FILE, TRAIN_STATE_FORMAT};
 
 /// `__metadata__` key holding the model config as JSON.
 pub const CONFIG_KEY: &str = "tureen.clip_config";
@@ -50,7 +47,7 @@ pub fn inherit_model_config(
     }
     if opts.provenance && !opts.extra_metadata.contains_key(CONFIG_KEY) {
         for path in ingredients {
-            if let Some(config) = tensor_file::read_header(path)?.remove(CONFIG_KEY) {
+            if let Some(config) = read_metadata(path)?.remove(CONFIG_KEY) {
                 opts.extra_metadata.insert(CONFIG_KEY.to_string(), config);
                 break;
             }
@@ -80,40 +77,25 @@ pub enum CheckpointError {
     Mismatch { path: PathBuf, message: String },
     #[error("{path}: {message}")]
     State { path: PathBuf, message: String },
+    #[error(transparent)]
+    Safetensors(#[from] tureen_artifacts::safetensors::SafetensorsError),
 }
 
-/// The store's variables by name (open_clip's keys, see [`crate::model::Clip`]).
-pub fn named_tensors(vs: &VarStore) -> BTreeMap<String, Tensor> {
-    vs.variables().into_iter().collect()
-}
-
-/// Saves a model's weights (as stored: float32 during training) with its config.
-pub fn save_weights(path: &Path, vs: &VarStore, cfg: &ClipConfig) -> Result<(), CheckpointError> {
-    save_tensors_with_config(path, &named_tensors(vs), cfg)
-}
-
-/// Saves named tensors with the model config embedded.
-pub fn save_tensors_with_config(
-    path: &Path,
-    tensors: &BTreeMap<String, Tensor>,
-    cfg: &ClipConfig,
-) -> Result<(), CheckpointError> {
-    let mut metadata = BTreeMap::new();
-    metadata.insert("format".to_string(), "pt".to_string());
-    metadata.insert(
-        CONFIG_KEY.to_string(),
-        serde_json::to_string(cfg).expect("config serializes"),
-    );
-    tensor_file::write(path, tensors, &metadata)
+/// The `__metadata__` of a safetensors file (empty when it has none). The header is
+/// validated in full first, so a truncated or lying file is an error here.
+pub fn read_metadata(path: &Path) -> Result<BTreeMap<String, String>, CheckpointError> {
+    let file = SafetensorsFile::open(path)?;
+    Ok(file.metadata().cloned().unwrap_or_default())
 }
 
 /// The model config embedded in a weights file, if it has one.
 pub fn read_config(path: &Path) -> Result<Option<ClipConfig>, CheckpointError> {
-    let file = tensor_file::read_header(path)?;
+    let file = read_metadata(path)?;
     config_from_metadata(path, &file)
 }
 
-fn config_from_metadata(
+/// The model config in a file's `__metadata__` (`None`: the file has none).
+pub fn config_from_metadata(
     path: &Path,
     metadata: &BTreeMap<String, String>,
 ) -> Result<Option<ClipConfig>, CheckpointError> {
@@ -129,108 +111,4 @@ fn config_from_metadata(
         message: e.to_string(),
     })?;
     Ok(Some(cfg))
-}
-
-/// Copies named tensors into the store's variables, strictly: every variable must be
-/// present with the same shape and no extra tensor may be left over (like
-/// `load_state_dict(strict=True)`). Values are converted to the variable's kind and
-/// device (so a bf16 soup loads into a float32 model).
-pub fn copy_into(
-    vs: &VarStore,
-    tensors: &BTreeMap<String, Tensor>,
-    path: &Path,
-) -> Result<(), CheckpointError> {
-    let vars = named_tensors(vs);
-    let missing: Vec<&String> = vars.keys().filter(|k| !tensors.contains_key(*k)).collect();
-    let unexpected: Vec<&String> = tensors.keys().filter(|k| !vars.contains_key(*k)).collect();
-    if !missing.is_empty() || !unexpected.is_empty() {
-        let show = |v: &[&String]| {
-            v.iter()
-                .take(5)
-                .map(|s| s.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
-        return Err(CheckpointError::Mismatch {
-            path: path.to_path_buf(),
-            message: format!(
-                "does not match the model: {} missing tensor(s) [{}], {} unexpected tensor(s) [{}]",
-                missing.len(),
-                show(&missing),
-                unexpected.len(),
-                show(&unexpected)
-            ),
-        });
-    }
-    for (name, var) in &vars {
-        let t = &tensors[name];
-        if t.size() != var.size() {
-            return Err(CheckpointError::Tensor {
-                path: path.to_path_buf(),
-                tensor: name.clone(),
-                message: format!(
-                    "shape {:?} in the file, {:?} in the model",
-                    t.size(),
-                    var.size()
-                ),
-            });
-        }
-        if !t.is_floating_point() {
-            return Err(CheckpointError::Tensor {
-                path: path.to_path_buf(),
-                tensor: name.clone(),
-                message: format!("dtype {:?} is not a floating-point kind", t.kind()),
-            });
-        }
-        tch::no_grad(|| var.shallow_clone().copy_(t));
-    }
-    Ok(())
-}
-
-/// Loads a weights file into the store's variables (strict, see [`copy_into`]). Returns
-/// the config embedded in the file, if any.
-pub fn load_weights(vs: &VarStore, path: &Path) -> Result<Option<ClipConfig>, CheckpointError> {
-    let file = tensor_file::read(path)?;
-    let cfg = config_from_metadata(path, &file.metadata)?;
-    copy_into(vs, &file.tensors, path)?;
-    Ok(cfg)
-}
-
-/// Builds a model from a weights file with an embedded config (or `cfg` when given,
-/// which wins) on `device`.
-pub fn load_model(
-    path: &Path,
-    cfg: Option<&ClipConfig>,
-    device: tch::Device,
-) -> Result<(VarStore, crate::model::Clip), CheckpointError> {
-    let cfg = match cfg {
-        Some(c) => c.clone(),
-        None => read_config(path)?.ok_or_else(|| CheckpointError::State {
-            path: path.to_path_buf(),
-            message: format!(
-                "no model config in __metadata__.{CONFIG_KEY}; pass the model config explicitly"
-            ),
-        })?,
-    };
-    let vs = VarStore::new(device);
-    let model = crate::model::Clip::new(&vs.root(), &cfg);
-    load_weights(&vs, path)?;
-    Ok((vs, model))
-}
-
-/// Converts every floating tensor to `kind` (e.g. bf16 for release files).
-pub fn to_kind(tensors: &BTreeMap<String, Tensor>, kind: Kind) -> BTreeMap<String, Tensor> {
-    tensors
-        .iter()
-        .map(|(k, t)| {
-            (
-                k.clone(),
-                if t.is_floating_point() {
-                    t.to_kind(kind)
-                } else {
-                    t.shallow_clone()
-                },
-            )
-        })
-        .collect()
 }

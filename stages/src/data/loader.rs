@@ -513,29 +513,25 @@ fn collect_loop(
 }
 
 fn build_batch(samples: Vec<Ready>, config: &LoaderConfig) -> Batch {
-    let n = samples.len() as i64;
-    let size = i64::from(config.image_size);
-    let mut pixels = Vec::with_capacity(samples.len() * (3 * size * size) as usize);
+    let size = config.image_size as usize;
+    let mut images = Vec::with_capacity(samples.len() * 3 * size * size);
     let mut tokens = Vec::with_capacity(samples.len() * config.context_length);
     let mut labels = Vec::with_capacity(samples.len());
     let mut keys = Vec::with_capacity(samples.len());
     let mut texts = Vec::with_capacity(samples.len());
     for sample in samples {
-        pixels.extend_from_slice(&sample.image);
+        images.extend_from_slice(&sample.image);
         tokens.extend_from_slice(&sample.tokens);
         labels.push(sample.label);
         keys.push(sample.key);
         texts.push(sample.text);
     }
-    let labels = labels
-        .iter()
-        .copied()
-        .collect::<Option<Vec<i64>>>()
-        .map(|l| tch::Tensor::from_slice(&l));
     Batch {
-        images: tch::Tensor::from_slice(&pixels).view([n, 3, size, size]),
-        tokens: tch::Tensor::from_slice(&tokens).view([n, config.context_length as i64]),
-        labels,
+        images,
+        image_size: size,
+        tokens,
+        context_length: config.context_length,
+        labels: labels.into_iter().collect(),
         keys,
         texts,
     }

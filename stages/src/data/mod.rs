@@ -1,5 +1,5 @@
 //! Webdataset loading: shard lists, tar reading, shuffling, decoding and augmentation on
-//! worker threads, and batching into tensors.
+//! worker threads, and batching.
 //!
 //! A dataset is a list of tar shards. Inside a shard, files that share a *key* (the path
 //! up to the first `.` of the file name) form one sample: `000042.jpg` + `000042.txt`
@@ -223,19 +223,34 @@ impl DataParams {
     }
 }
 
-/// One batch, in sample order.
-#[derive(Debug)]
+/// One batch, in sample order, as plain row-major buffers (the training and evaluation
+/// code turns them into tensors; `tureen_torch::batch`).
+#[derive(Debug, Clone, PartialEq)]
 pub struct Batch {
-    /// `[B, 3, H, W]` float32, CLIP mean/std normalised (erasing applied if configured).
-    pub images: tch::Tensor,
-    /// `[B, context_length]` int64 token ids.
-    pub tokens: tch::Tensor,
-    /// `[B]` int64 class labels when every sample has a `.cls` entry.
-    pub labels: Option<tch::Tensor>,
+    /// `[len, 3, image_size, image_size]` float32, CLIP mean/std normalised (erasing
+    /// applied if configured).
+    pub images: Vec<f32>,
+    pub image_size: usize,
+    /// `[len, context_length]` token ids.
+    pub tokens: Vec<i64>,
+    pub context_length: usize,
+    /// `[len]` class labels when every sample has a `.cls` entry.
+    pub labels: Option<Vec<i64>>,
     /// Webdataset keys (`<shard>/<key>`), for debugging and evaluation reports.
     pub keys: Vec<String>,
     /// Raw captions (the `.txt` contents), e.g. for retrieval with several captions.
     pub texts: Vec<String>,
+}
+
+impl Batch {
+    /// Samples in the batch.
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
 }
 
 #[cfg(test)]

@@ -25,15 +25,10 @@
 //! numbers go to the run's metrics log.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 
-use anyhow::Context as _;
-use serde_json::Value;
-use tureen_engine::kind::{
-    InputValue, OutputDecl, OutputShape, Produced, StageContext, StageDecl, StageKind,
-};
+use tureen_engine::kind::{OutputDecl, OutputShape, Produced, StageContext, StageDecl, StageKind};
 
-use crate::eval::suite::{evaluate, parse_device, weights_path, EvalParams};
+use crate::eval::EvalParams;
 
 /// The `eval` kind.
 pub struct EvalKind;
@@ -81,45 +76,11 @@ impl StageKind for EvalKind {
         crate::plan::estimate_eval(decl, inputs)
     }
 
-    fn run(&self, ctx: &mut StageContext<'_>) -> anyhow::Result<BTreeMap<String, Produced>> {
-        let params = EvalParams::from_params(ctx.params).map_err(anyhow::Error::msg)?;
-        let model_path = match ctx.inputs.get("model") {
-            Some(InputValue::One(artifact)) => weights_path(&artifact.path),
-            Some(InputValue::Series(_)) => {
-                anyhow::bail!("inputs.model: expected one checkpoint, got a series")
-            }
-            None => anyhow::bail!("inputs.model: missing"),
-        };
-        let base_dir = match ctx.inputs.get("data") {
-            Some(InputValue::One(artifact)) => artifact.path.clone(),
-            Some(InputValue::Series(_)) => {
-                anyhow::bail!("inputs.data: expected one dataset directory, got a series")
-            }
-            None => ctx.workspace.to_path_buf(),
-        };
-        let device = parse_device(&params.device).map_err(anyhow::Error::msg)?;
-        let metrics = evaluate(&params, &model_path, &base_dir, device, &mut |line| {
-            ctx.log.line(line)
-        })?;
-        ctx.log.metrics(&metrics);
-        let out = ctx.work_dir.join("metrics.json");
-        write_json_atomic(&out, &metrics)?;
-        Ok(BTreeMap::from([(
-            "metrics".to_string(),
-            Produced::Path(out),
-        )]))
+    fn worker(&self, _decl: &StageDecl<'_>) -> Option<&'static str> {
+        Some(super::TORCH_WORKER)
     }
-}
 
-/// Writes pretty JSON via a temp file in the same directory, fsync, rename.
-fn write_json_atomic(path: &Path, value: &Value) -> anyhow::Result<()> {
-    use std::io::Write;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)
-        .with_context(|| format!("writing {}", path.display()))?;
-    tmp.write_all(format!("{}\n", serde_json::to_string_pretty(value)?).as_bytes())?;
-    tmp.as_file().sync_all()?;
-    tmp.persist(path)
-        .with_context(|| format!("writing {}", path.display()))?;
-    Ok(())
+    fn run(&self, _ctx: &mut StageContext<'_>) -> anyhow::Result<BTreeMap<String, Produced>> {
+        Err(super::runs_in_torch_worker(self))
+    }
 }

@@ -1,4 +1,9 @@
 //! One module per stage kind; [`register_all`] is the single place kinds are listed.
+//!
+//! `command` and uniform/weighted `soup` stages run in tureen's process. `train`,
+//! `rewind`, `eval` and greedy `soup` stages need libtorch: they name
+//! [`TORCH_WORKER`] as their [`StageKind::worker`], and `tureen_torch::register_all`
+//! registers the same kinds with their libtorch work in that program.
 
 pub mod command;
 pub mod eval;
@@ -8,7 +13,20 @@ pub mod train;
 
 use std::sync::Arc;
 
-use tureen_engine::kind::KindRegistry;
+use tureen_engine::kind::{KindRegistry, StageKind};
+
+/// The program that runs the stages that need libtorch (built beside `tureen`).
+pub const TORCH_WORKER: &str = "tureen-torch";
+
+/// The error of `run` for a kind whose work is done by [`TORCH_WORKER`], called in a
+/// program without libtorch. The engine sends such stages to the worker, so this only
+/// shows when a program registers the kinds without their worker side.
+pub fn runs_in_torch_worker(kind: &dyn StageKind) -> anyhow::Error {
+    anyhow::anyhow!(
+        "kind `{}` runs in `{TORCH_WORKER}`, not in this program",
+        kind.name()
+    )
+}
 
 /// Registers every stage kind tureen ships.
 pub fn register_all(registry: &mut KindRegistry) {

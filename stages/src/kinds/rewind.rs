@@ -26,7 +26,7 @@ use std::collections::BTreeMap;
 
 use tureen_engine::kind::{OutputDecl, Produced, StageContext, StageDecl, StageKind};
 
-use crate::train::stage::{self, Mode};
+use crate::train::params::{self, Mode};
 
 /// The `rewind` kind.
 pub struct RewindKind;
@@ -41,11 +41,11 @@ impl StageKind for RewindKind {
     }
 
     fn validate(&self, decl: &StageDecl<'_>) -> Result<(), String> {
-        stage::validate(decl, Mode::Rewind)
+        params::validate(decl, Mode::Rewind)
     }
 
     fn outputs(&self, decl: &StageDecl<'_>) -> Vec<OutputDecl> {
-        stage::outputs(decl, Mode::Rewind)
+        params::outputs(decl, Mode::Rewind)
     }
 
     fn estimate(
@@ -56,7 +56,11 @@ impl StageKind for RewindKind {
         crate::plan::estimate_rewind(decl, inputs)
     }
 
-    fn run(&self, ctx: &mut StageContext<'_>) -> anyhow::Result<BTreeMap<String, Produced>> {
-        stage::run(ctx, Mode::Rewind)
+    fn worker(&self, _decl: &StageDecl<'_>) -> Option<&'static str> {
+        Some(super::TORCH_WORKER)
+    }
+
+    fn run(&self, _ctx: &mut StageContext<'_>) -> anyhow::Result<BTreeMap<String, Produced>> {
+        Err(super::runs_in_torch_worker(self))
     }
 }

@@ -17,7 +17,8 @@
 //! (the `checkpoints` series of a train stage). The one output, `soup`, is a
 //! safetensors file made by `tureen_artifacts::soup::soup_files` (numerics documented
 //! there). `method: greedy` sorts the checkpoints by held-out zero-shot top-1 and adds
-//! each one only if the soup's score does not drop (`stages::eval::greedy`); its
+//! each one only if the soup's score does not drop (`tureen_torch::eval::greedy`, run in
+//! the [`super::TORCH_WORKER`]); its
 //! `heldout:` param takes the `eval` kind's params (`data`, `classnames`, `templates`,
 //! ...); list those files in the stage's `deps` so that changing them re-runs the soup.
 //!
@@ -47,14 +48,16 @@ const PARAMS: &[&str] = &[
     "heldout",
 ];
 
+/// How the checkpoints are combined.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Method {
+pub enum Method {
     Uniform,
     Weighted,
     Greedy,
 }
 
-fn method(params: &Map<String, Value>) -> Result<Method, String> {
+/// The `method` param (default: `weighted` when `weights` are given, else `uniform`).
+pub fn method(params: &Map<String, Value>) -> Result<Method, String> {
     match params.get("method").map(|v| v.as_str()) {
         None => Ok(if params.contains_key("weights") {
             Method::Weighted
@@ -160,7 +163,7 @@ impl StageKind for SoupKind {
         }
         match (m, decl.params.get("heldout")) {
             (Method::Greedy, Some(Value::Object(h))) => {
-                crate::eval::suite::EvalParams::from_params(h).map_err(|e| format!("params.heldout: {e}"))?;
+                crate::eval::EvalParams::from_params(h).map_err(|e| format!("params.heldout: {e}"))?;
             }
             (Method::Greedy, _) => return Err("params.heldout: `method: greedy` needs `heldout:` (the eval params of the held-out set)".into()),
             (_, Some(_)) => return Err("params.heldout: only used with `method: greedy`".into()),
@@ -186,7 +189,49 @@ impl StageKind for SoupKind {
         crate::plan::estimate_soup(decl, inputs)
     }
 
+    /// Greedy soups evaluate candidates, which needs libtorch.
+    fn worker(&self, decl: &StageDecl<'_>) -> Option<&'static str> {
+        (method(decl.params) == Ok(Method::Greedy)).then_some(super::TORCH_WORKER)
+    }
+
     fn run(&self, ctx: &mut StageContext<'_>) -> anyhow::Result<BTreeMap<String, Produced>> {
+        let soup = SoupInputs::from_context(ctx)?;
+        if soup.method == Method::Greedy {
+            return Err(super::runs_in_torch_worker(self));
+        }
+        let w = weights(ctx.params).map_err(anyhow::Error::msg)?;
+        if let Some(w) = &w {
+            anyhow::ensure!(
+                w.len() == soup.paths.len(),
+                "params.weights: {} weights for {} checkpoints",
+                w.len(),
+                soup.paths.len()
+            );
+        }
+        let report = soup_files(&soup.paths, w.as_deref(), &soup.out, &soup.options, None)?;
+        ctx.log.line(&format!(
+            "averaged {} tensors, copied {}, {} bytes ({})",
+            report.averaged, report.copied, report.output_bytes, report.numerics
+        ));
+        ctx.log.metrics(&serde_json::json!({"step": 0, "ingredients": soup.paths.len(), "output_bytes": report.output_bytes}));
+        Ok(soup.produced())
+    }
+}
+
+/// What every soup method starts from: the ingredient files, the soup options and where
+/// the soup goes.
+pub struct SoupInputs {
+    pub method: Method,
+    /// The ingredients' weights files, in input order.
+    pub paths: Vec<PathBuf>,
+    pub options: SoupOptions,
+    /// The output file, in the stage's work directory.
+    pub out: PathBuf,
+}
+
+impl SoupInputs {
+    /// Resolves a soup stage's inputs and params (and logs what it will make).
+    pub fn from_context(ctx: &mut StageContext<'_>) -> anyhow::Result<SoupInputs> {
         let artifacts = match ctx.inputs.get("checkpoints") {
             Some(InputValue::One(a)) => vec![a.clone()],
             Some(InputValue::Series(items)) => items.clone(),
@@ -207,69 +252,24 @@ impl StageKind for SoupKind {
         // the soup's bytes are the same everywhere; the model config of the ingredients
         // is carried over so the soup loads (and evaluates) like a checkpoint.
         opts.input_labels = Some(artifacts.iter().map(|a| a.digest.clone()).collect());
-        let opts = crate::checkpoint::inherit_model_config(&opts, &paths)?;
-        let out = ctx.work_dir.join("soup.safetensors");
-        let m = method(ctx.params).map_err(anyhow::Error::msg)?;
+        let options = crate::checkpoint::inherit_model_config(&opts, &paths)?;
+        let method = method(ctx.params).map_err(anyhow::Error::msg)?;
         ctx.log.line(&format!(
             "{} soup of {} checkpoints",
-            format!("{m:?}").to_lowercase(),
+            format!("{method:?}").to_lowercase(),
             paths.len()
         ));
-        match m {
-            Method::Uniform | Method::Weighted => {
-                let w = weights(ctx.params).map_err(anyhow::Error::msg)?;
-                if let Some(w) = &w {
-                    anyhow::ensure!(
-                        w.len() == paths.len(),
-                        "params.weights: {} weights for {} checkpoints",
-                        w.len(),
-                        paths.len()
-                    );
-                }
-                let report = soup_files(&paths, w.as_deref(), &out, &opts, None)?;
-                ctx.log.line(&format!(
-                    "averaged {} tensors, copied {}, {} bytes ({})",
-                    report.averaged, report.copied, report.output_bytes, report.numerics
-                ));
-                ctx.log.metrics(&serde_json::json!({"step": 0, "ingredients": paths.len(), "output_bytes": report.output_bytes}));
-            }
-            Method::Greedy => {
-                let heldout = ctx
-                    .params
-                    .get("heldout")
-                    .and_then(Value::as_object)
-                    .cloned()
-                    .unwrap_or_default();
-                let params = crate::eval::suite::EvalParams::from_params(&heldout)
-                    .map_err(anyhow::Error::msg)?;
-                let device = match ctx.gpus.first() {
-                    Some(&g) => tch::Device::Cuda(g as usize),
-                    None => tch::Device::Cpu,
-                };
-                let scorer = crate::eval::greedy::ZeroShotScorer {
-                    params,
-                    base_dir: ctx.workspace.to_path_buf(),
-                    device,
-                };
-                let mut score = |p: &std::path::Path| scorer.score(p);
-                let outcome = crate::eval::greedy::greedy_soup(
-                    &paths,
-                    &out,
-                    &opts,
-                    &mut score,
-                    ctx.work_dir,
-                )?;
-                ctx.log.line(&format!(
-                    "greedy soup: kept {} of {} checkpoints ({:?}), held-out score {:.4}",
-                    outcome.selected.len(),
-                    paths.len(),
-                    outcome.selected,
-                    outcome.score
-                ));
-                ctx.log.metrics(&serde_json::to_value(&outcome)?);
-            }
-        }
-        Ok(BTreeMap::from([("soup".to_string(), Produced::Path(out))]))
+        Ok(SoupInputs {
+            method,
+            paths,
+            options,
+            out: ctx.work_dir.join("soup.safetensors"),
+        })
+    }
+
+    /// The stage's one output: the soup file.
+    pub fn produced(self) -> BTreeMap<String, Produced> {
+        BTreeMap::from([("soup".to_string(), Produced::Path(self.out))])
     }
 }
 

@@ -1,5 +1,6 @@
 //! `kind: train`: train a CLIP model from scratch (or resume this stage's own last
-//! checkpoint after an interruption). See [`crate::train::stage`] for the params.
+//! checkpoint after an interruption). See [`crate::train::params`] for the params; the
+//! training itself runs in the [`super::TORCH_WORKER`].
 //!
 //! ```yaml
 //! core:
@@ -20,7 +21,7 @@ use std::collections::BTreeMap;
 
 use tureen_engine::kind::{OutputDecl, Produced, StageContext, StageDecl, StageKind};
 
-use crate::train::stage::{self, Mode};
+use crate::train::params::{self, Mode};
 
 /// The `train` kind.
 pub struct TrainKind;
@@ -35,11 +36,11 @@ impl StageKind for TrainKind {
     }
 
     fn validate(&self, decl: &StageDecl<'_>) -> Result<(), String> {
-        stage::validate(decl, Mode::Train)
+        params::validate(decl, Mode::Train)
     }
 
     fn outputs(&self, decl: &StageDecl<'_>) -> Vec<OutputDecl> {
-        stage::outputs(decl, Mode::Train)
+        params::outputs(decl, Mode::Train)
     }
 
     fn estimate(
@@ -50,7 +51,11 @@ impl StageKind for TrainKind {
         crate::plan::estimate_train(decl, inputs)
     }
 
-    fn run(&self, ctx: &mut StageContext<'_>) -> anyhow::Result<BTreeMap<String, Produced>> {
-        stage::run(ctx, Mode::Train)
+    fn worker(&self, _decl: &StageDecl<'_>) -> Option<&'static str> {
+        Some(super::TORCH_WORKER)
+    }
+
+    fn run(&self, _ctx: &mut StageContext<'_>) -> anyhow::Result<BTreeMap<String, Produced>> {
+        Err(super::runs_in_torch_worker(self))
     }
 }

@@ -1,33 +1,14 @@
-//! Training: the optimizer, the schedule and one loop shared by the `train` and `rewind`
-//! stage kinds.
+//! What a `train` or `rewind` stage computes, as numbers: its params ([`TrainParams`]),
+//! the [`TrainConfig`] they resolve to, and the warmup + cosine [`Schedule`] (steps per
+//! interval = ceil (open_clip) or floor of `samples_per_interval / batch_size`).
 //!
-//! - [`AdamW`] is `torch.optim.AdamW` op for op (CPU path), with open_clip's weight-decay
-//!   exclusions; its moments are saved in every checkpoint.
-//! - [`Schedule`]: warmup + cosine, evaluated per optimizer step; steps per interval are
-//!   `floor(samples_per_interval / batch_size)`.
-//! - [`Trainer`] runs intervals of steps: contrastive loss over the global batch (with
-//!   exact gradient accumulation when `micro_batch` is smaller), grad-norm clipping,
-//!   the logit-scale clamp, bf16 mixed precision on CUDA, and a checkpoint directory at
-//!   the end of every interval.
-//!
-//! Determinism: stochastic-depth masks come from a generator seeded with
-//! `(seed, step, micro-batch)` before every forward pass, the data order and augmentation
-//! from `(seed, interval)`, and the initial weights from `seed`. Nothing depends on
-//! libtorch's process-global generator after initialisation (which holds a lock), so
-//! stages training in parallel threads do not disturb each other. On the CPU a run
-//! resumed from its checkpoint at interval k ends with the same bytes as one that never
-//! stopped.
+//! Validation, output declarations and `tureen plan` estimates use these without
+//! libtorch; the training loop itself is `tureen_torch::train`.
 
-pub mod adamw;
-pub mod data;
+pub mod config;
+pub mod params;
 pub mod schedule;
-pub mod stage;
-mod trainer;
 
-pub use adamw::{excluded_from_decay, AdamW, AdamWConfig};
-pub use data::{DataSource, LoaderSource, SyntheticSource};
+pub use config::{AdamWConfig, Precision, TrainConfig};
+pub use params::{Mode, TrainParams};
 pub use schedule::{steps_per_interval, Schedule, StepRounding};
-pub use trainer::{
-    clip_grad_norm, resolve_device, Precision, Start, TrainConfig, TrainError, TrainHooks,
-    TrainOutcome, Trainer,
-};

@@ -7,8 +7,8 @@
 use std::time::Instant;
 
 use tch::Device;
-use tureen_stages::model::ClipConfig;
-use tureen_stages::train::{
+use tureen_torch::model::ClipConfig;
+use tureen_torch::train::{
     AdamWConfig, DataSource, Precision, Start, StepRounding, SyntheticSource, TrainConfig, Trainer,
 };
 

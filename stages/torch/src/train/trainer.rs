@@ -3,114 +3,15 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
+use tureen_stages::train::{Precision, TrainConfig};
 
-use super::adamw::{AdamW, AdamWConfig};
+use super::adamw::AdamW;
 use super::data::DataSource;
-use super::schedule::{steps_per_interval, Schedule, StepRounding};
 use crate::checkpoint::{self, CheckpointError, TrainCheckpoint, TrainState};
-use crate::model::{amp, clip_loss, Clip, ClipConfig};
-
-/// Numeric precision of the forward/backward pass. Master weights and optimizer state
-/// are always float32.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Precision {
-    /// bf16 on CUDA, fp32 on the CPU (where bf16 is slower).
-    Auto,
-    Fp32,
-    /// Matmuls and convolutions in bfloat16 (torch autocast's split).
-    Bf16,
-}
-
-/// Everything that decides what a training run computes.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TrainConfig {
-    pub model: ClipConfig,
-    /// Global batch: samples per optimizer step.
-    pub batch_size: u64,
-    /// Samples per forward/backward pass; smaller than `batch_size` turns on exact
-    /// gradient accumulation.
-    pub micro_batch: Option<u64>,
-    pub samples_per_interval: u64,
-    /// Steps per interval = ceil (open_clip) or floor of samples / batch.
-    pub step_rounding: StepRounding,
-    /// Total intervals of the schedule (a rewind counts the intervals before it too).
-    pub intervals: u64,
-    pub lr: f64,
-    pub warmup: u64,
-    pub optimizer: AdamWConfig,
-    pub grad_clip_norm: Option<f64>,
-    pub seed: u64,
-    pub precision: Precision,
-    /// A metrics record every this many steps (and at the end of every interval).
-    pub log_every: u64,
-}
-
-impl TrainConfig {
-    pub fn steps_per_interval(&self) -> u64 {
-        steps_per_interval(
-            self.samples_per_interval,
-            self.batch_size,
-            self.step_rounding,
-        )
-    }
-
-    pub fn schedule(&self) -> Schedule {
-        Schedule {
-            base_lr: self.lr,
-            warmup_steps: self.warmup,
-            total_steps: self.steps_per_interval() * self.intervals,
-        }
-    }
-
-    /// Checks the numbers, naming the param at fault.
-    pub fn validate(&self) -> Result<(), TrainError> {
-        let bad = |m: String| Err(TrainError::Config(m));
-        self.model
-            .validate()
-            .map_err(|e| TrainError::Config(e.to_string()))?;
-        if self.batch_size < 2 {
-            return bad(
-                "batch_size: must be at least 2 (the contrastive loss needs negatives)".into(),
-            );
-        }
-        if self.micro_batch == Some(0) {
-            return bad("micro_batch: must be at least 1".into());
-        }
-        if self.intervals == 0 {
-            return bad("intervals: must be at least 1".into());
-        }
-        if self.steps_per_interval() == 0 {
-            return bad(format!(
-                "samples_per_interval ({}) is smaller than batch_size ({}): an interval would have no step",
-                self.samples_per_interval, self.batch_size
-            ));
-        }
-        if !(self.lr > 0.0 && self.lr.is_finite()) {
-            return bad("lr: must be a positive number".into());
-        }
-        let o = &self.optimizer;
-        if !(0.0..1.0).contains(&o.beta1) || !(0.0..1.0).contains(&o.beta2) {
-            return bad("betas: must be in [0, 1)".into());
-        }
-        if !(o.eps > 0.0) || !(o.weight_decay >= 0.0) {
-            return bad("eps must be positive and weight_decay non-negative".into());
-        }
-        if let Some(c) = self.grad_clip_norm {
-            if !(c > 0.0) {
-                return bad("grad_clip_norm: must be positive".into());
-            }
-        }
-        if self.log_every == 0 {
-            return bad("log_every: must be at least 1".into());
-        }
-        Ok(())
-    }
-}
+use crate::model::{amp, clip_loss, Clip};
 
 /// Where a run starts.
 #[derive(Debug, Clone)]
@@ -245,7 +146,7 @@ pub struct Trainer {
 impl Trainer {
     /// Builds the model and optimizer and positions them per `start`.
     pub fn new(config: TrainConfig, device: Device, start: &Start) -> Result<Trainer, TrainError> {
-        config.validate()?;
+        config.validate().map_err(TrainError::Config)?;
         let compute = match (config.precision, device) {
             (Precision::Fp32, _) | (Precision::Auto, Device::Cpu) => None,
             _ => Some(Kind::BFloat16),
@@ -280,7 +181,7 @@ impl Trainer {
     }
 
     fn restore(&mut self, dir: &Path, rewind: bool) -> Result<(), TrainError> {
-        let ckpt = TrainCheckpoint::read_state(dir)?;
+        let ckpt = TrainState::read(dir)?;
         let incompatible = |message: String| TrainError::Incompatible {
             path: dir.to_path_buf(),
             message,

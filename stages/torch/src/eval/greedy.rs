@@ -144,7 +144,7 @@ fn subset_options(opts: &SoupOptions, chosen: &[usize]) -> SoupOptions {
 /// held-out set, computed exactly like an `eval` stage with `params` (which must
 /// configure `data`, `classnames` and `templates`).
 pub struct ZeroShotScorer {
-    pub params: crate::eval::suite::EvalParams,
+    pub params: tureen_stages::eval::EvalParams,
     /// Relative paths in `params` resolve against this directory.
     pub base_dir: PathBuf,
     pub device: tch::Device,

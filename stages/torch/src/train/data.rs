@@ -6,6 +6,7 @@ use rand_chacha::ChaCha8Rng;
 use rand_distr::StandardNormal;
 use tch::Tensor;
 
+use crate::batch::BatchTensors;
 use crate::data::{Loader, LoaderConfig};
 
 /// One interval's batches: images `[B, 3, S, S]` float32, tokens `[B, L]` int64.
@@ -80,7 +81,8 @@ impl DataSource for LoaderSource {
         config.samples_per_epoch = Some(self.steps_per_interval * batch_size);
         let loader = Loader::new(config, interval).map_err(|e| e.to_string())?;
         Ok(Box::new(loader.map(|b| {
-            b.map(|b| (b.images, b.tokens)).map_err(|e| e.to_string())
+            b.map(|b| (b.image_tensor(), b.token_tensor()))
+                .map_err(|e| e.to_string())
         })))
     }
 }

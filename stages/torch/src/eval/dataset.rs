@@ -8,6 +8,7 @@ use std::sync::Arc;
 use rayon::prelude::*;
 use tch::Tensor;
 
+use crate::batch::BatchTensors;
 use crate::data::{DataError, Loader, LoaderConfig, Transform};
 use crate::tokenizer::Tokenizer;
 
@@ -191,14 +192,10 @@ pub fn for_each_batch(
             let stats = loader.stats();
             for batch in loader {
                 let batch = batch?;
-                let labels = batch
-                    .labels
-                    .as_ref()
-                    .map(|l| Vec::<i64>::try_from(l).expect("int64 labels"));
                 count += batch.texts.len();
                 f(EvalBatch {
-                    images: batch.images,
-                    labels,
+                    images: batch.image_tensor(),
+                    labels: batch.labels,
                     texts: batch.texts,
                 })?;
             }

@@ -9,8 +9,8 @@ use tch::nn::Path;
 use tch::{Kind, Tensor};
 
 use super::amp;
-use super::config::TextConfig;
 use super::init;
+use super::TextConfig;
 
 struct LayerNorm {
     weight: Tensor,

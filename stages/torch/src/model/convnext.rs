@@ -11,8 +11,8 @@ use tch::nn::Path;
 use tch::{Kind, Tensor};
 
 use super::amp;
-use super::config::{MlpKind, ProjKind, VisionConfig};
 use super::init;
+use super::{MlpKind, ProjKind, VisionConfig};
 
 /// LayerNorm over the channels of an NCHW tensor (timm's `LayerNorm2d`).
 struct LayerNorm2d {

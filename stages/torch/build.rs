@@ -1,6 +1,6 @@
 // Embeds libtorch's library directory as an rpath, so binaries and tests that link tch
 // run without `LD_LIBRARY_PATH`. `LIBTORCH` comes from `.cargo/config.toml`.
-// The `tureen` binary's build script includes this file.
+// The root package (its `tureen-torch` binary and its tests) includes this file.
 
 fn main() {
     println!("cargo:rerun-if-env-changed=LIBTORCH");

@@ -7,31 +7,9 @@
 
 use std::collections::BTreeMap;
 
-use serde::{Deserialize, Serialize};
 use tch::nn::VarStore;
 use tch::Tensor;
-
-/// AdamW hyper-parameters other than the learning rate (which the schedule sets).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AdamWConfig {
-    pub beta1: f64,
-    pub beta2: f64,
-    pub eps: f64,
-    pub weight_decay: f64,
-}
-
-impl Default for AdamWConfig {
-    /// open_clip's defaults for ConvNeXt CLIP: betas (0.9, 0.98), eps 1e-6, wd 0.2.
-    fn default() -> Self {
-        AdamWConfig {
-            beta1: 0.9,
-            beta2: 0.98,
-            eps: 1e-6,
-            weight_decay: 0.2,
-        }
-    }
-}
+use tureen_stages::train::AdamWConfig;
 
 /// open_clip's rule: parameters excluded from weight decay.
 pub fn excluded_from_decay(name: &str, dims: usize) -> bool {

@@ -7,10 +7,10 @@ use rand_chacha::ChaCha8Rng;
 use tch::nn::Path;
 use tch::{Kind, Reduction, Tensor};
 
-use super::config::ClipConfig;
 use super::convnext::ConvNext;
 use super::init;
 use super::text::TextTower;
+use super::ClipConfig;
 
 /// A batch that does not fit the model, naming the tensor.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]

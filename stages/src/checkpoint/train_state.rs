@@ -8,14 +8,11 @@
 //!   state.json             TrainState: interval, step, samples, schedule, AdamW, seed...
 //! ```
 
-use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
-use tch::nn::VarStore;
-use tch::Tensor;
 
-use super::{save_weights, tensor_file, CheckpointError};
+use super::CheckpointError;
 use crate::model::ClipConfig;
 use crate::train::{AdamWConfig, Schedule};
 
@@ -50,32 +47,9 @@ pub struct TrainState {
     pub model: ClipConfig,
 }
 
-/// Reading and writing checkpoint directories.
-pub struct TrainCheckpoint;
-
-impl TrainCheckpoint {
-    /// Writes a complete checkpoint into `dir` (created). Files are written atomically
-    /// and `state.json` last, so a directory with a `state.json` is complete.
-    pub fn write(
-        dir: &Path,
-        vs: &VarStore,
-        optimizer: &BTreeMap<String, Tensor>,
-        state: &TrainState,
-    ) -> Result<(), CheckpointError> {
-        std::fs::create_dir_all(dir).map_err(|e| CheckpointError::Io {
-            path: dir.to_path_buf(),
-            source: e,
-        })?;
-        save_weights(&dir.join(MODEL_FILE), vs, &state.model)?;
-        let mut meta = BTreeMap::new();
-        meta.insert("format".to_string(), "pt".to_string());
-        tensor_file::write(&dir.join(OPTIMIZER_FILE), optimizer, &meta)?;
-        let json = serde_json::to_vec_pretty(state).expect("state serializes");
-        tensor_file::write_bytes(&dir.join(STATE_FILE), &json)
-    }
-
+impl TrainState {
     /// Reads `state.json` of a checkpoint directory.
-    pub fn read_state(dir: &Path) -> Result<TrainState, CheckpointError> {
+    pub fn read(dir: &Path) -> Result<TrainState, CheckpointError> {
         let path = dir.join(STATE_FILE);
         let bytes = std::fs::read(&path).map_err(|e| CheckpointError::Io {
             path: path.clone(),
@@ -93,14 +67,5 @@ impl TrainCheckpoint {
             });
         }
         Ok(state)
-    }
-
-    /// Loads the weights into `vs` (strict) and returns the optimizer tensors.
-    pub fn load_into(
-        dir: &Path,
-        vs: &VarStore,
-    ) -> Result<BTreeMap<String, Tensor>, CheckpointError> {
-        super::load_weights(vs, &dir.join(MODEL_FILE))?;
-        Ok(tensor_file::read(&dir.join(OPTIMIZER_FILE))?.tensors)
     }
 }

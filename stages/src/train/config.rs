@@ -1,0 +1,126 @@
+//! What decides a training run's computation, as plain numbers: [`TrainConfig`] (model,
+//! batch, schedule, optimizer hyper-parameters, precision) and its validation. The loop
+//! that runs it is `tureen_torch::train::Trainer`.
+
+use serde::{Deserialize, Serialize};
+
+use super::schedule::{steps_per_interval, Schedule, StepRounding};
+use crate::model::ClipConfig;
+
+/// AdamW hyper-parameters other than the learning rate (which the schedule sets).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdamWConfig {
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub weight_decay: f64,
+}
+
+impl Default for AdamWConfig {
+    /// open_clip's defaults for ConvNeXt CLIP: betas (0.9, 0.98), eps 1e-6, wd 0.2.
+    fn default() -> Self {
+        AdamWConfig {
+            beta1: 0.9,
+            beta2: 0.98,
+            eps: 1e-6,
+            weight_decay: 0.2,
+        }
+    }
+}
+
+/// Numeric precision of the forward/backward pass. Master weights and optimizer state
+/// are always float32.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Precision {
+    /// bf16 on CUDA, fp32 on the CPU (where bf16 is slower).
+    Auto,
+    Fp32,
+    /// Matmuls and convolutions in bfloat16 (torch autocast's split).
+    Bf16,
+}
+
+/// Everything that decides what a training run computes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    pub model: ClipConfig,
+    /// Global batch: samples per optimizer step.
+    pub batch_size: u64,
+    /// Samples per forward/backward pass; smaller than `batch_size` turns on exact
+    /// gradient accumulation.
+    pub micro_batch: Option<u64>,
+    pub samples_per_interval: u64,
+    /// Steps per interval = ceil (open_clip) or floor of samples / batch.
+    pub step_rounding: StepRounding,
+    /// Total intervals of the schedule (a rewind counts the intervals before it too).
+    pub intervals: u64,
+    pub lr: f64,
+    pub warmup: u64,
+    pub optimizer: AdamWConfig,
+    pub grad_clip_norm: Option<f64>,
+    pub seed: u64,
+    pub precision: Precision,
+    /// A metrics record every this many steps (and at the end of every interval).
+    pub log_every: u64,
+}
+
+impl TrainConfig {
+    pub fn steps_per_interval(&self) -> u64 {
+        steps_per_interval(
+            self.samples_per_interval,
+            self.batch_size,
+            self.step_rounding,
+        )
+    }
+
+    pub fn schedule(&self) -> Schedule {
+        Schedule {
+            base_lr: self.lr,
+            warmup_steps: self.warmup,
+            total_steps: self.steps_per_interval() * self.intervals,
+        }
+    }
+
+    /// Checks the numbers, naming the param at fault.
+    pub fn validate(&self) -> Result<(), String> {
+        let bad = |m: String| Err(m);
+        self.model.validate().map_err(|e| e.to_string())?;
+        if self.batch_size < 2 {
+            return bad(
+                "batch_size: must be at least 2 (the contrastive loss needs negatives)".into(),
+            );
+        }
+        if self.micro_batch == Some(0) {
+            return bad("micro_batch: must be at least 1".into());
+        }
+        if self.intervals == 0 {
+            return bad("intervals: must be at least 1".into());
+        }
+        if self.steps_per_interval() == 0 {
+            return bad(format!(
+                "samples_per_interval ({}) is smaller than batch_size ({}): an interval would have no step",
+                self.samples_per_interval, self.batch_size
+            ));
+        }
+        if !(self.lr > 0.0 && self.lr.is_finite()) {
+            return bad("lr: must be a positive number".into());
+        }
+        let o = &self.optimizer;
+        if !(0.0..1.0).contains(&o.beta1) || !(0.0..1.0).contains(&o.beta2) {
+            return bad("betas: must be in [0, 1)".into());
+        }
+        if !(o.eps > 0.0) || !(o.weight_decay >= 0.0) {
+            return bad("eps must be positive and weight_decay non-negative".into());
+        }
+        if let Some(c) = self.grad_clip_norm {
+            if !(c > 0.0) {
+                return bad("grad_clip_norm: must be positive".into());
+            }
+        }
+        if self.log_every == 0 {
+            return bad("log_every: must be at least 1".into());
+        }
+        Ok(())
+    }
+}

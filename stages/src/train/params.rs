@@ -1,0 +1,215 @@
+//! The params of the `train` and `rewind` stage kinds, their validation and their
+//! declared outputs.
+
+use std::path::Path;
+
+use serde::Deserialize;
+use serde_json::{Map, Value};
+use tureen_engine::kind::{OutputDecl, OutputShape, StageDecl};
+
+use super::{AdamWConfig, Precision, StepRounding, TrainConfig};
+use crate::data::DataParams;
+use crate::model::{config_from_json, ClipConfig};
+
+/// The params of `kind: train` (and, with [`RewindOverrides`] rules, `kind: rewind`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainParams {
+    /// A preset name, `{preset: ..., <overrides>}` or a full model config. Optional for
+    /// `rewind` (the checkpoint's config is used).
+    pub model: Option<Value>,
+    /// The webdataset (see [`DataParams`]), or the string `synthetic` for random
+    /// tensors (benchmarks and smoke tests; no data input needed).
+    pub data: Value,
+    pub batch_size: u64,
+    pub micro_batch: Option<u64>,
+    pub samples_per_interval: u64,
+    pub intervals: u64,
+    pub lr: f64,
+    #[serde(default)]
+    pub warmup: u64,
+    pub beta1: Option<f64>,
+    pub beta2: Option<f64>,
+    pub eps: Option<f64>,
+    pub weight_decay: Option<f64>,
+    /// Gradient-norm clipping; absent or null: none.
+    pub grad_clip_norm: Option<f64>,
+    #[serde(default)]
+    pub seed: u64,
+    #[serde(default = "default_device")]
+    pub device: String,
+    #[serde(default = "default_precision")]
+    pub precision: Precision,
+    /// libtorch intra-op threads on the CPU (default: libtorch's choice).
+    pub threads: Option<i32>,
+    #[serde(default = "default_log_every")]
+    pub log_every: u64,
+    #[serde(default)]
+    pub step_rounding: StepRounding,
+}
+
+fn default_device() -> String {
+    "auto".into()
+}
+fn default_precision() -> Precision {
+    Precision::Auto
+}
+fn default_log_every() -> u64 {
+    10
+}
+
+/// Which of the two kinds is running.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Train,
+    Rewind,
+}
+
+impl TrainParams {
+    pub fn from_params(params: &Map<String, Value>, mode: Mode) -> Result<TrainParams, String> {
+        let p: TrainParams = serde_json::from_value(Value::Object(params.clone()))
+            .map_err(|e| format!("params: {e}"))?;
+        if mode == Mode::Train && p.model.is_none() {
+            return Err(
+                "params.model: required (a preset such as convnext_atto_64, or a config)".into(),
+            );
+        }
+        if mode == Mode::Rewind {
+            for (name, v) in [
+                ("beta1", p.beta1),
+                ("beta2", p.beta2),
+                ("eps", p.eps),
+                ("weight_decay", p.weight_decay),
+            ] {
+                if v.is_some() {
+                    return Err(format!(
+                        "params.{name}: a rewind takes AdamW's betas, eps and weight decay from the checkpoint"
+                    ));
+                }
+            }
+        }
+        if let Some(m) = &p.model {
+            config_from_json(m).map_err(|e| format!("params.{e}"))?;
+        }
+        p.data_spec()?;
+        crate::device::check(&p.device)?;
+        if let Some(t) = p.threads {
+            if t < 1 {
+                return Err("params.threads: must be at least 1".into());
+            }
+        }
+        Ok(p)
+    }
+
+    /// The webdataset to read, or `None` for `data: synthetic`.
+    pub fn data_spec(&self) -> Result<Option<DataParams>, String> {
+        match &self.data {
+            Value::String(s) if s == "synthetic" => Ok(None),
+            // A bare string is a shard pattern with default loader settings.
+            Value::String(s) => serde_json::from_value(serde_json::json!({ "shards": s }))
+                .map(Some)
+                .map_err(|e| format!("params.data: {e}")),
+            v => serde_json::from_value(v.clone())
+                .map(Some)
+                .map_err(|e| format!("params.data: {e}")),
+        }
+    }
+
+    fn optimizer(&self) -> AdamWConfig {
+        let d = AdamWConfig::default();
+        AdamWConfig {
+            beta1: self.beta1.unwrap_or(d.beta1),
+            beta2: self.beta2.unwrap_or(d.beta2),
+            eps: self.eps.unwrap_or(d.eps),
+            weight_decay: self.weight_decay.unwrap_or(d.weight_decay),
+        }
+    }
+
+    /// The training config, with `model` resolved (for a rewind without `model`, the
+    /// checkpoint's config with this stage's drop-path override if any).
+    pub fn config(&self, model: ClipConfig) -> TrainConfig {
+        TrainConfig {
+            model,
+            batch_size: self.batch_size,
+            micro_batch: self.micro_batch,
+            samples_per_interval: self.samples_per_interval,
+            step_rounding: self.step_rounding,
+            intervals: self.intervals,
+            lr: self.lr,
+            warmup: self.warmup,
+            optimizer: self.optimizer(),
+            grad_clip_norm: self.grad_clip_norm,
+            seed: self.seed,
+            precision: self.precision,
+            log_every: self.log_every,
+        }
+    }
+}
+
+/// `validate` of both kinds.
+pub fn validate(decl: &StageDecl<'_>, mode: Mode) -> Result<(), String> {
+    let p = TrainParams::from_params(decl.params, mode)?;
+    let allowed: &[&str] = match mode {
+        Mode::Train => &["data"],
+        Mode::Rewind => &["from", "data"],
+    };
+    if let Some(other) = decl.input_names.iter().find(|n| !allowed.contains(n)) {
+        return Err(format!(
+            "inputs.{other}: unknown input (expected {})",
+            allowed.join(", ")
+        ));
+    }
+    if mode == Mode::Rewind && !decl.input_names.contains(&"from") {
+        return Err("inputs.from: required (a checkpoint, e.g. core.checkpoints[230])".into());
+    }
+    // Shards given as absolute paths or `pipe:` commands (LAION on object storage)
+    // need no dataset directory to be relative to.
+    let needs_base = p.data_spec()?.is_some_and(|d| shards_need_base_dir(&d));
+    if needs_base && !decl.input_names.contains(&"data") {
+        return Err(
+            "inputs.data: required (the dataset directory the shard patterns are relative to)"
+                .into(),
+        );
+    }
+    if let Some(m) = &p.model {
+        let cfg = config_from_json(m).map_err(|e| format!("params.{e}"))?;
+        p.config(cfg).validate().map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+/// Whether some shard pattern is a relative path (resolved against the `data` input);
+/// absolute paths and `pipe:` commands stand on their own.
+pub fn shards_need_base_dir(d: &DataParams) -> bool {
+    d.data
+        .split("::")
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .any(|p| !p.starts_with("pipe:") && !Path::new(p).is_absolute())
+}
+
+/// `outputs` of both kinds: `checkpoints` (one directory per interval trained by this
+/// stage: `intervals` of them for `train`; for `rewind` it depends on the checkpoint it
+/// starts from) and `final` (the last interval's `model.safetensors`).
+pub fn outputs(decl: &StageDecl<'_>, mode: Mode) -> Vec<OutputDecl> {
+    let len = match mode {
+        Mode::Train => decl
+            .params
+            .get("intervals")
+            .and_then(Value::as_u64)
+            .map(|n| n as usize),
+        Mode::Rewind => None,
+    };
+    vec![
+        OutputDecl {
+            name: "checkpoints".into(),
+            shape: OutputShape::Series,
+            len,
+        },
+        OutputDecl {
+            name: "final".into(),
+            shape: OutputShape::One,
+            len: None,
+        },
+    ]
+}
