@@ -178,3 +178,41 @@ fn store_location_follows_the_store_flag_and_env() {
         .unwrap();
     assert_eq!(ok(&out).lines().count(), 1);
 }
+
+#[test]
+fn hash_with_an_explicit_store_records_digests_in_its_stat_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("ckpt.bin");
+    std::fs::write(&f, b"weights").unwrap();
+    // Files modified within the last two seconds are never cached ("racily clean").
+    let old = std::time::SystemTime::now() - std::time::Duration::from_secs(60);
+    std::fs::File::options()
+        .write(true)
+        .open(&f)
+        .unwrap()
+        .set_modified(old)
+        .unwrap();
+    let plain = ok(&tureen(dir.path(), &["store", "hash", "ckpt.bin"]));
+    assert!(
+        !dir.path().join(".tureen").exists(),
+        "no store without --store"
+    );
+    let cached = ok(&tureen(
+        dir.path(),
+        &["--store", "s", "store", "hash", "ckpt.bin"],
+    ));
+    assert_eq!(plain, cached, "same b3sum-style output either way");
+    let hex = plain.split_whitespace().next().unwrap();
+    let cache = std::fs::read_to_string(dir.path().join("s/statcache.json")).unwrap();
+    assert!(
+        cache.contains(&format!("blake3:{hex}")) && cache.contains("ckpt.bin"),
+        "{cache}"
+    );
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("s/objects"))
+            .unwrap()
+            .count(),
+        0,
+        "hashing stores nothing"
+    );
+}

@@ -248,6 +248,26 @@ impl<W: io::Write> HashingWriter<W> {
     }
 }
 
+impl<W: io::Write + Send> HashingWriter<W> {
+    /// Writes all of `buf` while hashing it on the other rayon threads at the same time,
+    /// instead of one after the other as [`io::Write::write`] does. For large buffers
+    /// (copies of multi-GB files), where writing and hashing each take a core.
+    pub fn write_all_overlapped(&mut self, buf: &[u8]) -> io::Result<()> {
+        let (inner, hasher) = (&mut self.inner, &mut self.hasher);
+        let (written, _) = rayon::join(
+            || inner.write_all(buf),
+            || {
+                hasher.update_rayon(buf);
+            },
+        );
+        // On error the hasher has seen bytes the file may lack; the caller must discard
+        // the writer (as it must after any failed `write_all`).
+        written?;
+        self.written += buf.len() as u64;
+        Ok(())
+    }
+}
+
 impl<W: fmt::Debug> fmt::Debug for HashingWriter<W> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("HashingWriter")

@@ -8,11 +8,13 @@
 //! - [`safetensors`]: validated reading over memory maps; streaming, atomic writing.
 //! - [`soup`]: streaming, deterministic weighted averages of checkpoints.
 //! - [`fsutil`]: atomic writes and fast copies shared with the engine.
+//! - [`writeback`]: early writeback of large files, so that their final `fsync` is short.
 
 pub mod digest;
 pub mod fsutil;
 pub mod safetensors;
 pub mod store;
+pub mod writeback;
 
 pub use digest::{Digest, ParseDigestError};
 pub use store::{Store, StoreError};

@@ -22,6 +22,8 @@ pub enum StoreCommand {
         pin: bool,
     },
     /// Print BLAKE3 digests of files without storing them (like b3sum, multi-threaded).
+    /// With an explicit --store (or TUREEN_STORE), digests go through that store's stat
+    /// cache: unchanged files are not read again, and later soups reuse the digests.
     Hash {
         /// Files to hash.
         #[arg(required = true, value_name = "FILE")]
@@ -73,9 +75,21 @@ pub enum StoreCommand {
 
 pub fn run(command: StoreCommand, global: &Global) -> anyhow::Result<ExitCode> {
     if let StoreCommand::Hash { files } = &command {
-        // Hashing needs no store (and must not create one).
+        // Hashing needs no store (and must not create one). With an explicit `--store` (or
+        // TUREEN_STORE), that store's stat cache is used and updated, so that later soups
+        // and pipelines using the store do not hash the same files again.
+        let store = match &global.store {
+            Some(dir) => Some(
+                Store::open(dir).with_context(|| format!("opening the store {}", dir.display()))?,
+            ),
+            None => None,
+        };
         for f in files {
-            let d = Digest::of_file(f).with_context(|| format!("hashing {}", f.display()))?;
+            let d = match &store {
+                Some(store) => store.hash_file_cached(f).map_err(anyhow::Error::from),
+                None => Digest::of_file(f).map_err(anyhow::Error::from),
+            }
+            .with_context(|| format!("hashing {}", f.display()))?;
             println!("{}  {}", d.to_hex(), f.display());
         }
         return Ok(ExitCode::SUCCESS);

@@ -266,3 +266,121 @@ fn unfinished_writer_leaves_nothing_behind() {
     assert!(err.to_string().contains("only 4 of 8 bytes"), "{err}");
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
 }
+
+/// What [`write_with_tiny_windows`] did.
+struct TinyWindowsRun {
+    finished: Result<(), SafetensorsError>,
+    data: Vec<(String, Vec<u8>)>,
+    windows_started: usize,
+    windows: usize,
+}
+
+/// Three tensors written in 1000-byte pieces from four threads, in an order unrelated to
+/// the file's, with 4 KiB writeback windows (so dozens of windows start early and the
+/// oldest are waited for).
+fn write_with_tiny_windows(p: &Path, durable: bool, stop_after: Option<usize>) -> TinyWindowsRun {
+    let data: Vec<(String, Vec<u8>)> = ["a", "b", "c"]
+        .iter()
+        .enumerate()
+        .map(|(k, n)| {
+            let bytes = (0..40_000 + 4 * k).map(|i| (i * 7 + k) as u8).collect();
+            (n.to_string(), bytes)
+        })
+        .collect();
+    let specs = data
+        .iter()
+        .map(|(n, b)| TensorSpec {
+            name: n.clone(),
+            dtype: Dtype::F32,
+            shape: vec![b.len() as u64 / 4],
+        })
+        .collect();
+    let layout = Layout::new(p, specs, None).unwrap();
+    let mut w = SafetensorsWriter::create(p, layout).unwrap();
+    w.set_durable(durable);
+    w.set_writeback_window(4096, 3);
+    let mut pieces = Vec::new();
+    for (n, bytes) in &data {
+        let index = w.layout().index_of(n).unwrap();
+        for start in (0..bytes.len()).step_by(1000) {
+            pieces.push((index, start, &bytes[start..(start + 1000).min(bytes.len())]));
+        }
+    }
+    pieces.reverse();
+    let pieces = &pieces[..stop_after.unwrap_or(pieces.len())];
+    std::thread::scope(|s| {
+        for t in 0..4 {
+            let w = &w;
+            s.spawn(move || {
+                for (index, start, bytes) in pieces.iter().skip(t).step_by(4) {
+                    w.write_at(*index, *start as u64, bytes).unwrap();
+                }
+            });
+        }
+    });
+    let (windows_started, windows) = w.writeback_windows_started();
+    TinyWindowsRun {
+        finished: w.finish(),
+        data,
+        windows_started,
+        windows,
+    }
+}
+
+#[test]
+fn early_writeback_gives_the_same_bytes_as_writing_without_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (durable, plain) = (
+        dir.path().join("d.safetensors"),
+        dir.path().join("p.safetensors"),
+    );
+    let run = write_with_tiny_windows(&durable, true, None);
+    run.finished.unwrap();
+    let (started, windows) = (run.windows_started, run.windows);
+    assert!(
+        windows > 25,
+        "the test should exercise many windows, got {windows}"
+    );
+    assert_eq!(
+        started, windows,
+        "every window's writeback started before finish"
+    );
+    let run_plain = write_with_tiny_windows(&plain, false, None);
+    run_plain.finished.unwrap();
+    assert_eq!(
+        run_plain.windows_started, 0,
+        "no early writeback without durability"
+    );
+    assert_eq!(
+        std::fs::read(&durable).unwrap(),
+        std::fs::read(&plain).unwrap()
+    );
+    let f = SafetensorsFile::open(&durable).unwrap();
+    for (name, bytes) in &run.data {
+        assert_eq!(f.data(f.get(name).unwrap()), &bytes[..], "{name}");
+    }
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
+}
+
+#[test]
+fn incomplete_write_with_early_writeback_leaves_nothing_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("out.safetensors");
+    std::fs::write(&p, b"previous").unwrap();
+    // Stop after 100 of 122 pieces: some windows went to disk, the file is incomplete.
+    let run = write_with_tiny_windows(&p, true, Some(100));
+    let (started, windows) = (run.windows_started, run.windows);
+    assert!(started > 0 && started < windows, "{started} of {windows}");
+    let err = run.finished.unwrap_err();
+    assert!(err.to_string().contains("bytes were written"), "{err}");
+    assert_eq!(
+        std::fs::read(&p).unwrap(),
+        b"previous",
+        "destination untouched"
+    );
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        1,
+        "temp file removed"
+    );
+}

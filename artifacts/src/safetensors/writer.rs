@@ -5,6 +5,9 @@
 //! The file is assembled under a hidden temp name in the destination directory and renamed
 //! into place by [`SafetensorsWriter::finish`]; if anything fails (or the writer is
 //! dropped), the temp file is removed and nothing appears at the destination.
+//!
+//! Durability is cheap: as each 64 MiB window of the file is completed, its writeback is
+//! started (see [`crate::writeback`]), so the `fsync` in `finish` waits only for the tail.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -14,6 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::{Dtype, SafetensorsError};
 use crate::fsutil;
+use crate::writeback::Writeback;
 
 /// A tensor to be written: name, dtype, shape.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -160,6 +164,7 @@ pub struct SafetensorsWriter {
     dest: PathBuf,
     layout: Layout,
     written: Vec<AtomicU64>,
+    writeback: Writeback,
     durable: bool,
     finished: bool,
 }
@@ -186,6 +191,7 @@ impl SafetensorsWriter {
         let writer = SafetensorsWriter {
             file,
             written: layout.tensors.iter().map(|_| AtomicU64::new(0)).collect(),
+            writeback: Writeback::new(layout.total_len),
             temp,
             dest: dest.to_path_buf(),
             layout,
@@ -202,26 +208,35 @@ impl SafetensorsWriter {
             .file
             .write_all_at(&head, 0)
             .map_err(io("write", &writer.temp))?;
+        writer.writeback.wrote(&writer.file, 0, head.len() as u64);
         Ok(writer)
     }
 
     fn reserve(&self) -> std::io::Result<()> {
-        use std::os::fd::AsRawFd;
-        let len = self.layout.total_len;
-        // SAFETY: plain syscall on an open descriptor.
-        let rc = unsafe { libc::posix_fallocate(self.file.as_raw_fd(), 0, len as libc::off_t) };
-        match rc {
-            0 => Ok(()),
-            libc::EOPNOTSUPP | libc::EINVAL => self.file.set_len(len),
-            errno => Err(std::io::Error::from_raw_os_error(errno)),
-        }
+        fsutil::preallocate(&self.file, self.layout.total_len)
     }
 
-    /// Whether `finish` fsyncs the file (and its directory) before and after the rename.
-    /// On by default; turning it off keeps the all-or-nothing rename but gives up
-    /// durability across a power loss, for callers that prefer speed on slow disks.
+    /// Whether `finish` fsyncs the file (and its directory) before and after the rename,
+    /// and whether completed regions are handed to the kernel for writeback while the rest
+    /// is still being written. On by default; turning it off keeps the all-or-nothing
+    /// rename but gives up durability across a power loss.
     pub fn set_durable(&mut self, durable: bool) {
         self.durable = durable;
+    }
+
+    /// Replaces the writeback tracker's window size and in-flight bound (tests use tiny
+    /// windows to exercise many of them on small files). Call before writing any tensor.
+    #[cfg(test)]
+    pub(crate) fn set_writeback_window(&mut self, window: u64, max_in_flight: usize) {
+        let header = 8 + self.layout.header.len() as u64;
+        self.writeback = Writeback::with_window(self.layout.total_len, window, max_in_flight);
+        self.writeback.wrote(&self.file, 0, header);
+    }
+
+    /// Windows whose early writeback has been started so far.
+    #[cfg(test)]
+    pub(crate) fn writeback_windows_started(&self) -> (usize, usize) {
+        (self.writeback.windows_started(), self.writeback.windows())
     }
 
     /// The layout being written.
@@ -265,25 +280,10 @@ impl SafetensorsWriter {
                 source,
             })?;
         self.written[index].fetch_add(bytes.len() as u64, Ordering::Relaxed);
-        if self.durable && bytes.len() >= 1 << 20 {
-            self.start_writeback(at, bytes.len() as u64);
+        if self.durable {
+            self.writeback.wrote(&self.file, at, bytes.len() as u64);
         }
         Ok(())
-    }
-
-    /// Asks the kernel to start writing a range to disk now, so the final fsync finds
-    /// little left to do and disk writes overlap with computing the rest. Advisory only.
-    fn start_writeback(&self, offset: u64, len: u64) {
-        use std::os::fd::AsRawFd;
-        // SAFETY: plain syscall on an open descriptor; errors are ignored (fsync reports).
-        unsafe {
-            libc::sync_file_range(
-                self.file.as_raw_fd(),
-                offset as libc::off64_t,
-                len as libc::off64_t,
-                libc::SYNC_FILE_RANGE_WRITE,
-            );
-        }
     }
 
     /// Writes a whole tensor by name.
@@ -373,6 +373,10 @@ impl SafetensorsWriter {
             }
         };
         if self.durable {
+            // A writeback error seen early would not be reported again by fsync.
+            if let Some(e) = self.writeback.take_error() {
+                return Err(io("write back", &self.temp)(e));
+            }
             self.file.sync_all().map_err(io("fsync", &self.temp))?;
         }
         std::fs::rename(&self.temp, &self.dest).map_err(io("rename into place", &self.dest))?;

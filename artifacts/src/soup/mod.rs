@@ -290,11 +290,31 @@ pub fn soup_files(
     let mut writer = SafetensorsWriter::create(output, layout)?;
     writer.set_durable(opts.fsync);
 
+    // Where each plan's tensor goes: its index in the layout and its offset in the file.
+    let placement: Vec<(usize, u64)> = {
+        let starts: Vec<u64> = writer.layout().tensors().map(|(_, b, _)| b).collect();
+        plans
+            .iter()
+            .map(|(name, _)| {
+                let index = writer
+                    .layout()
+                    .index_of(name)
+                    .expect("planned tensors are in the layout");
+                (index, starts[index])
+            })
+            .collect()
+    };
+
     // Work items: (plan index, element or byte range). Chunks are independent, so any
-    // schedule gives the same bytes.
+    // schedule gives the same bytes. They are listed in output file order: each rayon
+    // thread works through a contiguous run of them, so the output fills window by window
+    // and the writer can send finished windows to disk while the rest is computed.
     let chunk = opts.chunk_elems.max(1) as u64;
     let mut items: Vec<(usize, u64, u64)> = Vec::new();
-    for (i, (_, plan)) in plans.iter().enumerate() {
+    let mut file_order: Vec<usize> = (0..plans.len()).collect();
+    file_order.sort_by_key(|&i| placement[i].1);
+    for i in file_order {
+        let plan = &plans[i].1;
         let len = match plan {
             Plan::Average { numel, .. } => *numel,
             Plan::Copy { nbytes, .. } => *nbytes,
@@ -317,10 +337,7 @@ pub fn soup_files(
             .par_iter()
             .try_for_each_init(Vec::<u8>::new, |buf, &(i, start, end)| {
                 let (name, plan) = &plans[i];
-                let index = written
-                    .layout()
-                    .index_of(name)
-                    .expect("planned tensors are in the layout");
+                let index = placement[i].0;
                 let bytes = match plan {
                     Plan::Copy { input, .. } => {
                         let f = &files[*input];

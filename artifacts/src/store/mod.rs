@@ -28,6 +28,7 @@ use rayon::prelude::*;
 
 use crate::digest::HashingWriter;
 use crate::fsutil;
+use crate::writeback::Writeback;
 use crate::Digest;
 use statcache::{FileStamp, StatCache};
 pub use tree::{is_safe_relative_path, Tree, TREE_MAGIC};
@@ -972,10 +973,29 @@ fn copy_hashing(src: &File, len: u64, dst: &mut HashingWriter<File>) -> io::Resu
     }
     // SAFETY: read-only map dropped before return; see `Digest::of_open_file`.
     let map = unsafe { memmap2::Mmap::map(src)? };
-    for block in map.chunks(16 << 20) {
-        dst.write_all(block)?;
+    if map.len() as u64 != len {
+        return Err(io::Error::other(format!(
+            "the file changed size while being added ({len} -> {} bytes)",
+            map.len()
+        )));
     }
-    Ok(())
+    let start = dst.bytes_written();
+    fsutil::preallocate(dst.get_ref(), start + len)?;
+    // The copy is written sequentially, so each writeback window completes in turn and
+    // goes to disk while the next is copied: the fsync in `commit_as` waits only for the
+    // tail. Writing and hashing each block overlap on two threads.
+    let writeback = Writeback::new(start + len);
+    writeback.wrote(dst.get_ref(), 0, start);
+    for block in map.chunks(16 << 20) {
+        let at = dst.bytes_written();
+        dst.write_all_overlapped(block)?;
+        writeback.wrote(dst.get_ref(), at, block.len() as u64);
+    }
+    // An error seen here would not be reported again by the fsync in `commit_as`.
+    match writeback.take_error() {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
 }
 
 /// Places one object file at `target` (which must not exist): reflink, hard link (not as

@@ -307,3 +307,22 @@ fn hash_file_cached_does_not_reread_an_untouched_file() {
         Digest::of_bytes(b"changed")
     );
 }
+
+#[test]
+fn add_file_copies_multi_block_files_exactly_with_overlapped_hashing() {
+    let (d, s) = store();
+    let src = d.path().join("big.bin");
+    // Three 16 MiB copy blocks, the last one partial.
+    let data: Vec<u8> = (0..(40u32 << 20) + 12_345)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
+    fs::write(&src, &data).unwrap();
+    let digest = s.add_file(&src).unwrap();
+    assert_eq!(digest, Digest::of_bytes(&data));
+    let object = s.object_path(&digest);
+    assert!(
+        fs::read(&object).unwrap() == data,
+        "object bytes equal the source's"
+    );
+    assert_eq!(fs::read_dir(s.root().join("tmp")).unwrap().count(), 0);
+}
