@@ -280,6 +280,66 @@ fn store_flag_adds_the_soup_and_records_ingredient_hashes() {
     assert_eq!(f.get("encoder.layer0.weight").unwrap().dtype, Dtype::F32);
 }
 
+/// Sets a file's mtime a minute back: files modified within the last two seconds are never
+/// stat-cached ("racily clean").
+fn settle(path: &Path) {
+    let old = std::time::SystemTime::now() - std::time::Duration::from_secs(60);
+    std::fs::File::options()
+        .write(true)
+        .open(path)
+        .unwrap()
+        .set_modified(old)
+        .unwrap();
+}
+
+#[test]
+fn an_existing_store_here_lends_its_stat_cache_to_ingredient_digests() {
+    let dir = tempfile::tempdir().unwrap();
+    let ins: Vec<PathBuf> = (0..3)
+        .map(|i| checkpoint(dir.path(), &format!("c{i}.safetensors"), i as f32 + 1.0, 5))
+        .collect();
+    ins.iter().for_each(|p| settle(p));
+    let args = [
+        "soup",
+        "c0.safetensors",
+        "c1.safetensors",
+        "c2.safetensors",
+        "-o",
+        "soup.safetensors",
+    ];
+
+    // No store here: nothing is created.
+    ok(&tureen(dir.path(), &args));
+    assert!(!dir.path().join(".tureen").exists());
+
+    // With a `.tureen` here, the digests computed during the soup are remembered...
+    std::fs::create_dir(dir.path().join(".tureen")).unwrap();
+    ok(&tureen(dir.path(), &args));
+    let cache_file = dir.path().join(".tureen/statcache.json");
+    let cache = std::fs::read_to_string(&cache_file).unwrap();
+    let digests: Vec<String> = ins
+        .iter()
+        .map(|p| Digest::of_bytes(&std::fs::read(p).unwrap()).to_string())
+        .collect();
+    for d in &digests {
+        assert!(cache.contains(d.as_str()), "{d} not in {cache}");
+    }
+    let objects = std::fs::read_dir(dir.path().join(".tureen/objects"))
+        .unwrap()
+        .count();
+    assert_eq!(objects, 0, "the soup is not added without --store");
+
+    // ... and the next soup takes them from the cache instead of reading the files again:
+    // a digest planted in the cache shows up in the provenance.
+    let planted = Digest::of_bytes(b"planted").to_string();
+    std::fs::write(&cache_file, cache.replace(digests[1].as_str(), &planted)).unwrap();
+    ok(&tureen(dir.path(), &args));
+    let f = SafetensorsFile::open(dir.path().join("soup.safetensors")).unwrap();
+    let ingredients = &f.metadata().unwrap()["tureen.soup.ingredients"];
+    assert!(ingredients.contains(&planted), "{ingredients}");
+    assert!(ingredients.contains(&digests[0]), "{ingredients}");
+}
+
 #[test]
 fn truncated_input_is_an_error_naming_the_file() {
     let dir = tempfile::tempdir().unwrap();

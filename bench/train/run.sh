@@ -16,6 +16,8 @@ cargo build --release -q -p tureen-torch --example train_bench
 BIN="$CARGO_TARGET_DIR/release/examples/train_bench"
 export OMP_NUM_THREADS=2 MKL_NUM_THREADS=2
 
+# Throughput on a shared machine is only comparable at similar load: report it.
+LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 oc=(); tu=()
 for r in $(seq "$ROUNDS"); do
   oc+=("$("$PY" "$OC" "$BATCH" | awk '/samples\/s/ {print $NF}')")
@@ -27,3 +29,4 @@ printf '\n| tool | batch | samples/s (best of %s) | all runs |\n|---|---|---|---
 printf '| open_clip (oc_train_bench.py) | %s | %s | %s |\n' "$BATCH" "$OCB" "${oc[*]}"
 printf '| tureen (train_bench) | %s | %s | %s |\n' "$BATCH" "$TUB" "${tu[*]}"
 awk -v a="$TUB" -v b="$OCB" 'BEGIN { printf "\nratio tureen / open_clip: %.2fx\n", a / b }'
+printf 'load average (1/5/15 min): %s before, %s after\n' "$LOAD_BEFORE" "$(cut -d' ' -f1-3 /proc/loadavg)"

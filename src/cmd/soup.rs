@@ -19,7 +19,8 @@ use super::Global;
 /// one division by the float32 sum of the weights, one round-to-nearest-even to the output
 /// dtype; bit-identical to mergekit 0.1.5 `linear` (and, for uniform weights, to a plain
 /// float32 sum divided by N). With `--store DIR` (or TUREEN_STORE) the output is also added
-/// to the store.
+/// to the store. The inputs' digests (provenance) come from the store's stat cache, or
+/// that of an existing `.tureen` in the current directory, when it knows them.
 #[derive(clap::Args, Debug)]
 #[command(
     after_help = "Examples:\n  tureen soup a.safetensors b.safetensors c.safetensors -o soup.safetensors\n  tureen soup a.safetensors b.safetensors -o soup.safetensors --weights 0.3,0.7 --out-dtype bf16\n  tureen soup --config soup.yaml -o soup.safetensors   # mergekit linear config"
@@ -162,20 +163,32 @@ pub fn run(args: Args, global: &Global) -> anyhow::Result<ExitCode> {
         bail!("no input checkpoints given");
     }
 
-    // `--store` (or TUREEN_STORE) given explicitly: the soup goes into the store too, and
-    // the inputs' digests come from the store's stat cache instead of a fresh hash.
+    // `--store` (or TUREEN_STORE) given explicitly: the soup goes into the store too.
     let store = match &global.store {
         Some(dir) => {
             Some(Store::open(dir).with_context(|| format!("opening the store {}", dir.display()))?)
         }
         None => None,
     };
-    if let (Some(store), true) = (&store, opts.provenance) {
-        let digests = inputs
+    // The ingredients' digests (provenance) come from a stat cache where one is at hand:
+    // the store's, or that of an existing `.tureen` here (which gets no soup added). A
+    // checkpoint souped before, hashed by `store hash` or written by a run is then not
+    // read twice; otherwise the soup hashes the inputs while it averages them.
+    let here = match &store {
+        Some(_) => None,
+        None => {
+            let dir = global.store_dir();
+            dir.is_dir().then(|| Store::open(&dir)).transpose()?
+        }
+    };
+    let digest_cache = store.as_ref().or(here.as_ref());
+    let stamps: Vec<Option<std::fs::Metadata>> =
+        inputs.iter().map(|p| std::fs::metadata(p).ok()).collect();
+    if let (Some(cache), true) = (digest_cache, opts.provenance) {
+        opts.input_digests = inputs
             .iter()
-            .map(|p| store.hash_file_cached(p))
-            .collect::<Result<Vec<_>, _>>()?;
-        opts.input_digests = Some(digests);
+            .map(|p| cache.cached_file_digest(p))
+            .collect::<Option<Vec<_>>>();
     }
 
     let bar = (!global.quiet && std::io::stderr().is_terminal()).then(|| {
@@ -212,6 +225,13 @@ pub fn run(args: Args, global: &Global) -> anyhow::Result<ExitCode> {
     }
     let report = result?;
     let elapsed = started.elapsed();
+    if let Some(cache) = digest_cache {
+        for ((path, before), digest) in inputs.iter().zip(&stamps).zip(&report.input_digests) {
+            if let Some(before) = before {
+                cache.remember_file_digest(path, before, *digest);
+            }
+        }
+    }
 
     let stored = match &store {
         Some(store) => Some(

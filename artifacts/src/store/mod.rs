@@ -272,6 +272,14 @@ pub struct GcReport {
     pub stale_temps_removed: usize,
 }
 
+/// The stat cache's name for `path`: canonical, so `../ckpts/a` and `/work/ckpts/a` (or a
+/// symlink to it) share one entry.
+fn stat_cache_key(path: &Path) -> Option<PathBuf> {
+    fs::canonicalize(path)
+        .or_else(|_| std::path::absolute(path))
+        .ok()
+}
+
 /// A content-addressed store rooted at a directory. Cheap to open; safe to share between
 /// threads (`&Store` methods) and between processes (all writes are atomic renames).
 #[derive(Debug)]
@@ -559,8 +567,24 @@ impl Store {
         Ok(digest)
     }
 
+    /// The digest the stat cache holds for `path` as it is now (same size, times, inode),
+    /// without hashing anything.
+    pub fn cached_file_digest(&self, path: &Path) -> Option<Digest> {
+        let meta = fs::metadata(path).ok()?;
+        self.cached_digest(path, &meta)
+    }
+
+    /// Records `digest` for `path`, computed by the caller from the file as it was when
+    /// `before` was taken: nothing is recorded if the file has changed since.
+    pub fn remember_file_digest(&self, path: &Path, before: &fs::Metadata, digest: Digest) {
+        let Ok(now) = fs::metadata(path) else { return };
+        if FileStamp::of(&now) == FileStamp::of(before) {
+            self.remember(path, &now, digest);
+        }
+    }
+
     fn cached_digest(&self, path: &Path, meta: &fs::Metadata) -> Option<Digest> {
-        let key = std::path::absolute(path).ok()?;
+        let key = stat_cache_key(path)?;
         let mut guard = self.stat_cache.lock().ok()?;
         let cache = guard.get_or_insert_with(|| StatCache::load(&self.root.join("statcache.json")));
         cache.lookup(&key, &FileStamp::of(meta))
@@ -573,7 +597,7 @@ impl Store {
         if !stamp.is_settled() {
             return;
         }
-        let Ok(key) = std::path::absolute(path) else {
+        let Some(key) = stat_cache_key(path) else {
             return;
         };
         let Ok(mut guard) = self.stat_cache.lock() else {

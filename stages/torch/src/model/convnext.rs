@@ -1,9 +1,11 @@
 //! The ConvNeXt image tower, parameter for parameter timm's `ConvNeXt` as open_clip's
 //! `TimmModel` wraps it (`visual.trunk.*` and `visual.head.*`).
 //!
-//! Every block runs its pointwise part channels-last: the 1x1-conv MLP of the small
-//! models is the same arithmetic as a `Linear` on NHWC, so both [`MlpKind`]s share one
-//! code path and differ only in the stored weight shape.
+//! Each block runs the op graph timm runs for its [`MlpKind`]: the 1x1-conv MLP of the
+//! small models as 1x1 convolutions on the channels-last-strided output of
+//! `LayerNorm2d` (libtorch hands these to oneDNN; on the CPU that trains faster than
+//! the same arithmetic as a GEMM over an NHWC view, with so few channels), the `Linear`
+//! MLP of the large models as `Linear`s on an NHWC permute.
 
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
@@ -82,6 +84,7 @@ impl Pointwise {
         Pointwise { weight, bias, kind }
     }
 
+    /// `Linear` on channels-last `[B, H, W, C]` input (either stored shape).
     fn forward_nhwc(&self, x: &Tensor) -> Tensor {
         let weight = match self.kind {
             MlpKind::Linear => amp::cast(&self.weight),
@@ -91,6 +94,13 @@ impl Pointwise {
             }
         };
         amp::cast(x).linear(&weight, Some(amp::cast(&self.bias)))
+    }
+
+    /// 1x1 convolution on `[B, C, H, W]` input (either stored shape).
+    fn forward_nchw(&self, x: &Tensor) -> Tensor {
+        let s = self.weight.size();
+        let weight = amp::cast(&self.weight.view([s[0], s[1], 1, 1]));
+        amp::cast(x).conv2d(&weight, Some(amp::cast(&self.bias)), [1], [0], [1], 1)
     }
 }
 
@@ -163,14 +173,27 @@ impl Block {
     }
 
     fn forward(&self, x: &Tensor, train: bool, rng: Option<&mut ChaCha8Rng>) -> Tensor {
-        let y = self.conv_dw.forward(x).permute([0, 2, 3, 1]);
-        let y = self.norm.forward_nhwc(&y);
-        let y = self.fc1.forward_nhwc(&y).gelu("none");
-        let mut y = self.fc2.forward_nhwc(&y);
-        if let Some(g) = &self.gamma {
-            y = y * g;
-        }
-        let y = y.permute([0, 3, 1, 2]);
+        let y = self.conv_dw.forward(x);
+        let y = match self.fc1.kind {
+            MlpKind::Conv1x1 => {
+                let y = self.norm.forward(&y);
+                let y = self.fc1.forward_nchw(&y).gelu("none");
+                let y = self.fc2.forward_nchw(&y);
+                match &self.gamma {
+                    Some(g) => y * g.view([-1, 1, 1]),
+                    None => y,
+                }
+            }
+            MlpKind::Linear => {
+                let y = self.norm.forward_nhwc(&y.permute([0, 2, 3, 1]));
+                let y = self.fc1.forward_nhwc(&y).gelu("none");
+                let mut y = self.fc2.forward_nhwc(&y).permute([0, 3, 1, 2]);
+                if let Some(g) = &self.gamma {
+                    y = y * g.view([-1, 1, 1]);
+                }
+                y
+            }
+        };
         drop_path(y, self.drop_path, train, rng) + x
     }
 }

@@ -28,10 +28,48 @@ struct ParamState {
     decay: bool,
 }
 
+/// Two flat buffers as large as the largest parameter, reused by every update so that a
+/// step allocates nothing. The update needs two temporaries per parameter (`denom`, and
+/// the scaled operand of `addcmul_`/`addcdiv_`, whose `value` tch cannot pass).
+/// Allocated afresh, those of the token embedding are above glibc's 32 MiB mmap limit:
+/// fresh mappings whose pages the kernel zeroes on first touch, every step, which costs
+/// more than the arithmetic.
+struct Scratch {
+    a: Tensor,
+    b: Tensor,
+}
+
+impl Scratch {
+    fn new(params: &[ParamState]) -> Option<Scratch> {
+        let largest = params.iter().max_by_key(|p| p.param.numel())?;
+        let numel = largest.param.numel() as i64;
+        let options = (largest.param.kind(), largest.param.device());
+        Some(Scratch {
+            a: Tensor::empty([numel], options),
+            b: Tensor::empty([numel], options),
+        })
+    }
+
+    /// Views of both buffers shaped like `param` (fresh tensors if its kind or device
+    /// differs from the buffers').
+    fn views(&self, param: &Tensor) -> (Tensor, Tensor) {
+        if param.kind() != self.a.kind() || param.device() != self.a.device() {
+            return (param.empty_like(), param.empty_like());
+        }
+        let numel = param.numel() as i64;
+        let shape = param.size();
+        let view = |t: &Tensor| t.narrow(0, 0, numel).view(shape.as_slice());
+        (view(&self.a), view(&self.b))
+    }
+}
+
 /// The optimizer: one state per trainable variable, in name order.
 pub struct AdamW {
     pub config: AdamWConfig,
     params: Vec<ParamState>,
+    /// Allocated on the first step (an optimizer that is only loaded and saved needs
+    /// none).
+    scratch: Option<Scratch>,
     /// Optimizer steps taken (torch keeps one count per parameter; they are equal here
     /// because every CLIP parameter gets a gradient every step).
     pub step: u64,
@@ -63,6 +101,7 @@ impl AdamW {
         AdamW {
             config,
             params,
+            scratch: None,
             step: 0,
         }
     }
@@ -108,6 +147,12 @@ impl AdamW {
         let bias_correction2 = 1.0 - beta2.powf(step);
         let step_size = lr / bias_correction1;
         let bias_correction2_sqrt = bias_correction2.powf(0.5);
+        if self.scratch.is_none() {
+            self.scratch = Scratch::new(&self.params);
+        }
+        let Some(scratch) = &self.scratch else {
+            return;
+        };
         tch::no_grad(|| {
             for p in &mut self.params {
                 let grad = p.param.grad();
@@ -115,6 +160,7 @@ impl AdamW {
                     continue;
                 }
                 let mut param = p.param.shallow_clone();
+                let (scaled, mut denom) = scratch.views(&param);
                 if p.decay && weight_decay != 0.0 {
                     let _ = param.g_mul_scalar_(1.0 - lr * weight_decay);
                 }
@@ -122,14 +168,22 @@ impl AdamW {
                 // torch: exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2).
                 // tch has no `value`; the kernel computes (value * t1) * t2, so scaling
                 // t1 first is the same arithmetic.
-                let _ = p
-                    .exp_avg_sq
-                    .g_mul_scalar_(beta2)
-                    .addcmul_(&grad.g_mul_scalar(1.0 - beta2), &grad);
-                let denom = (p.exp_avg_sq.sqrt() / bias_correction2_sqrt) + eps;
+                // `mul.out` with a 0-dim tensor: libtorch's `mul.Scalar_out` is a
+                // generated wrapper that allocates the product and copies it. The
+                // factor has the parameter's kind, as a Python-number factor would be
+                // taken (a 0-dim double would promote a 0-dim parameter's product).
+                let kind = param.kind();
+                let factor = |v: f64| Tensor::from(v).to_kind(kind);
+                let _ = grad.mul_out(&scaled, &factor(1.0 - beta2));
+                let _ = p.exp_avg_sq.g_mul_scalar_(beta2).addcmul_(&scaled, &grad);
+                // torch: denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps).
+                let _ = p.exp_avg_sq.sqrt_out(&denom);
+                let _ = denom.g_div_scalar_(bias_correction2_sqrt);
+                let _ = denom.g_add_scalar_(eps);
                 // torch: param.addcdiv_(exp_avg, denom, value=-step_size); the kernel
                 // computes (value * t1) / t2, so scale t1 first here too.
-                let _ = param.addcdiv_(&p.exp_avg.g_mul_scalar(-step_size), &denom);
+                let _ = p.exp_avg.mul_out(&scaled, &factor(-step_size));
+                let _ = param.addcdiv_(&scaled, &denom);
             }
         });
     }
