@@ -60,6 +60,11 @@ timed() {
 }
 
 timed "$repeat" "" "cat inputs > /dev/null" -- sh -c "cat ${ins[*]} > /dev/null"
+# The other floor of a durable soup: writing a file of the soup's size and fsyncing it.
+out_bytes=$(stat -c %s "${ins[0]}")
+timed "$repeat" "$data/dd.bin" "dd: write the output size and fsync (no soup)" -- \
+    dd if=/dev/zero of="$data/dd.bin" bs=64M count="$out_bytes" iflag=count_bytes conv=fsync status=none
+rm -f "$data/dd.bin"
 # tureen runs from a directory without a store (`cold`): it hashes the ingredients for the
 # provenance metadata, overlapped with the soup. From a directory with a `.tureen` store
 # (`warm`) it takes their digests from that store's stat cache (one stat per input), as
