@@ -38,9 +38,7 @@ fn workers_for(dir: &Path) -> Vec<u32> {
             let cmdline = String::from_utf8_lossy(&cmdline);
             let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
             // A zombie has finished; only a running worker counts.
-            cmdline.contains("tureen-torch")
-                && cmdline.contains(&needle)
-                && !state.contains(") Z ")
+            cmdline.contains("tureen-torch") && cmdline.contains(&needle) && !state.contains(") Z ")
         })
         .collect()
 }
@@ -76,7 +74,10 @@ fn tureen_links_no_libtorch_and_the_worker_does() {
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
     let tureen = needed(env!("CARGO_BIN_EXE_tureen"));
-    assert!(!tureen.contains("libtorch"), "tureen links libtorch:\n{tureen}");
+    assert!(
+        !tureen.contains("libtorch"),
+        "tureen links libtorch:\n{tureen}"
+    );
     assert!(!tureen.contains("libc10"), "tureen links libc10:\n{tureen}");
     let worker = needed(env!("CARGO_BIN_EXE_tureen-torch"));
     assert!(worker.contains("libtorch_cpu"), "{worker}");
@@ -115,7 +116,10 @@ fn ctrl_c_stops_the_worker_and_the_run_is_recorded_as_interrupted() {
         if let Some(status) = child.try_wait().unwrap() {
             break status;
         }
-        assert!(start.elapsed() < Duration::from_secs(60), "tureen did not stop");
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "tureen did not stop"
+        );
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(!status.success(), "an interrupted run is not a success");
@@ -132,9 +136,11 @@ fn a_killed_tureen_takes_its_worker_with_it() {
     let mut child = start_long_train(&ws);
     child.kill().unwrap(); // SIGKILL: no chance to stop the worker itself
     child.wait().unwrap();
-    wait_until("the orphaned worker to die", Duration::from_secs(10), || {
-        workers_for(ws.path()).is_empty()
-    });
+    wait_until(
+        "the orphaned worker to die",
+        Duration::from_secs(10),
+        || workers_for(ws.path()).is_empty(),
+    );
 }
 
 #[test]
@@ -167,4 +173,34 @@ fn piping_output_into_head_ends_quietly() {
     assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 1);
     // Killed by SIGPIPE, as `cat` would be: 128 + 13.
     assert_eq!(out.status.code(), Some(141), "{stderr}");
+}
+
+#[test]
+fn replay_runs_torch_stages_in_the_worker_and_finds_them_the_same() {
+    let ws = Workspace::new();
+    ws.write(
+        "p.yaml",
+        r#"
+tureen: 1
+stages:
+  core:
+    kind: train
+    params:
+      model: convnext_atto_64
+      data: synthetic
+      batch_size: 4
+      samples_per_interval: 8
+      intervals: 2
+      lr: 1.0e-3
+      threads: 1
+"#,
+    );
+    ws.ok(&["run", "p.yaml", "--plain"]);
+    let replay = ws.ok(&["replay", "latest", "--plain"]);
+    let core = replay
+        .lines()
+        .find(|l| l.starts_with("core "))
+        .unwrap_or_else(|| panic!("no row for core:\n{replay}"));
+    assert!(core.contains("same"), "{replay}");
+    assert!(replay.contains("1 same, 0 diverged"), "{replay}");
 }

@@ -32,9 +32,12 @@ pub struct ReplayRow {
 }
 
 /// Replays `rec` (every stage that ran or was cached in it), in recorded order.
+/// Stages whose kind names a worker program (`tureen-torch`) run in it, found beside
+/// `tureen_exe`.
 pub fn replay(
     rec: &RunRecord,
     registry: &KindRegistry,
+    tureen_exe: &Path,
     store_dir: &Path,
     cancel: &AtomicBool,
     mode: Mode,
@@ -119,7 +122,7 @@ pub fn replay(
         };
         progress.started(&s.name, "replaying");
         let mut observer = |_e: job::JobEvent| {};
-        let result = job::execute(&job, registry, cancel, &mut observer);
+        let result = crate::worker::execute_here(&job, registry, tureen_exe, cancel, &mut observer);
         let (verdict, secs) = match result {
             Err(e) => (Verdict::Failed(format!("{e:#}")), 0.0),
             Ok(r) if r.status != JobStatus::Ran => (

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 
 use crate::job::{self, JobEvent, JobResult, JobStatus, StageJob};
-use crate::kind::KindRegistry;
+use crate::kind::{KindRegistry, StageDecl};
 
 /// How long a worker may take to stop after SIGINT before it is killed.
 const STOP_GRACE: Duration = Duration::from_secs(30);
@@ -45,6 +45,33 @@ pub fn locate(name: &str, tureen_exe: &Path) -> Result<PathBuf, String> {
                 tureen_exe.display()
             )
         })
+}
+
+/// Executes `job` on this machine where its kind runs: in this process, or in the
+/// kind's worker program (found beside `tureen_exe`).
+pub fn execute_here(
+    job: &StageJob,
+    registry: &KindRegistry,
+    tureen_exe: &Path,
+    cancel: &AtomicBool,
+    observer: &mut (dyn FnMut(JobEvent) + Send),
+) -> anyhow::Result<JobResult> {
+    let kind = registry
+        .get(&job.kind)
+        .ok_or_else(|| anyhow::anyhow!("stage `{}`: unknown kind `{}`", job.stage, job.kind))?;
+    let decl = StageDecl {
+        name: &job.stage,
+        params: &job.params,
+        input_names: job.inputs.keys().map(String::as_str).collect(),
+    };
+    match kind.worker(&decl) {
+        None => job::execute(job, registry, cancel, observer),
+        Some(name) => {
+            let exe = locate(name, tureen_exe)
+                .map_err(|e| anyhow::anyhow!("stage `{}` (kind {}): {e}", job.stage, job.kind))?;
+            run(job, &exe, cancel, observer)
+        }
+    }
 }
 
 /// Where [`run`] writes `job`'s job file: beside the stage's log in the run directory.

@@ -3,6 +3,7 @@
 
 use std::process::ExitCode;
 
+use anyhow::Context as _;
 use tureen_engine::kind::KindRegistry;
 use tureen_engine::record::{self, RunRecord};
 use tureen_engine::replay::{self, Verdict};
@@ -25,9 +26,11 @@ pub fn run(args: Args, global: &Global) -> anyhow::Result<ExitCode> {
     let mut registry = KindRegistry::new();
     tureen_stages::register_all(&mut registry);
     let cancel = tureen_engine::interrupt::install();
+    let tureen = std::env::current_exe().context("locating the tureen binary")?;
     let rows = replay::replay(
         &rec,
         &registry,
+        &tureen,
         &store,
         cancel,
         super::run::mode(global, args.plain),

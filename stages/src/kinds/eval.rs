@@ -39,7 +39,8 @@ impl StageKind for EvalKind {
     }
 
     fn code_version(&self) -> &'static str {
-        "eval-1"
+        // 2: ConvNeXt blocks with timm's conv_mlp run their MLP as 1x1 convolutions, as timm does.
+        "eval-2"
     }
 
     fn validate(&self, decl: &StageDecl<'_>) -> Result<(), String> {

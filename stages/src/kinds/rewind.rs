@@ -37,7 +37,8 @@ impl StageKind for RewindKind {
     }
 
     fn code_version(&self) -> &'static str {
-        "rewind-1"
+        // 2: ConvNeXt blocks with timm's conv_mlp run their MLP as 1x1 convolutions, as timm does.
+        "rewind-2"
     }
 
     fn validate(&self, decl: &StageDecl<'_>) -> Result<(), String> {

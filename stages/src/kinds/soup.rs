@@ -127,7 +127,8 @@ impl StageKind for SoupKind {
     }
 
     fn code_version(&self) -> &'static str {
-        "1"
+        // 2: greedy soups score candidates with the conv-MLP ConvNeXt as timm runs it.
+        "2"
     }
 
     fn validate(&self, decl: &StageDecl<'_>) -> Result<(), String> {

@@ -32,7 +32,8 @@ impl StageKind for TrainKind {
     }
 
     fn code_version(&self) -> &'static str {
-        "train-1"
+        // 2: ConvNeXt blocks with timm's conv_mlp run their MLP as 1x1 convolutions, as timm does.
+        "train-2"
     }
 
     fn validate(&self, decl: &StageDecl<'_>) -> Result<(), String> {
