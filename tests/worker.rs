@@ -11,21 +11,29 @@ use std::time::{Duration, Instant};
 
 use engine_common::{both, Workspace};
 
-/// A train stage long enough to be interrupted (minutes if left alone).
-const LONG_TRAIN: &str = r#"
-tureen: 1
+/// A pipeline of one `train` stage on synthetic data.
+fn train_pipeline(batch_size: u32, samples_per_interval: u32, intervals: u32) -> String {
+    format!(
+        "tureen: 1
 stages:
   core:
     kind: train
     params:
       model: convnext_atto_64
       data: synthetic
-      batch_size: 8
-      samples_per_interval: 64
-      intervals: 200
+      batch_size: {batch_size}
+      samples_per_interval: {samples_per_interval}
+      intervals: {intervals}
       lr: 1.0e-3
       threads: 1
-"#;
+"
+    )
+}
+
+/// A train stage long enough to be interrupted (minutes if left alone).
+fn long_train() -> String {
+    train_pipeline(8, 64, 200)
+}
 
 /// Pids of live `tureen-torch` processes working for the store under `dir`.
 fn workers_for(dir: &Path) -> Vec<u32> {
@@ -51,9 +59,9 @@ fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
     }
 }
 
-/// Starts `tureen run` on LONG_TRAIN and waits until its worker is training.
+/// Starts `tureen run` on [`long_train`] and waits until its worker is training.
 fn start_long_train(ws: &Workspace) -> Child {
-    ws.write("p.yaml", LONG_TRAIN);
+    ws.write("p.yaml", &long_train());
     let child = ws
         .cmd(&["run", "p.yaml", "--plain"])
         .stdout(Stdio::null())
@@ -90,7 +98,7 @@ fn a_torch_stage_without_the_worker_fails_naming_it() {
     let bin = ws.path().join("bin");
     std::fs::create_dir_all(&bin).unwrap();
     std::fs::copy(env!("CARGO_BIN_EXE_tureen"), bin.join("tureen")).unwrap();
-    ws.write("p.yaml", LONG_TRAIN);
+    ws.write("p.yaml", &long_train());
     let out = Command::new(bin.join("tureen"))
         .args(["run", "p.yaml", "--plain"])
         .current_dir(ws.path())
@@ -178,23 +186,7 @@ fn piping_output_into_head_ends_quietly() {
 #[test]
 fn replay_runs_torch_stages_in_the_worker_and_finds_them_the_same() {
     let ws = Workspace::new();
-    ws.write(
-        "p.yaml",
-        r#"
-tureen: 1
-stages:
-  core:
-    kind: train
-    params:
-      model: convnext_atto_64
-      data: synthetic
-      batch_size: 4
-      samples_per_interval: 8
-      intervals: 2
-      lr: 1.0e-3
-      threads: 1
-"#,
-    );
+    ws.write("p.yaml", &train_pipeline(4, 8, 2));
     ws.ok(&["run", "p.yaml", "--plain"]);
     let replay = ws.ok(&["replay", "latest", "--plain"]);
     let core = replay
