@@ -43,7 +43,7 @@ fn source<'p>(p: &'p Pipeline, stage: &Stage, input: &str) -> (&'p str, String, 
                 stage: i,
                 output,
                 select,
-            } => (p.stages[*i].name.as_str(), output.clone(), select.clone()),
+            } => (p.stages[*i].name.as_str(), output.clone(), *select),
             other => panic!(
                 "{}.inputs.{input} is not a stage output: {other:?}",
                 stage.name

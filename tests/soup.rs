@@ -29,7 +29,7 @@ fn fails_cleanly(out: &Output, dir: &Path, allowed: &[&str]) -> String {
         String::from_utf8_lossy(&out.stdout)
     );
     assert!(
-        !out.status.code().is_some_and(|c| c == 101),
+        out.status.code().is_none_or(|c| c != 101),
         "tureen panicked: {}",
         String::from_utf8_lossy(&out.stderr)
     );

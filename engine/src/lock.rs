@@ -46,9 +46,9 @@ impl KeyLock {
         }
         file.set_len(0)?;
         file.rewind()?;
-        let _ = write!(
+        let _ = writeln!(
             file,
-            "pid {} on {}\n",
+            "pid {} on {}",
             std::process::id(),
             crate::record::hostname()
         );

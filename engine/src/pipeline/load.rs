@@ -161,7 +161,7 @@ impl Loader<'_> {
                 Pos::new(1, 1),
                 format!("missing `tureen: {SCHEMA_VERSION}` (the schema version)"),
             ),
-            Some(v) if yaml::to_json(v) != Value::from(SCHEMA_VERSION) => self.sink.error(
+            Some(v) if yaml::to_json(v) != SCHEMA_VERSION => self.sink.error(
                 pos(v),
                 format!(
                     "unsupported schema version {}: this tureen reads `tureen: {SCHEMA_VERSION}`",
@@ -460,7 +460,7 @@ impl Loader<'_> {
                 Node::Sequence(out)
             }
             Node::Mapping(map) => {
-                let mut out = MarkedMappingNode::new_empty(map.span().clone());
+                let mut out = MarkedMappingNode::new_empty(*map.span());
                 for (k, v) in map.iter() {
                     // Skip the expansion keys themselves: their values are the items.
                     if matches!(k.as_str(), "foreach" | "matrix") {
@@ -513,7 +513,7 @@ impl Loader<'_> {
             |var| Ok(lookup(var, b)?.map(|v| yaml::plain_text(&v))),
         ) {
             Ok(rendered) => {
-                let mut out = MarkedScalarNode::new(s.span().clone(), rendered);
+                let mut out = MarkedScalarNode::new(*s.span(), rendered);
                 out.set_coerce(false);
                 Node::Scalar(out)
             }

@@ -111,26 +111,26 @@ pub fn to_json(node: &Node) -> Value {
 pub fn from_json(value: &Value, span: &Span) -> Node {
     match value {
         Value::Array(items) => Node::Sequence(MarkedSequenceNode::new(
-            span.clone(),
+            *span,
             items.iter().map(|v| from_json(v, span)).collect(),
         )),
         Value::Object(map) => {
-            let mut node = MarkedMappingNode::new_empty(span.clone());
+            let mut node = MarkedMappingNode::new_empty(*span);
             for (k, v) in map {
                 node.insert(
-                    MarkedScalarNode::new(span.clone(), k.clone()),
+                    MarkedScalarNode::new(*span, k.clone()),
                     from_json(v, span),
                 );
             }
             Node::Mapping(node)
         }
         Value::String(s) => {
-            let mut scalar = MarkedScalarNode::new(span.clone(), s.clone());
+            let mut scalar = MarkedScalarNode::new(*span, s.clone());
             scalar.set_coerce(false);
             Node::Scalar(scalar)
         }
-        Value::Null => Node::Scalar(MarkedScalarNode::new(span.clone(), "null")),
-        other => Node::Scalar(MarkedScalarNode::new(span.clone(), other.to_string())),
+        Value::Null => Node::Scalar(MarkedScalarNode::new(*span, "null")),
+        other => Node::Scalar(MarkedScalarNode::new(*span, other.to_string())),
     }
 }
 
