@@ -102,6 +102,12 @@ pub fn run(
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
+    // The worker sees only the GPUs handed to this stage, as `cuda:0`, `cuda:1`, ...
+    // (a stage that asked for none inherits tureen's environment).
+    if !job.gpus.is_empty() {
+        let ids: Vec<String> = job.gpus.iter().map(u32::to_string).collect();
+        command.env("CUDA_VISIBLE_DEVICES", ids.join(","));
+    }
     die_with_parent(&mut command);
     let mut child = command
         .spawn()

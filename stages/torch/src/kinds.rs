@@ -138,9 +138,11 @@ fn soup_with_greedy(
         .cloned()
         .unwrap_or_default();
     let params = EvalParams::from_params(&heldout).map_err(anyhow::Error::msg)?;
-    let device = match ctx.gpus.first() {
-        Some(&g) => tch::Device::Cuda(g as usize),
-        None => tch::Device::Cpu,
+    // A worker sees only its stage's GPUs (`CUDA_VISIBLE_DEVICES`, set by tureen or by
+    // Slurm), so the first one is `cuda:0`.
+    let device = match ctx.gpus.is_empty() {
+        true => tch::Device::Cpu,
+        false => tch::Device::Cuda(0),
     };
     let scorer = greedy::ZeroShotScorer {
         params,
