@@ -957,28 +957,25 @@ fn execute(
                     let tx = tx.clone();
                     let slurm = (stage.executor == Executor::Slurm)
                         .then(|| (p.slurm.clone(), stage.resources.clone(), stage.retries));
-                    // The program that executes the job: tureen itself, or the kind's
-                    // worker (e.g. `tureen-torch`), found beside tureen.
-                    let worker = stage
-                        .worker
-                        .as_deref()
-                        .map(|name| crate::worker::locate(name, &opts.tureen_exe))
-                        .transpose()
-                        .map_err(|e| {
-                            anyhow::anyhow!("stage `{}` (kind {}): {e}", stage.name, stage.kind)
-                        });
                     let exe = opts.tureen_exe.clone();
                     scope.spawn(move || {
                         let events = tx.clone();
                         let mut observer = move |e: JobEvent| {
                             let _ = events.send(Msg::Event(i, e));
                         };
-                        let result = worker.and_then(|worker| match (slurm, worker) {
-                            (None, None) => job::execute(&job, registry, cancel, &mut observer),
-                            (None, Some(worker)) => {
-                                crate::worker::run(&job, &worker, cancel, &mut observer)
-                            }
-                            (Some((options, resources, retries)), worker) => {
+                        let result = match slurm {
+                            None => crate::worker::execute_here(
+                                &job,
+                                registry,
+                                &exe,
+                                cancel,
+                                &mut observer,
+                            ),
+                            // The Slurm job runs tureen itself, or the kind's worker.
+                            Some((options, resources, retries)) => crate::worker::program_for(
+                                &job, registry, &exe,
+                            )
+                            .and_then(|worker| {
                                 crate::slurm_dispatch::run(
                                     &job,
                                     &options,
@@ -988,8 +985,8 @@ fn execute(
                                     cancel,
                                     &mut observer,
                                 )
-                            }
-                        });
+                            }),
+                        };
                         let _ = tx.send(Msg::Done(i, result));
                     });
                 }

@@ -47,6 +47,29 @@ pub fn locate(name: &str, tureen_exe: &Path) -> Result<PathBuf, String> {
         })
 }
 
+/// The worker program that executes `job` (found beside `tureen_exe`), or `None` when
+/// its kind runs in tureen's own process.
+pub fn program_for(
+    job: &StageJob,
+    registry: &KindRegistry,
+    tureen_exe: &Path,
+) -> anyhow::Result<Option<PathBuf>> {
+    let kind = registry
+        .get(&job.kind)
+        .ok_or_else(|| anyhow::anyhow!("stage `{}`: unknown kind `{}`", job.stage, job.kind))?;
+    let decl = StageDecl {
+        name: &job.stage,
+        params: &job.params,
+        input_names: job.inputs.keys().map(String::as_str).collect(),
+    };
+    kind.worker(&decl)
+        .map(|name| {
+            locate(name, tureen_exe)
+                .map_err(|e| anyhow::anyhow!("stage `{}` (kind {}): {e}", job.stage, job.kind))
+        })
+        .transpose()
+}
+
 /// Executes `job` on this machine where its kind runs: in this process, or in the
 /// kind's worker program (found beside `tureen_exe`).
 pub fn execute_here(
@@ -56,21 +79,9 @@ pub fn execute_here(
     cancel: &AtomicBool,
     observer: &mut (dyn FnMut(JobEvent) + Send),
 ) -> anyhow::Result<JobResult> {
-    let kind = registry
-        .get(&job.kind)
-        .ok_or_else(|| anyhow::anyhow!("stage `{}`: unknown kind `{}`", job.stage, job.kind))?;
-    let decl = StageDecl {
-        name: &job.stage,
-        params: &job.params,
-        input_names: job.inputs.keys().map(String::as_str).collect(),
-    };
-    match kind.worker(&decl) {
+    match program_for(job, registry, tureen_exe)? {
         None => job::execute(job, registry, cancel, observer),
-        Some(name) => {
-            let exe = locate(name, tureen_exe)
-                .map_err(|e| anyhow::anyhow!("stage `{}` (kind {}): {e}", job.stage, job.kind))?;
-            run(job, &exe, cancel, observer)
-        }
+        Some(exe) => run(job, &exe, cancel, observer),
     }
 }
 

@@ -13,7 +13,7 @@ mod stage_exec;
 
 /// Runs tureen's libtorch stages (started by `tureen run`, not by hand).
 #[derive(Parser)]
-#[command(name = "tureen-torch", version, about)]
+#[command(name = "tureen-torch", version)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -232,9 +232,9 @@ fn run_generic<A: Accum>(job: &FloatJob<'_, A>, out: &mut [u8]) {
         let len = BLOCK.min(n - start);
         let acc = &mut acc[..len];
         acc.fill(A::ZERO);
+        let ahead = (start + PREFETCH_BLOCKS * BLOCK).min(n);
+        let until = (ahead + BLOCK).min(n);
         for input in job.inputs {
-            let ahead = (start + PREFETCH_BLOCKS * BLOCK).min(n);
-            let until = (ahead + BLOCK).min(n);
             prefetch(&input[ahead * in_size..until * in_size]);
         }
         for (input, &w) in job.inputs.iter().zip(job.weights) {

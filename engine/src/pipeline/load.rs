@@ -727,7 +727,6 @@ impl Loader<'_> {
                 deps: Vec::new(),
                 outputs: Vec::new(),
                 workspace_paths: BTreeMap::new(),
-                worker: None,
                 resources,
                 retries,
                 executor,
@@ -868,7 +867,6 @@ impl Loader<'_> {
             }
             raw.stage.outputs = kind.outputs(&decl);
             raw.stage.workspace_paths = kind.workspace_paths(&decl).into_iter().collect();
-            raw.stage.worker = kind.worker(&decl).map(String::from);
         }
     }
 

@@ -153,9 +153,6 @@ pub struct Stage {
     /// Output name -> path relative to the pipeline directory, where the kind asked
     /// for one (a command's `outs`).
     pub workspace_paths: BTreeMap<String, String>,
-    /// The program that runs this stage when it is not tureen itself
-    /// ([`crate::kind::StageKind::worker`]).
-    pub worker: Option<String>,
     pub resources: Resources,
     pub retries: u32,
     pub executor: Executor,
