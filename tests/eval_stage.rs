@@ -197,21 +197,21 @@ fn class_names_must_match_the_class_folders() {
 fn bad_params_name_the_param() {
     let err =
         EvalParams::from_params(serde_json::json!({"data": "x"}).as_object().unwrap()).unwrap_err();
-    assert!(err.contains("classnames"), "{err}");
+    assert!(err.to_string().contains("classnames"), "{err}");
     let err = EvalParams::from_params(
         serde_json::json!({"retrieval": "r.tar", "device": "tpu"})
             .as_object()
             .unwrap(),
     )
     .unwrap_err();
-    assert!(err.contains("device"), "{err}");
+    assert!(err.to_string().contains("device"), "{err}");
     let err = EvalParams::from_params(
         serde_json::json!({"retrieval": "r.tar", "bogus": 1})
             .as_object()
             .unwrap(),
     )
     .unwrap_err();
-    assert!(err.contains("bogus"), "{err}");
+    assert!(err.to_string().contains("bogus"), "{err}");
 }
 
 /// Trains the tiny model on synthetic data for `steps` steps (batch 64, recipe-style

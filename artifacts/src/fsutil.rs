@@ -21,6 +21,32 @@ pub fn unique_temp_path(dir: &Path, stem: &str) -> PathBuf {
     dir.join(format!(".{stem}.{}.{n}.{nanos}.tmp", std::process::id()))
 }
 
+/// Removes `path` whatever it is: a file, a link, or a directory tree, including the
+/// read-only directories of materialized tree objects. A missing path is not an error.
+pub fn remove_all(path: &Path) -> io::Result<()> {
+    match fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => {
+            make_writable(path);
+            fs::remove_dir_all(path)
+        }
+        Ok(_) => fs::remove_file(path),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Gives every directory under `dir` (and `dir`) write permission, so that it can be
+/// emptied.
+fn make_writable(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let _ = fs::set_permissions(dir, fs::Permissions::from_mode(0o755));
+    for entry in fs::read_dir(dir).into_iter().flatten().flatten() {
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            make_writable(&entry.path());
+        }
+    }
+}
+
 /// Creates a new file that must not exist yet (O_EXCL), mode 0644.
 pub fn create_new(path: &Path) -> io::Result<File> {
     OpenOptions::new()

@@ -20,23 +20,34 @@ use serde_json::{Map, Value};
 use tureen_artifacts::{Digest, Store};
 
 use crate::cache::{self, ArtifactRecord, CacheEntry, OutputRecord};
+use crate::clock::now_rfc3339;
 use crate::journal::{artifact_path, StoreJournal};
 use crate::key::Fingerprint;
 use crate::kind::{
-    Artifact, InputValue, KindRegistry, OutputShape, Produced, StageContext, StageLog,
+    Artifact, InputValue, KindRegistry, OutputDecl, OutputShape, Produced, Runner, StageContext,
+    StageLog,
 };
-use crate::lock::KeyLock;
-use crate::record::now_rfc3339;
+use tureen_artifacts::store::lock::FileLock;
 
 /// Everything needed to execute one stage, serializable (the `stage-exec` job file).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StageJob {
+    /// The run this execution belongs to.
     pub run_id: String,
+    /// The stage's name.
     pub stage: String,
+    /// Its kind.
     pub kind: String,
+    /// Where the kind's work runs (tureen, or a worker program).
+    #[serde(default)]
+    pub runner: Runner,
+    /// The stage's cache key (BLAKE3 of the fingerprint).
     pub key: Digest,
+    /// What the key was computed from.
     pub fingerprint: Fingerprint,
+    /// The resolved params (the fingerprint's).
     pub params: Map<String, Value>,
+    /// The resolved inputs, by name.
     pub inputs: BTreeMap<String, JobInput>,
     /// Declared outputs: name and whether it is a series.
     pub outputs: Vec<JobOutput>,
@@ -44,6 +55,7 @@ pub struct StageJob {
     pub store: PathBuf,
     /// The pipeline's directory (absolute); command stages run here.
     pub workspace: PathBuf,
+    /// The declared environment (the fingerprint's).
     pub env: BTreeMap<String, String>,
     /// GPU ids handed out locally (empty on Slurm, where the allocation decides).
     pub gpus: Vec<u32>,
@@ -65,8 +77,79 @@ pub struct StageJob {
 /// A declared output.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct JobOutput {
+    /// Its name.
     pub name: String,
+    /// Whether it is a series.
     pub series: bool,
+}
+
+/// The run a [`StageJob`] is made for: where its files go and how it treats the cache.
+#[derive(Debug, Clone)]
+pub struct JobRun<'a> {
+    /// The run's id.
+    pub run_id: &'a str,
+    /// `<store>/runs/<run-id>/`: logs, metrics, job files.
+    pub run_dir: &'a Path,
+    /// The store (absolute).
+    pub store: &'a Path,
+    /// The pipeline's directory (absolute).
+    pub workspace: &'a Path,
+    /// `false` for replays: run even if cached, and record nothing in the cache.
+    pub use_cache: bool,
+    /// Write TensorBoard events under `<run_dir>/tensorboard/<stage>/`.
+    pub tensorboard: bool,
+}
+
+/// The stage a [`StageJob`] executes, resolved.
+#[derive(Debug, Clone)]
+pub struct JobStage {
+    /// The stage's name.
+    pub name: String,
+    /// Its cache key and what it was computed from (kind, params, env, input digests).
+    pub key: Digest,
+    /// What the key was computed from.
+    pub fingerprint: Fingerprint,
+    /// Where its work runs.
+    pub runner: Runner,
+    /// The resolved inputs.
+    pub inputs: BTreeMap<String, JobInput>,
+    /// The declared outputs.
+    pub outputs: Vec<JobOutput>,
+    /// Attempts to make (1 + retries).
+    pub attempts: u32,
+    /// Run even if another process completes the same key meanwhile.
+    pub force: bool,
+}
+
+impl StageJob {
+    /// The job that executes `stage` in `run`. Params, kind and environment are the
+    /// fingerprint's: what the key says is exactly what runs.
+    pub fn new(stage: JobStage, run: &JobRun<'_>) -> StageJob {
+        let file = |ext: &str| run.run_dir.join(format!("{}.{ext}", stage.name));
+        StageJob {
+            run_id: run.run_id.to_string(),
+            kind: stage.fingerprint.kind.clone(),
+            runner: stage.runner,
+            key: stage.key,
+            params: stage.fingerprint.params.clone(),
+            env: stage.fingerprint.env.clone(),
+            fingerprint: stage.fingerprint,
+            inputs: stage.inputs,
+            outputs: stage.outputs,
+            store: run.store.to_path_buf(),
+            workspace: run.workspace.to_path_buf(),
+            gpus: Vec::new(),
+            log: file("log"),
+            metrics: file("metrics.jsonl"),
+            tensorboard: run
+                .tensorboard
+                .then(|| run.run_dir.join("tensorboard").join(&stage.name)),
+            attempts: stage.attempts,
+            use_cache: run.use_cache,
+            force: stage.force,
+            stage: stage.name,
+        }
+    }
 }
 
 /// A resolved input: artifacts by digest. Workspace files carry their path (they are
@@ -74,15 +157,21 @@ pub struct JobOutput {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum JobInput {
+    /// A series of artifacts.
     Series(Vec<JobArtifact>),
+    /// One artifact.
     One(JobArtifact),
 }
 
+/// One input artifact of a job.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobArtifact {
+    /// Its digest.
     pub digest: Digest,
+    /// Whether it is a tree (directory).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub tree: bool,
+    /// For workspace files: where it is (read in place).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<PathBuf>,
 }
@@ -95,19 +184,28 @@ pub enum JobStatus {
     Ran,
     /// Another process completed the same key while this one waited for its lock.
     Cached,
+    /// Every attempt failed.
     Failed,
+    /// Stopped by the cancel flag.
     Cancelled,
 }
 
 /// The result of [`execute`] (`<job>.result.json` for `stage-exec`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct JobResult {
+    /// How it ended.
     pub status: JobStatus,
+    /// The stored outputs (empty unless it ran or was cached).
     pub outputs: BTreeMap<String, OutputRecord>,
+    /// The last attempt's error.
     pub error: Option<String>,
+    /// Attempts made.
     pub attempts: u32,
+    /// When it started and ended (RFC 3339).
     pub started: String,
+    /// When it ended.
     pub ended: String,
+    /// Seconds it took.
     pub seconds: f64,
     /// Checkpoints the stage resumed from (committed by an interrupted earlier attempt).
     pub resumed_from: usize,
@@ -120,12 +218,16 @@ pub struct JobResult {
 pub enum JobEvent {
     /// Waiting for another process that holds the key's lock.
     Waiting(String),
+    /// Attempt N starts.
     Attempt(u32),
+    /// A line of the stage's log.
     Line(String),
+    /// Progress: done of total (0: unknown).
     Progress(u64, u64),
 }
 
 impl StageJob {
+    /// Reads a job file.
     pub fn read(path: &Path) -> anyhow::Result<StageJob> {
         let bytes = std::fs::read(path)
             .with_context(|| format!("cannot read job file {}", path.display()))?;
@@ -133,6 +235,7 @@ impl StageJob {
             .with_context(|| format!("{}: not a tureen stage job", path.display()))
     }
 
+    /// Writes the job file atomically.
     pub fn write(&self, path: &Path) -> anyhow::Result<()> {
         let bytes = serde_json::to_vec_pretty(self)?;
         tureen_artifacts::fsutil::write_atomic(path, &bytes)
@@ -155,16 +258,21 @@ pub fn execute(
     let store = Store::open(&job.store)?;
     // Keeps `gc` from collecting what this stage stores before it is referenced.
     let _gc_guard = store.lock_shared()?;
-    let kind = registry
-        .get(&job.kind)
-        .ok_or_else(|| {
-            anyhow::anyhow!(
-                "stage `{}`: kind `{}` is not registered in this tureen",
+    let work = registry
+        .work(&job.kind)
+        .cloned()
+        .ok_or_else(|| match &job.runner {
+            Runner::Worker(program) => anyhow::anyhow!(
+                "stage `{}`: kind `{}` runs in `{program}`, not in this program",
                 job.stage,
                 job.kind
-            )
-        })?
-        .clone();
+            ),
+            Runner::InProcess => anyhow::anyhow!(
+                "stage `{}`: kind `{}` is not registered in this program",
+                job.stage,
+                job.kind
+            ),
+        })?;
     let finish = |status, outputs, error: Option<String>, attempts, resumed_from| JobResult {
         status,
         outputs,
@@ -176,15 +284,14 @@ pub fn execute(
         resumed_from,
     };
 
-    let lock_path = store
-        .root()
-        .join("locks")
-        .join(format!("{}.lock", job.key.to_hex()));
-    let Some(_lock) = KeyLock::acquire(&lock_path, cancel, |holder| {
+    let lock_path = store.lock_path(&format!("{}.lock", job.key.to_hex()));
+    let note = crate::host::lock_note();
+    let Some(_lock) = FileLock::exclusive_waiting(&lock_path, &note, cancel, |holder| {
         observer(JobEvent::Waiting(format!(
             "waiting for {holder} (same stage key)"
         )));
-    })?
+    })
+    .with_context(|| format!("cannot take the stage's lock {}", lock_path.display()))?
     else {
         return Ok(finish(
             JobStatus::Cancelled,
@@ -247,7 +354,7 @@ pub fn execute(
                 gpus: &job.gpus,
                 cancel,
             };
-            match std::panic::catch_unwind(AssertUnwindSafe(|| kind.run(&mut ctx))) {
+            match std::panic::catch_unwind(AssertUnwindSafe(|| work.run(&mut ctx))) {
                 Ok(r) => r,
                 Err(panic) => {
                     let msg = panic
@@ -322,7 +429,7 @@ fn resolve_inputs(store: &Store, job: &StageJob) -> anyhow::Result<BTreeMap<Stri
             })?,
         };
         Ok(Artifact {
-            digest: a.digest.to_string(),
+            digest: a.digest,
             path,
         })
     };
@@ -410,10 +517,8 @@ fn store_one(
                 })
             }
         }
-        Produced::Stored(d) => {
-            let digest: Digest = d
-                .parse()
-                .with_context(|| format!("output `{output}`: bad digest"))?;
+        Produced::Stored(digest) => {
+            let digest = *digest;
             if let Some(rec) = journal.records().iter().find(|r| r.digest == digest) {
                 return Ok(rec.clone());
             }
@@ -518,7 +623,7 @@ impl StageLog for FileLog<'_> {
 }
 
 /// The shape a declared output has in a job.
-pub fn job_outputs(decls: &[crate::kind::OutputDecl]) -> Vec<JobOutput> {
+pub fn job_outputs(decls: &[OutputDecl]) -> Vec<JobOutput> {
     decls
         .iter()
         .map(|d| JobOutput {
@@ -534,7 +639,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::kind::{OutputDecl, StageDecl, StageKind};
+    use crate::kind::{ParamError, StageDecl, StageKind, StageWork};
 
     /// Writes three checkpoints through the journal; crashes after the first one
     /// while `crash` is set.
@@ -549,7 +654,7 @@ mod tests {
         fn code_version(&self) -> &'static str {
             "1"
         }
-        fn validate(&self, _: &StageDecl<'_>) -> Result<(), String> {
+        fn validate(&self, _: &StageDecl<'_>) -> Result<(), ParamError> {
             Ok(())
         }
         fn outputs(&self, _: &StageDecl<'_>) -> Vec<OutputDecl> {
@@ -559,6 +664,9 @@ mod tests {
                 len: Some(3),
             }]
         }
+    }
+
+    impl StageWork for Checkpointing {
         fn run(&self, ctx: &mut StageContext<'_>) -> anyhow::Result<BTreeMap<String, Produced>> {
             let start = ctx.journal.committed().len();
             for step in start..3 {
@@ -592,29 +700,28 @@ mod tests {
             deps: Vec::new(),
             env: BTreeMap::new(),
         };
-        StageJob {
-            run_id: "r".into(),
-            stage: "train".into(),
-            kind: "ckpt".into(),
+        let stage = JobStage {
+            name: "train".into(),
             key: fingerprint.key(),
             fingerprint,
-            params: Map::new(),
+            runner: Runner::InProcess,
             inputs: BTreeMap::new(),
             outputs: vec![JobOutput {
                 name: "checkpoints".into(),
                 series: true,
             }],
-            store: store.to_path_buf(),
-            workspace: store.to_path_buf(),
-            env: BTreeMap::new(),
-            gpus: Vec::new(),
-            log: store.join("train.log"),
-            metrics: store.join("train.metrics.jsonl"),
-            tensorboard: None,
             attempts: 1,
-            use_cache: true,
             force: false,
-        }
+        };
+        let run = JobRun {
+            run_id: "r",
+            run_dir: store,
+            store,
+            workspace: store,
+            use_cache: true,
+            tensorboard: false,
+        };
+        StageJob::new(stage, &run)
     }
 
     #[test]
@@ -622,7 +729,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = dir.path().join("store");
         let mut registry = KindRegistry::new();
-        registry.register(Arc::new(Checkpointing {
+        registry.register_with_work(Arc::new(Checkpointing {
             crash: AtomicBool::new(true),
         }));
         let cancel = AtomicBool::new(false);

@@ -79,7 +79,7 @@ impl CheckpointJournal for StoreJournal<'_> {
         }
         tureen_artifacts::fsutil::write_atomic(&self.path, &bytes)?;
         Ok(Artifact {
-            digest: digest.to_string(),
+            digest,
             path: artifact_path(self.store, &digest, tree)?,
         })
     }
@@ -91,7 +91,7 @@ impl CheckpointJournal for StoreJournal<'_> {
             .filter_map(|a| {
                 let path = artifact_path(self.store, &a.digest, a.tree).ok()?;
                 Some(Artifact {
-                    digest: a.digest.to_string(),
+                    digest: a.digest,
                     path,
                 })
             })

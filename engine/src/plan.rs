@@ -12,137 +12,9 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
+use crate::kind::estimate::{EstimateInputs, StageEstimate, UpstreamOutput};
 use crate::kind::{KindRegistry, StageDecl};
-use crate::pipeline::{Pipeline, Select, Target};
-
-/// The model a stage trains or produces, as far as planning needs it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct ModelSummary {
-    /// A preset name, or `custom`.
-    pub name: String,
-    pub params: u64,
-    pub image_params: u64,
-    pub text_params: u64,
-    /// Square input resolution in pixels.
-    pub image_size: u64,
-    /// Forward multiply-accumulates per sample of the image tower (convolutions,
-    /// linears, norms as 5 per element, pooling as 1 per element: fvcore's convention,
-    /// which open_clip's model profiles and the model cards use).
-    pub image_macs: u64,
-    /// Forward multiply-accumulates per sample of the text tower, same convention,
-    /// including the attention score and value matmuls.
-    pub text_macs: u64,
-    /// Joint embedding width (the contrastive logits cost `2 x batch x embed_dim`
-    /// MACs per sample).
-    pub embed_dim: u64,
-    /// Bytes of one checkpoint of this model: weights plus optimizer state.
-    pub checkpoint_bytes: u64,
-    /// Bytes of the weights alone (what a soup writes).
-    pub weights_bytes: u64,
-}
-
-/// The training work of a train or rewind stage.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct TrainWork {
-    /// Global batch size.
-    pub batch: u64,
-    /// Samples per checkpoint interval as declared.
-    pub samples_per_interval: u64,
-    /// Optimizer steps per interval (derived from samples and batch).
-    pub steps_per_interval: u64,
-    /// Intervals of the whole schedule (the lr schedule spans all of them).
-    pub intervals: u64,
-    /// First interval this stage runs, 1-based (a rewind starts past 1).
-    pub first_interval: u64,
-    /// Last interval this stage runs, 1-based, inclusive.
-    pub last_interval: u64,
-    /// Steps this stage runs.
-    pub steps: u64,
-    /// Samples this stage trains on (`steps x batch`).
-    pub samples: u64,
-    /// Steps of the whole lr schedule (`steps_per_interval x intervals`).
-    pub schedule_steps: u64,
-    /// Warmup steps of the lr schedule.
-    pub warmup: u64,
-    /// Base learning rate.
-    pub lr: f64,
-    /// Training FLOPs per sample: 3 x the forward FLOPs (forward, then a backward of
-    /// about twice the forward), plus the contrastive logits.
-    pub flops_per_sample: f64,
-    /// The interval after which element 0 of the stage's checkpoint series is saved
-    /// (1 when the first checkpoint follows interval 1), so a downstream reference
-    /// `stage.checkpoints[i]` is the checkpoint after interval `checkpoints_from + i`.
-    pub checkpoints_from: u64,
-}
-
-/// The size of one output of a stage: `count` artifacts of `bytes_each` (a series of
-/// checkpoints, or one file).
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct OutputSize {
-    pub name: String,
-    pub count: u64,
-    pub bytes_each: u64,
-}
-
-impl OutputSize {
-    pub fn bytes(&self) -> u64 {
-        self.count.saturating_mul(self.bytes_each)
-    }
-}
-
-/// What a kind tells `tureen plan` about one stage.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
-pub struct StageEstimate {
-    /// The model the stage trains or produces (downstream stages read it).
-    pub model: Option<ModelSummary>,
-    /// Present for stages that train.
-    pub train: Option<TrainWork>,
-    /// All FLOPs of the stage (training, or forward passes of an evaluation).
-    pub flops: f64,
-    /// Outputs that take store space.
-    pub outputs: Vec<OutputSize>,
-    /// Assumptions worth printing (one line each).
-    pub notes: Vec<String>,
-}
-
-impl StageEstimate {
-    /// Store space of every output together.
-    pub fn store_bytes(&self) -> u64 {
-        self.outputs.iter().map(OutputSize::bytes).sum()
-    }
-}
-
-/// One upstream output a stage input refers to, with the producing stage's estimate.
-#[derive(Debug, Clone, Copy)]
-pub struct UpstreamOutput<'a> {
-    pub stage: &'a str,
-    pub kind: &'a str,
-    pub output: &'a str,
-    pub select: Select,
-    /// `None` when the producing kind has no estimate.
-    pub estimate: Option<&'a StageEstimate>,
-}
-
-/// The stage inputs that refer to other stages' outputs, by input name (an input may
-/// list several references, e.g. a soup's ingredients). File inputs are not listed.
-#[derive(Debug, Clone)]
-pub struct EstimateInputs<'a> {
-    pub inputs: BTreeMap<&'a str, Vec<UpstreamOutput<'a>>>,
-    /// The pipeline's directory: relative paths in params are relative to it.
-    pub workspace: &'a std::path::Path,
-}
-
-impl<'a> EstimateInputs<'a> {
-    /// The upstream outputs of input `name` (empty when absent or a file).
-    pub fn get(&self, name: &str) -> &[UpstreamOutput<'a>] {
-        self.inputs.get(name).map(Vec::as_slice).unwrap_or(&[])
-    }
-
-    /// Every upstream output of every input.
-    pub fn all(&self) -> impl Iterator<Item = &UpstreamOutput<'a>> {
-        self.inputs.values().flatten()
-    }
-}
+use crate::pipeline::{Pipeline, Target};
 
 /// How fast hardware is assumed to be, for GPU-hours.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -174,8 +46,8 @@ impl Throughput {
                 per_gpu,
                 peak_flops,
                 mfu,
-            } => match &estimate.train {
-                Some(train) => train.samples as f64 / per_gpu,
+            } => match &estimate.work {
+                Some(work) => work.samples as f64 / per_gpu,
                 None => estimate.flops / (peak_flops * mfu),
             },
             Throughput::Flops { peak_flops, mfu } => estimate.flops / (peak_flops * mfu),
@@ -294,9 +166,9 @@ pub fn plan(
                 input_names: stage.inputs.keys().map(String::as_str).collect(),
             };
             match registry.get(&stage.kind) {
-                Some(kind) => kind.estimate(&decl, &inputs).map_err(|message| PlanError {
+                Some(kind) => kind.estimate(&decl, &inputs).map_err(|e| PlanError {
                     stage: stage.name.clone(),
-                    message,
+                    message: e.to_string(),
                 })?,
                 None => None,
             }
@@ -307,9 +179,9 @@ pub fn plan(
             .map_or(0.0, |e| throughput.gpu_seconds(e) / 3600.0);
         let wall_hours = (gpus > 0 && estimate.is_some()).then(|| gpu_hours / gpus as f64);
         if let Some(e) = &estimate {
-            if let Some(t) = &e.train {
-                totals.steps += t.steps;
-                totals.samples += t.samples;
+            if let Some(w) = &e.work {
+                totals.steps += w.steps;
+                totals.samples += w.samples;
             }
             totals.flops += e.flops;
             totals.store_bytes += e.store_bytes();
@@ -335,23 +207,13 @@ pub fn plan(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kind::estimate::{OutputSize, Work};
 
     fn train_estimate(samples: u64) -> StageEstimate {
         StageEstimate {
-            train: Some(TrainWork {
-                batch: 10,
-                samples_per_interval: 100,
-                steps_per_interval: 10,
-                intervals: 1,
-                first_interval: 1,
-                last_interval: 1,
+            work: Some(Work {
                 steps: samples / 10,
                 samples,
-                schedule_steps: 10,
-                warmup: 0,
-                lr: 1e-3,
-                flops_per_sample: 1e9,
-                checkpoints_from: 1,
             }),
             flops: samples as f64 * 1e9,
             outputs: vec![OutputSize {

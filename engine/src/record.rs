@@ -12,6 +12,8 @@ use serde_json::{Map, Value};
 use tureen_artifacts::Digest;
 
 use crate::key::Fingerprint;
+use crate::kind::KindRegistry;
+use crate::pipeline::Executor;
 
 /// The whole record of one run.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -20,8 +22,8 @@ pub struct RunRecord {
     /// The pipeline file (absolute) and its `blake3:` digest.
     pub pipeline: PathBuf,
     pub pipeline_digest: String,
-    /// `running`, `succeeded`, `failed` or `interrupted`.
-    pub status: String,
+    /// How the run went (or `running`, while it goes or when it was killed).
+    pub status: RunStatus,
     /// Top-level params after `-P` overrides, and the overrides as given.
     pub params: Map<String, Value>,
     pub overrides: Vec<String>,
@@ -37,13 +39,88 @@ pub struct RunRecord {
     pub stages: Vec<StageRecord>,
 }
 
+/// How a run ended, as written in its record (`"succeeded"`, ...).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunStatus {
+    /// Still running, or killed before it could say otherwise.
+    Running,
+    /// Every selected stage ran or was cached.
+    Succeeded,
+    /// Some stage failed.
+    Failed,
+    /// Stopped by the user (SIGINT).
+    Interrupted,
+}
+
+/// What happened to one stage in a run, as written in its record (`"ran"`, ...).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StageStatus {
+    /// Executing (only in the record written while the run goes).
+    Running,
+    /// Executed; its outputs are new in the store.
+    Ran,
+    /// Up to date: its outputs came from the action cache.
+    Cached,
+    /// It failed (or could not even start).
+    Failed,
+    /// Not run because an upstream failed.
+    Skipped,
+    /// Not run, or stopped, because the run was interrupted.
+    Cancelled,
+}
+
+impl StageStatus {
+    /// Whether the stage has outputs in this run (it ran or was restored from the cache).
+    pub fn succeeded(self) -> bool {
+        matches!(self, StageStatus::Ran | StageStatus::Cached)
+    }
+
+    /// The word used in records and tables.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StageStatus::Running => "running",
+            StageStatus::Ran => "ran",
+            StageStatus::Cached => "cached",
+            StageStatus::Failed => "failed",
+            StageStatus::Skipped => "skipped",
+            StageStatus::Cancelled => "cancelled",
+        }
+    }
+}
+
+impl std::fmt::Display for StageStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+impl RunStatus {
+    /// The word used in records and tables.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Running => "running",
+            RunStatus::Succeeded => "succeeded",
+            RunStatus::Failed => "failed",
+            RunStatus::Interrupted => "interrupted",
+        }
+    }
+}
+
+impl std::fmt::Display for RunStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
 /// One stage of a run.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StageRecord {
     pub name: String,
     pub kind: String,
-    /// `ran`, `cached`, `failed`, `skipped` (an upstream failed), `cancelled`.
-    pub status: String,
+    /// What happened to the stage in this run.
+    pub status: StageStatus,
     pub key: Option<Digest>,
     /// Why it ran (differences from the last record), or why it was cached.
     pub why: Vec<String>,
@@ -56,7 +133,8 @@ pub struct StageRecord {
     pub ended: Option<String>,
     pub seconds: Option<f64>,
     pub attempts: u32,
-    pub executor: String,
+    /// Which executor ran it.
+    pub executor: Executor,
     /// Exit status of the stage (0 on success).
     pub exit_status: Option<i32>,
     pub error: Option<String>,
@@ -146,74 +224,28 @@ pub fn find_run(store: &Path, id: &str) -> anyhow::Result<String> {
     }
 }
 
-/// The most recent record of `stage` in runs of the pipeline file `pipeline`, with its
-/// run id (used to explain why a stage runs again).
-pub fn last_stage_record(
-    store: &Path,
-    pipeline: &Path,
-    stage: &str,
-    skip_run: Option<&str>,
-) -> Option<(String, StageRecord)> {
-    for id in list_runs(store).into_iter().take(200) {
-        if Some(id.as_str()) == skip_run {
-            continue;
-        }
-        let Ok(rec) = RunRecord::read(&RunRecord::path(store, &id)) else {
-            continue;
-        };
-        if rec.pipeline != pipeline {
-            continue;
-        }
-        if let Some(s) = rec.stages.into_iter().find(|s| {
-            s.name == stage
-                && s.fingerprint.is_some()
-                && matches!(s.status.as_str(), "ran" | "cached")
-        }) {
-            return Some((id, s));
+/// The versions a run records: tureen's, each kind's code version, the platform.
+pub fn tools(registry: &KindRegistry) -> BTreeMap<String, String> {
+    let mut tools = BTreeMap::new();
+    tools.insert("tureen".to_string(), env!("CARGO_PKG_VERSION").to_string());
+    for name in registry.names() {
+        if let Some(k) = registry.get(name) {
+            tools.insert(format!("kind:{name}"), k.code_version().to_string());
         }
     }
-    None
-}
-
-/// This machine's host name.
-pub fn hostname() -> String {
-    let mut buf = [0u8; 256];
-    // SAFETY: gethostname writes at most buf.len() bytes into our buffer.
-    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
-    if rc == 0 {
-        let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
-        String::from_utf8_lossy(&buf[..end]).into_owned()
-    } else {
-        "unknown".to_string()
-    }
-}
-
-pub fn username() -> String {
-    std::env::var("USER")
-        .or_else(|_| std::env::var("LOGNAME"))
-        .unwrap_or_else(|_| "unknown".to_string())
-}
-
-/// Now, as `2026-11-22T22:41:07.123Z`.
-pub fn now_rfc3339() -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    let (y, mo, d, h, mi, s) = civil(now.as_secs());
-    format!(
-        "{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{:03}Z",
-        now.subsec_millis()
-    )
+    tools.insert(
+        "os".to_string(),
+        format!("{}-{}", std::env::consts::OS, std::env::consts::ARCH),
+    );
+    tools
 }
 
 /// A new run id: `20261122-224107.123-<6 hex>`: UTC time to the millisecond, so ids sort
 /// in start order (`latest` depends on it; runs often start within one second), then
 /// randomness so two runs started in the same millisecond still differ.
 pub fn new_run_id() -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    let (y, mo, d, h, mi, s) = civil(now.as_secs());
+    let now = crate::clock::since_epoch();
+    let t = crate::clock::UtcTime::of(now.as_secs());
     let noise = blake3::hash(
         format!(
             "{}-{}-{:?}",
@@ -224,43 +256,14 @@ pub fn new_run_id() -> String {
         .as_bytes(),
     );
     format!(
-        "{y:04}{mo:02}{d:02}-{h:02}{mi:02}{s:02}.{:03}-{}",
+        "{:04}{:02}{:02}-{:02}{:02}{:02}.{:03}-{}",
+        t.year,
+        t.month,
+        t.day,
+        t.hour,
+        t.minute,
+        t.second,
         now.subsec_millis(),
         &noise.to_hex()[..6]
     )
-}
-
-/// Seconds since the epoch -> (year, month, day, hour, minute, second) in UTC.
-fn civil(secs: u64) -> (i64, u32, u32, u32, u32, u32) {
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    // Howard Hinnant's days-to-civil algorithm.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (
-        y,
-        m,
-        d,
-        (rem / 3600) as u32,
-        (rem % 3600 / 60) as u32,
-        (rem % 60) as u32,
-    )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn civil_dates_are_right() {
-        assert_eq!(civil(0), (1970, 1, 1, 0, 0, 0));
-        assert_eq!(civil(1_700_000_000), (2023, 11, 14, 22, 13, 20));
-    }
 }

@@ -9,25 +9,32 @@ use std::sync::atomic::AtomicBool;
 use tureen_artifacts::Store;
 
 use crate::cache::OutputRecord;
-use crate::job::{self, JobInput, JobOutput, JobStatus, StageJob};
-use crate::kind::{KindRegistry, StageDecl};
+use crate::job::{self, JobInput, JobOutput, JobRun, JobStage, JobStatus, StageJob};
+use crate::kind::{runner_for, KindRegistry, Runner, StageDecl};
 use crate::progress::{Mode, Progress};
 use crate::record::{self, RunRecord};
 
 /// The verdict for one stage.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
+    /// Every output digest is the recorded one.
     Same,
+    /// Some output differs (one line each).
     Differs(Vec<String>),
+    /// The stage could not be replayed.
     Failed(String),
 }
 
 /// One row of the replay table.
 #[derive(Debug, Clone)]
 pub struct ReplayRow {
+    /// The stage.
     pub stage: String,
+    /// Same, differs or failed.
     pub verdict: Verdict,
+    /// Seconds the replay took.
     pub seconds: f64,
+    /// The replay's log of the stage.
     pub log: String,
 }
 
@@ -54,7 +61,7 @@ pub fn replay(
     let mut progress = Progress::new(mode);
     let mut rows = Vec::new();
     for s in &rec.stages {
-        if !matches!(s.status.as_str(), "ran" | "cached") {
+        if !s.status.succeeded() {
             continue;
         }
         if cancel.load(std::sync::atomic::Ordering::Relaxed) {
@@ -100,26 +107,25 @@ pub fn replay(
                 series: matches!(o, OutputRecord::Series { .. }),
             })
             .collect();
-        let job = StageJob {
-            run_id: replay_id.clone(),
-            stage: s.name.clone(),
-            kind: s.kind.clone(),
+        let stage = JobStage {
+            name: s.name.clone(),
             key,
             fingerprint: fp.clone(),
-            params: fp.params.clone(),
+            runner: recorded_runner(registry, s),
             inputs,
             outputs,
-            store: store.root().to_path_buf(),
-            workspace: workspace.clone(),
-            env: fp.env.clone(),
-            gpus: Vec::new(),
-            log: log.clone(),
-            metrics: run_dir.join(format!("{}.metrics.jsonl", s.name)),
-            tensorboard: None,
             attempts: 1,
-            use_cache: false,
             force: true,
         };
+        let run = JobRun {
+            run_id: &replay_id,
+            run_dir: &run_dir,
+            store: store.root(),
+            workspace: &workspace,
+            use_cache: false,
+            tensorboard: false,
+        };
+        let job = StageJob::new(stage, &run);
         progress.started(&s.name, "replaying");
         let mut observer = |_e: job::JobEvent| {};
         let result = crate::worker::execute_here(&job, registry, tureen_exe, cancel, &mut observer);
@@ -169,6 +175,21 @@ pub fn replay(
     }
     progress.clear();
     Ok(rows)
+}
+
+/// Where a recorded stage's work runs, asked of its kind as the loader does.
+fn recorded_runner(registry: &KindRegistry, s: &record::StageRecord) -> Runner {
+    match (registry.get(&s.kind), &s.fingerprint) {
+        (Some(kind), Some(fp)) => runner_for(
+            kind.as_ref(),
+            &StageDecl {
+                name: &s.name,
+                params: &fp.params,
+                input_names: s.inputs.keys().map(String::as_str).collect(),
+            },
+        ),
+        _ => Runner::InProcess,
+    }
 }
 
 fn restore_workspace(

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 
 use crate::job::{self, JobEvent, JobResult, JobStatus, StageJob};
-use crate::kind::{KindRegistry, StageDecl};
+use crate::kind::{KindRegistry, Runner};
 
 /// How long a worker may take to stop after SIGINT before it is killed.
 const STOP_GRACE: Duration = Duration::from_secs(30);
@@ -49,25 +49,13 @@ pub fn locate(name: &str, tureen_exe: &Path) -> Result<PathBuf, String> {
 
 /// The worker program that executes `job` (found beside `tureen_exe`), or `None` when
 /// its kind runs in tureen's own process.
-pub fn program_for(
-    job: &StageJob,
-    registry: &KindRegistry,
-    tureen_exe: &Path,
-) -> anyhow::Result<Option<PathBuf>> {
-    let kind = registry
-        .get(&job.kind)
-        .ok_or_else(|| anyhow::anyhow!("stage `{}`: unknown kind `{}`", job.stage, job.kind))?;
-    let decl = StageDecl {
-        name: &job.stage,
-        params: &job.params,
-        input_names: job.inputs.keys().map(String::as_str).collect(),
-    };
-    kind.worker(&decl)
-        .map(|name| {
-            locate(name, tureen_exe)
-                .map_err(|e| anyhow::anyhow!("stage `{}` (kind {}): {e}", job.stage, job.kind))
-        })
-        .transpose()
+pub fn program_for(job: &StageJob, tureen_exe: &Path) -> anyhow::Result<Option<PathBuf>> {
+    match &job.runner {
+        Runner::InProcess => Ok(None),
+        Runner::Worker(name) => locate(name, tureen_exe)
+            .map(Some)
+            .map_err(|e| anyhow::anyhow!("stage `{}` (kind {}): {e}", job.stage, job.kind)),
+    }
 }
 
 /// Executes `job` on this machine where its kind runs: in this process, or in the
@@ -79,7 +67,7 @@ pub fn execute_here(
     cancel: &AtomicBool,
     observer: &mut (dyn FnMut(JobEvent) + Send),
 ) -> anyhow::Result<JobResult> {
-    match program_for(job, registry, tureen_exe)? {
+    match program_for(job, tureen_exe)? {
         None => job::execute(job, registry, cancel, observer),
         Some(exe) => run(job, &exe, cancel, observer),
     }

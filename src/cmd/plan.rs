@@ -12,7 +12,8 @@ use std::process::ExitCode;
 use anyhow::bail;
 use tureen_engine::kind::KindRegistry;
 use tureen_engine::pipeline::LoadError;
-use tureen_engine::plan::{plan, ModelSummary, Plan, Throughput};
+use tureen_engine::plan::{plan, Plan, Throughput};
+use tureen_stages::plan::{ClipEstimate, ModelSummary};
 
 use super::Global;
 
@@ -163,11 +164,11 @@ pub fn render(pipeline: &str, plan: &Plan) -> String {
     let mut out = format!("plan for {pipeline}\n");
     let mut seen = BTreeSet::new();
     for stage in &plan.stages {
-        let Some(m) = stage.estimate.as_ref().and_then(|e| e.model.as_ref()) else {
+        let Some(clip) = stage.estimate.as_ref().and_then(ClipEstimate::of) else {
             continue;
         };
-        if stage.estimate.as_ref().is_some_and(|e| e.train.is_some()) && seen.insert(m.name.clone())
-        {
+        let m = &clip.model;
+        if clip.train.is_some() && seen.insert(m.name.clone()) {
             for line in model_lines(m) {
                 out.push_str(&line);
                 out.push('\n');
@@ -209,7 +210,7 @@ pub fn render(pipeline: &str, plan: &Plan) -> String {
                 };
             }
             Some(e) => {
-                match &e.train {
+                match ClipEstimate::of(e).and_then(|c| c.train.as_ref()) {
                     Some(t) => row.extend([
                         format!("{}-{}", t.first_interval, t.last_interval),
                         grouped(t.steps_per_interval),

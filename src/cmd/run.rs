@@ -2,6 +2,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use tureen_engine::record::StageStatus;
 
 use tureen_engine::kind::KindRegistry;
 use tureen_engine::pipeline::{self, LoadError, Pipeline};
@@ -111,16 +112,16 @@ pub fn run(args: Args, global: &Global) -> anyhow::Result<ExitCode> {
         });
     }
     let rec = outcome.record.as_ref().expect("real runs have records");
-    let count = |s: &str| rec.stages.iter().filter(|x| x.status == s).count();
+    let count = |s: StageStatus| rec.stages.iter().filter(|x| x.status == s).count();
     if !global.quiet {
         eprintln!(
             "run {}: {} ({} ran, {} cached, {} failed, {} skipped)",
             rec.run_id,
             rec.status,
-            count("ran"),
-            count("cached"),
-            count("failed"),
-            count("skipped") + count("cancelled")
+            count(StageStatus::Ran),
+            count(StageStatus::Cached),
+            count(StageStatus::Failed),
+            count(StageStatus::Skipped) + count(StageStatus::Cancelled)
         );
     }
     Ok(if outcome.interrupted {

@@ -1,6 +1,7 @@
 //! `tureen runs`: list recorded runs, newest first.
 
 use std::process::ExitCode;
+use tureen_engine::record::StageStatus;
 
 use tureen_engine::record::{self, RunRecord};
 
@@ -32,12 +33,12 @@ pub fn run(args: Args, global: &Global) -> anyhow::Result<ExitCode> {
                 continue;
             }
         };
-        let count = |s: &str| rec.stages.iter().filter(|x| x.status == s).count();
+        let count = |s: StageStatus| rec.stages.iter().filter(|x| x.status == s).count();
         let stages = format!(
             "{} ran, {} cached, {} failed",
-            count("ran"),
-            count("cached"),
-            count("failed")
+            count(StageStatus::Ran),
+            count(StageStatus::Cached),
+            count(StageStatus::Failed)
         );
         let secs = rec
             .stages

@@ -52,7 +52,7 @@ pub fn run(args: Args, global: &Global) -> anyhow::Result<ExitCode> {
         if let Some(k) = &s.key {
             println!("  key      {k}");
         }
-        if !s.why.is_empty() && s.status != "cached" {
+        if !s.why.is_empty() && s.status != tureen_engine::record::StageStatus::Cached {
             println!("  why      {}", s.why.join("; "));
         }
         for (name, input) in &s.inputs {

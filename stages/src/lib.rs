@@ -13,7 +13,9 @@ pub mod device;
 pub mod eval;
 pub mod kinds;
 pub mod model;
+pub mod params;
 pub mod plan;
+pub mod rng;
 pub mod tokenizer;
 pub mod train;
 

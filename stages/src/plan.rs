@@ -20,12 +20,120 @@
 //! Gradient checkpointing recomputes the forward once more on the hardware; that is
 //! not counted (model FLOPs, as in MFU).
 
-use tureen_engine::kind::StageDecl;
-use tureen_engine::pipeline::Select;
-use tureen_engine::plan::{EstimateInputs, ModelSummary, OutputSize, StageEstimate, TrainWork};
+use serde::Serialize;
+use tureen_engine::kind::estimate::{
+    EstimateDetail, EstimateInputs, OutputSize, StageEstimate, UpstreamOutput, Work,
+};
+use tureen_engine::kind::{ParamError, Select, StageDecl};
 
 use crate::model::{config_from_json, ClipConfig, ProjKind};
 use crate::train::{steps_per_interval, StepRounding};
+
+/// The model a stage trains or produces, as far as planning needs it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ModelSummary {
+    /// A preset name, or `custom`.
+    pub name: String,
+    /// Parameters in all.
+    pub params: u64,
+    /// Parameters of the image tower.
+    pub image_params: u64,
+    /// Parameters of the text tower.
+    pub text_params: u64,
+    /// Square input resolution in pixels.
+    pub image_size: u64,
+    /// Forward multiply-accumulates per sample of the image tower (convolutions,
+    /// linears, norms as 5 per element, pooling as 1 per element: fvcore's convention,
+    /// which open_clip's model profiles and the model cards use).
+    pub image_macs: u64,
+    /// Forward multiply-accumulates per sample of the text tower, same convention,
+    /// including the attention score and value matmuls.
+    pub text_macs: u64,
+    /// Joint embedding width (the contrastive logits cost `2 x batch x embed_dim`
+    /// MACs per sample).
+    pub embed_dim: u64,
+    /// Bytes of one checkpoint of this model: weights plus optimizer state.
+    pub checkpoint_bytes: u64,
+    /// Bytes of the weights alone (what a soup writes).
+    pub weights_bytes: u64,
+}
+
+/// The training work of a train or rewind stage.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TrainWork {
+    /// Global batch size.
+    pub batch: u64,
+    /// Samples per checkpoint interval as declared.
+    pub samples_per_interval: u64,
+    /// Optimizer steps per interval (derived from samples and batch).
+    pub steps_per_interval: u64,
+    /// Intervals of the whole schedule (the lr schedule spans all of them).
+    pub intervals: u64,
+    /// First interval this stage runs, 1-based (a rewind starts past 1).
+    pub first_interval: u64,
+    /// Last interval this stage runs, 1-based, inclusive.
+    pub last_interval: u64,
+    /// Steps this stage runs.
+    pub steps: u64,
+    /// Samples this stage trains on (`steps x batch`).
+    pub samples: u64,
+    /// Steps of the whole lr schedule (`steps_per_interval x intervals`).
+    pub schedule_steps: u64,
+    /// Warmup steps of the lr schedule.
+    pub warmup: u64,
+    /// Base learning rate.
+    pub lr: f64,
+    /// Training FLOPs per sample: 3 x the forward FLOPs (forward, then a backward of
+    /// about twice the forward), plus the contrastive logits.
+    pub flops_per_sample: f64,
+    /// The interval after which element 0 of the stage's checkpoint series is saved
+    /// (1 when the first checkpoint follows interval 1), so a downstream reference
+    /// `stage.checkpoints[i]` is the checkpoint after interval `checkpoints_from + i`.
+    pub checkpoints_from: u64,
+}
+
+/// What a CLIP stage's estimate carries for the stages downstream and for the plan's
+/// renderer (the [`StageEstimate::detail`] of train, rewind, soup and eval stages).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ClipEstimate {
+    /// The model the stage trains or produces.
+    pub model: ModelSummary,
+    /// Present for stages that train.
+    pub train: Option<TrainWork>,
+}
+
+impl ClipEstimate {
+    /// The CLIP detail of `estimate`, if it has one.
+    pub fn of(estimate: &StageEstimate) -> Option<&ClipEstimate> {
+        estimate.detail::<ClipEstimate>()
+    }
+
+    fn into_estimate(
+        self,
+        flops: f64,
+        outputs: Vec<OutputSize>,
+        notes: Vec<String>,
+    ) -> StageEstimate {
+        StageEstimate {
+            work: self.train.as_ref().map(|t| Work {
+                steps: t.steps,
+                samples: t.samples,
+            }),
+            flops,
+            outputs,
+            notes,
+            detail: Some(EstimateDetail::new(self)),
+        }
+    }
+}
+
+/// The model of the first upstream whose estimate has one.
+fn upstream_model(inputs: &EstimateInputs<'_>) -> Option<ModelSummary> {
+    inputs
+        .all()
+        .find_map(|u: &UpstreamOutput<'_>| u.estimate.and_then(ClipEstimate::of))
+        .map(|c| c.model.clone())
+}
 
 /// Forward multiply-accumulates per sample of each tower.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -144,11 +252,15 @@ pub fn model_summary(cfg: &ClipConfig, name: &str) -> ModelSummary {
 }
 
 /// The stage's `step_rounding` param (`ceil`, open_clip's and the default, or `floor`).
-fn step_rounding(params: &Params) -> Result<StepRounding, String> {
+fn step_rounding(params: &Params) -> Result<StepRounding, ParamError> {
     match params.get("step_rounding") {
         None | Some(serde_json::Value::Null) => Ok(StepRounding::default()),
-        Some(v) => serde_json::from_value(v.clone())
-            .map_err(|_| format!("params.step_rounding: expected `ceil` or `floor`, got {v}")),
+        Some(v) => serde_json::from_value(v.clone()).map_err(|_| {
+            ParamError::param(
+                "step_rounding",
+                format!("expected `ceil` or `floor`, got {v}"),
+            )
+        }),
     }
 }
 
@@ -156,7 +268,7 @@ fn step_rounding(params: &Params) -> Result<StepRounding, String> {
 
 type Params = serde_json::Map<String, serde_json::Value>;
 
-fn param_u64(params: &Params, key: &str) -> Result<Option<u64>, String> {
+fn param_u64(params: &Params, key: &str) -> Result<Option<u64>, ParamError> {
     match params.get(key) {
         None | Some(serde_json::Value::Null) => Ok(None),
         Some(v) => v
@@ -167,29 +279,33 @@ fn param_u64(params: &Params, key: &str) -> Result<Option<u64>, String> {
                     .map(|f| f as u64)
             })
             .map(Some)
-            .ok_or_else(|| format!("params.{key}: expected a non-negative integer, got {v}")),
+            .ok_or_else(|| {
+                ParamError::param(key, format!("expected a non-negative integer, got {v}"))
+            }),
     }
 }
 
-fn param_f64(params: &Params, key: &str) -> Result<Option<f64>, String> {
+fn param_f64(params: &Params, key: &str) -> Result<Option<f64>, ParamError> {
     match params.get(key) {
         None | Some(serde_json::Value::Null) => Ok(None),
         Some(v) => v
             .as_f64()
             .map(Some)
-            .ok_or_else(|| format!("params.{key}: expected a number, got {v}")),
+            .ok_or_else(|| ParamError::param(key, format!("expected a number, got {v}"))),
     }
 }
 
-fn required<T>(value: Option<T>, key: &str) -> Result<T, String> {
-    value.ok_or_else(|| format!("params.{key}: required"))
+fn required<T>(value: Option<T>, key: &str) -> Result<T, ParamError> {
+    value.ok_or_else(|| ParamError::param(key, "required"))
 }
 
 /// The model config named by `params.model` (preset name, preset + overrides, or a
 /// full config) and the name to print for it.
-pub fn model_from_params(params: &Params) -> Result<(ClipConfig, String), String> {
-    let value = params.get("model").ok_or("params.model: required")?;
-    let cfg = config_from_json(value).map_err(|e| format!("params.{e}"))?;
+pub fn model_from_params(params: &Params) -> Result<(ClipConfig, String), ParamError> {
+    let value = params
+        .get("model")
+        .ok_or_else(|| ParamError::param("model", "required"))?;
+    let cfg = config_from_json(value).map_err(crate::params::model_error)?;
     let name = match value {
         serde_json::Value::String(s) => s.clone(),
         serde_json::Value::Object(m) => match m.get("preset").and_then(|p| p.as_str()) {
@@ -242,15 +358,14 @@ fn train_estimate(cfg: &ClipConfig, name: &str, work: TrainWork) -> StageEstimat
         bytes_each: model.checkpoint_bytes,
     }];
     let flops = work.flops_per_sample * work.samples as f64;
-    StageEstimate {
-        notes: vec![format!(
-            "checkpoint = params x ({WEIGHT_BYTES} B float32 weights + {ADAMW_STATE_BYTES} B AdamW moments), plus a few kB of state"
-        )],
-        model: Some(model),
+    let notes = vec![format!(
+        "checkpoint = params x ({WEIGHT_BYTES} B float32 weights + {ADAMW_STATE_BYTES} B AdamW moments), plus a few kB of state"
+    )];
+    ClipEstimate {
+        model,
         train: Some(work),
-        flops,
-        outputs,
     }
+    .into_estimate(flops, outputs, notes)
 }
 
 /// Estimate of a `train` stage. Params read (those of
@@ -260,11 +375,11 @@ fn train_estimate(cfg: &ClipConfig, name: &str, work: TrainWork) -> StageEstimat
 pub fn estimate_train(
     decl: &StageDecl<'_>,
     _inputs: &EstimateInputs<'_>,
-) -> Result<Option<StageEstimate>, String> {
+) -> Result<Option<StageEstimate>, ParamError> {
     train_estimate_from(decl.params).map(Some)
 }
 
-fn train_estimate_from(params: &Params) -> Result<StageEstimate, String> {
+fn train_estimate_from(params: &Params) -> Result<StageEstimate, ParamError> {
     let (cfg, name) = model_from_params(params)?;
     let batch = required(param_u64(params, "batch_size")?, "batch_size")?;
     let spi = required(
@@ -273,9 +388,9 @@ fn train_estimate_from(params: &Params) -> Result<StageEstimate, String> {
     )?;
     let intervals = required(param_u64(params, "intervals")?, "intervals")?;
     if batch == 0 || spi == 0 || intervals == 0 {
-        return Err(
-            "params.batch_size, samples_per_interval and intervals must be positive".into(),
-        );
+        return Err(ParamError::params(
+            "batch_size, samples_per_interval and intervals must be positive",
+        ));
     }
     let warmup = param_u64(params, "warmup")?.unwrap_or(0);
     let lr = param_f64(params, "lr")?.unwrap_or(0.0);
@@ -300,7 +415,7 @@ fn train_estimate_from(params: &Params) -> Result<StageEstimate, String> {
 pub fn estimate_rewind(
     decl: &StageDecl<'_>,
     inputs: &EstimateInputs<'_>,
-) -> Result<Option<StageEstimate>, String> {
+) -> Result<Option<StageEstimate>, ParamError> {
     rewind_estimate_from(decl.params, inputs, "from").map(Some)
 }
 
@@ -308,37 +423,38 @@ fn rewind_estimate_from(
     params: &Params,
     inputs: &EstimateInputs<'_>,
     input: &str,
-) -> Result<StageEstimate, String> {
+) -> Result<StageEstimate, ParamError> {
+    let err = |m: String| ParamError::input(input, m);
     let from = match inputs.get(input) {
         [one] => one,
-        [] => {
-            return Err(format!(
-                "inputs.{input}: expected a checkpoint of another stage"
-            ))
-        }
-        _ => return Err(format!("inputs.{input}: expected one checkpoint")),
+        [] => return Err(err("expected a checkpoint of another stage".into())),
+        _ => return Err(err("expected one checkpoint".into())),
     };
     let upstream = from.estimate.ok_or_else(|| {
-        format!(
-            "inputs.{input}: stage `{}` ({}) has no estimate to rewind from",
+        err(format!(
+            "stage `{}` ({}) has no estimate to rewind from",
             from.stage, from.kind
-        )
+        ))
     })?;
-    let (Some(model), Some(up)) = (&upstream.model, &upstream.train) else {
-        return Err(format!(
-            "inputs.{input}: stage `{}` does not train a model",
+    let Some(ClipEstimate {
+        model,
+        train: Some(up),
+    }) = ClipEstimate::of(upstream)
+    else {
+        return Err(err(format!(
+            "stage `{}` does not train a model",
             from.stage
-        ));
+        )));
     };
     let series_len = up.last_interval + 1 - up.first_interval;
     let index = match from.select {
         Select::Index(i) if i >= 0 => i as u64,
         Select::Index(i) => (series_len as i64 + i).max(0) as u64,
         _ => {
-            return Err(format!(
-                "inputs.{input}: expected one checkpoint, e.g. `{}.{}[230]`",
+            return Err(err(format!(
+                "expected one checkpoint, e.g. `{}.{}[230]`",
                 from.stage, from.output
-            ))
+            )))
         }
     };
     // The checkpoint after interval k; the rewind runs k+1 ..= intervals.
@@ -354,9 +470,9 @@ fn rewind_estimate_from(
     let spi = param_u64(params, "samples_per_interval")?.unwrap_or(up.samples_per_interval);
     let intervals = param_u64(params, "intervals")?.unwrap_or(up.intervals);
     if resumed_after >= intervals {
-        return Err(format!(
-            "inputs.{input}: the checkpoint after interval {resumed_after} leaves nothing of {intervals} intervals to redo"
-        ));
+        return Err(err(format!(
+            "the checkpoint after interval {resumed_after} leaves nothing of {intervals} intervals to redo"
+        )));
     }
     let warmup = param_u64(params, "warmup")?.unwrap_or(up.warmup);
     let lr = param_f64(params, "lr")?.unwrap_or(up.lr);
@@ -374,13 +490,16 @@ fn rewind_estimate_from(
 }
 
 /// The config of an upstream model summary (by preset name).
-fn model_from_name(model: &ModelSummary) -> Result<(ClipConfig, String), String> {
+fn model_from_name(model: &ModelSummary) -> Result<(ClipConfig, String), ParamError> {
     ClipConfig::preset(&model.name)
         .map(|cfg| (cfg, model.name.clone()))
         .ok_or_else(|| {
-            format!(
-                "params.model: required (the upstream model `{}` is not a preset)",
-                model.name
+            ParamError::param(
+                "model",
+                format!(
+                    "required (the upstream model `{}` is not a preset)",
+                    model.name
+                ),
             )
         })
 }
@@ -391,11 +510,8 @@ fn model_from_name(model: &ModelSummary) -> Result<(ClipConfig, String), String>
 pub fn estimate_soup(
     decl: &StageDecl<'_>,
     inputs: &EstimateInputs<'_>,
-) -> Result<Option<StageEstimate>, String> {
-    let Some(model) = inputs
-        .all()
-        .find_map(|u| u.estimate.and_then(|e| e.model.clone()))
-    else {
+) -> Result<Option<StageEstimate>, ParamError> {
+    let Some(model) = upstream_model(inputs) else {
         return Ok(None);
     };
     let bytes_per_param = match decl.params.get("out_dtype").and_then(|d| d.as_str()) {
@@ -405,21 +521,21 @@ pub fn estimate_soup(
     };
     let ingredients = inputs.all().count() as u64;
     let weights_bytes = model.params * bytes_per_param;
-    Ok(Some(StageEstimate {
-        // One multiply-add per parameter and ingredient.
-        flops: (2 * ingredients * model.params) as f64,
-        outputs: vec![OutputSize {
-            name: "soup".into(),
-            count: 1,
-            bytes_each: weights_bytes,
-        }],
-        notes: vec![],
-        model: Some(ModelSummary {
-            weights_bytes,
-            ..model
-        }),
-        train: None,
-    }))
+    let flops = (2 * ingredients * model.params) as f64; // a multiply-add per parameter and ingredient
+    let outputs = vec![OutputSize {
+        name: "soup".into(),
+        count: 1,
+        bytes_each: weights_bytes,
+    }];
+    let model = ModelSummary {
+        weights_bytes,
+        ..model
+    };
+    Ok(Some(ClipEstimate { model, train: None }.into_estimate(
+        flops,
+        outputs,
+        vec![],
+    )))
 }
 
 /// Estimate of an `eval` stage: the text tower runs once per (class, template) pair to
@@ -430,11 +546,8 @@ pub fn estimate_soup(
 pub fn estimate_eval(
     decl: &StageDecl<'_>,
     inputs: &EstimateInputs<'_>,
-) -> Result<Option<StageEstimate>, String> {
-    let Some(model) = inputs
-        .all()
-        .find_map(|u| u.estimate.and_then(|e| e.model.clone()))
-    else {
+) -> Result<Option<StageEstimate>, ParamError> {
+    let Some(model) = upstream_model(inputs) else {
         return Ok(None);
     };
     let path = |key: &str| {
@@ -470,13 +583,11 @@ pub fn estimate_eval(
             notes.push("image forward passes not counted (`data` is not a directory here)".into())
         }
     }
-    Ok(Some(StageEstimate {
-        model: Some(model),
-        train: None,
+    Ok(Some(ClipEstimate { model, train: None }.into_estimate(
         flops,
-        outputs: vec![],
+        vec![],
         notes,
-    }))
+    )))
 }
 
 /// Image files under `dir`, recursively (the image-folder layout of ImageNet's val set).

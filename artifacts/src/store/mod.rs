@@ -15,6 +15,7 @@
 //! Objects are either *files* (any bytes) or *trees* (a directory, stored as a canonical JSON
 //! manifest of relative path -> file digest; see [`Tree`]).
 
+pub mod lock;
 mod statcache;
 mod tree;
 
@@ -30,6 +31,7 @@ use crate::digest::HashingWriter;
 use crate::fsutil;
 use crate::writeback::Writeback;
 use crate::Digest;
+use lock::FileLock;
 use statcache::{FileStamp, StatCache};
 pub use tree::{is_safe_relative_path, Tree, TREE_MAGIC};
 
@@ -535,12 +537,12 @@ impl Store {
         let placement = match result {
             Ok(p) => p,
             Err(e) => {
-                let _ = remove_any(&temp);
+                let _ = fsutil::remove_all(&temp);
                 return Err(e);
             }
         };
         if let Err(e) = fs::rename(&temp, dest) {
-            let _ = remove_any(&temp);
+            let _ = fsutil::remove_all(&temp);
             return Err(io_err("rename into place", dest)(e));
         }
         fsutil::sync_dir(dir).map_err(io_err("fsync", dir))?;
@@ -646,7 +648,7 @@ impl Store {
     /// was newly pinned. The object must exist.
     pub fn pin(&self, digest: &Digest) -> Result<bool> {
         self.require(digest)?;
-        let _lock = self.lock_file("pins.lock", Some(libc::LOCK_EX))?;
+        let _lock = self.lock("pins.lock", FileLock::exclusive)?;
         let mut pins = self.pins()?;
         let added = pins.insert(*digest);
         if added {
@@ -657,7 +659,7 @@ impl Store {
 
     /// Unpins an object. Returns whether it was pinned.
     pub fn unpin(&self, digest: &Digest) -> Result<bool> {
-        let _lock = self.lock_file("pins.lock", Some(libc::LOCK_EX))?;
+        let _lock = self.lock("pins.lock", FileLock::exclusive)?;
         let mut pins = self.pins()?;
         let removed = pins.remove(digest);
         if removed {
@@ -798,15 +800,13 @@ impl Store {
     /// exclusive lock, so it fails with [`StoreError::Busy`] while a process holds
     /// [`Store::lock_shared`] (the engine does, during a run).
     pub fn gc(&self, opts: &GcOptions) -> Result<GcReport> {
-        let _lock = self.lock_file("store.lock", None).and_then(|l| {
-            l.try_exclusive()
-                .map_err(io_err("lock", l.path.clone()))?
-                .then_some(l)
-                .ok_or_else(|| StoreError::Busy {
-                    root: self.root.clone(),
-                    lock: self.root.join("locks/store.lock"),
-                })
-        })?;
+        let lock_path = self.lock_path("store.lock");
+        let _lock = FileLock::try_exclusive(&lock_path)
+            .map_err(io_err("lock", &lock_path))?
+            .ok_or_else(|| StoreError::Busy {
+                root: self.root.clone(),
+                lock: lock_path.clone(),
+            })?;
         let mut keep = BTreeSet::new();
         let mut queue: Vec<Digest> = self.roots()?.into_iter().collect();
         while let Some(d) = queue.pop() {
@@ -840,7 +840,7 @@ impl Store {
                 .is_some_and(|age| age > day);
             if old {
                 if !opts.dry_run {
-                    let _ = remove_any(&temp);
+                    let _ = fsutil::remove_all(&temp);
                 }
                 report.stale_temps_removed += 1;
             }
@@ -851,24 +851,19 @@ impl Store {
     /// Takes the store-wide lock in shared mode (blocking). Hold it while creating objects
     /// that are not referenced yet (e.g. for the length of a pipeline run): `gc` cannot
     /// start until every shared holder has dropped its guard.
-    pub fn lock_shared(&self) -> Result<StoreLock> {
-        self.lock_file("store.lock", Some(libc::LOCK_SH))
+    pub fn lock_shared(&self) -> Result<FileLock> {
+        self.lock("store.lock", FileLock::shared)
     }
 
-    /// Opens `<store>/locks/<name>` and, if `op` is given, `flock`s it (blocking).
-    fn lock_file(&self, name: &str, op: Option<libc::c_int>) -> Result<StoreLock> {
-        let path = self.root.join("locks").join(name);
-        let file = fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(io_err("open lock", &path))?;
-        let lock = StoreLock { file, path };
-        if let Some(op) = op {
-            lock.flock(op).map_err(io_err("lock", lock.path.clone()))?;
-        }
-        Ok(lock)
+    /// `<store>/locks/<name>`: where the lock called `name` lives (the engine keeps its
+    /// per-key work locks there too).
+    pub fn lock_path(&self, name: &str) -> PathBuf {
+        self.root.join("locks").join(name)
+    }
+
+    fn lock(&self, name: &str, take: fn(&Path) -> io::Result<FileLock>) -> Result<FileLock> {
+        let path = self.lock_path(name);
+        take(&path).map_err(io_err("lock", &path))
     }
 }
 
@@ -876,38 +871,6 @@ impl Store {
 struct ObjectFiles {
     objects: Vec<(Digest, PathBuf)>,
     stray: Vec<PathBuf>,
-}
-
-/// An advisory lock on a file under `<store>/locks/`; released when dropped.
-#[derive(Debug)]
-pub struct StoreLock {
-    file: File,
-    path: PathBuf,
-}
-
-impl StoreLock {
-    fn flock(&self, op: libc::c_int) -> io::Result<()> {
-        use std::os::fd::AsRawFd;
-        loop {
-            // SAFETY: the descriptor is open for the lifetime of `self`.
-            if unsafe { libc::flock(self.file.as_raw_fd(), op) } == 0 {
-                return Ok(());
-            }
-            let e = io::Error::last_os_error();
-            if e.kind() != io::ErrorKind::Interrupted {
-                return Err(e);
-            }
-        }
-    }
-
-    /// Tries to upgrade to (or take) the exclusive lock without waiting.
-    fn try_exclusive(&self) -> io::Result<bool> {
-        match self.flock(libc::LOCK_EX | libc::LOCK_NB) {
-            Ok(()) => Ok(true),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
-            Err(e) => Err(e),
-        }
-    }
 }
 
 /// A temp file under `<store>/tmp` that becomes an object when committed (see
@@ -1138,14 +1101,6 @@ fn collect_files(dir: &Path, prefix: String, out: &mut Vec<(String, PathBuf)>) -
         }
     }
     Ok(())
-}
-
-fn remove_any(path: &Path) -> io::Result<()> {
-    if fs::symlink_metadata(path)?.is_dir() {
-        fs::remove_dir_all(path)
-    } else {
-        fs::remove_file(path)
-    }
 }
 
 #[cfg(test)]

@@ -4,10 +4,17 @@
 //! [`load`] either returns a fully validated [`Pipeline`] (every reference resolved,
 //! every kind's params checked, the graph acyclic) or every problem as a
 //! [`Diagnostics`](crate::diag::Diagnostics) naming `file:line:column`. It never writes
-//! anything.
+//! anything. The passes it runs, one module each, are listed in `load.rs`.
 
+mod cycles;
+mod expand;
 mod load;
+mod params;
 mod reference;
+mod resolve;
+mod schema;
+mod source;
+mod stage;
 pub mod yaml;
 
 use std::collections::{BTreeMap, HashMap};
@@ -16,43 +23,32 @@ use std::path::PathBuf;
 use serde_json::{Map, Value};
 
 use crate::diag::Pos;
-use crate::kind::OutputDecl;
+use crate::kind::{OutputDecl, Runner};
+pub use crate::resources::Resources;
 
 pub use load::{load, load_str, LoadError};
 pub use reference::Select;
+pub(crate) use resolve::resolved as resolved_path;
 
 /// The schema version this build reads (`tureen: 1`).
 pub const SCHEMA_VERSION: i64 = 1;
 
-/// Where a stage runs.
+/// Which executor runs a stage.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Executor {
+    /// On this machine.
     Local,
+    /// As a Slurm batch job.
     Slurm,
 }
 
-/// What a stage asks for. Local runs schedule on `cpus`, `gpus` and `memory`; `nodes`
-/// and `time` are passed to Slurm.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Resources {
-    pub cpus: u32,
-    pub gpus: u32,
-    /// Bytes; `None` when not declared.
-    pub memory: Option<u64>,
-    pub nodes: u32,
-    /// Slurm time limit as written (`HH:MM:SS`, `D-HH:MM`, minutes).
-    pub time: Option<String>,
-}
-
-impl Default for Resources {
-    fn default() -> Self {
-        Resources {
-            cpus: 1,
-            gpus: 0,
-            memory: None,
-            nodes: 1,
-            time: None,
+impl Executor {
+    /// The word used in pipeline files and records.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Executor::Local => "local",
+            Executor::Slurm => "slurm",
         }
     }
 }
@@ -71,16 +67,43 @@ pub struct Pipeline {
     pub params: Map<String, Value>,
     /// Options for the Slurm executor (the top-level `slurm:` mapping), as written.
     pub slurm: Value,
+    /// The stages, in file order.
     pub stages: Vec<Stage>,
     index: HashMap<String, usize>,
 }
 
 impl Pipeline {
+    /// A pipeline of validated stages (their `upstream` indices point into `stages`).
+    pub(crate) fn new(
+        file: PathBuf,
+        root: PathBuf,
+        source_digest: String,
+        params: Map<String, Value>,
+        slurm: Value,
+        stages: Vec<Stage>,
+    ) -> Pipeline {
+        let index = stages
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.name.clone(), i))
+            .collect();
+        Pipeline {
+            file,
+            root,
+            source_digest,
+            params,
+            slurm,
+            stages,
+            index,
+        }
+    }
+
     /// The index of the stage called `name`.
     pub fn stage_index(&self, name: &str) -> Option<usize> {
         self.index.get(name).copied()
     }
 
+    /// The stage called `name`.
     pub fn stage(&self, name: &str) -> Option<&Stage> {
         self.stage_index(name).map(|i| &self.stages[i])
     }
@@ -139,7 +162,9 @@ impl Pipeline {
 /// One stage, resolved: params substituted and overridden, references resolved.
 #[derive(Debug, Clone)]
 pub struct Stage {
+    /// The name (after expansion: `train@0.001`).
     pub name: String,
+    /// The kind's name.
     pub kind: String,
     /// Where the stage is declared (its name in the `stages:` mapping).
     pub pos: Pos,
@@ -149,15 +174,22 @@ pub struct Stage {
     pub inputs: BTreeMap<String, Input>,
     /// Unnamed dependencies (`deps:`): part of the cache key and the ordering only.
     pub deps: Vec<Ref>,
+    /// What the kind declared the stage produces.
     pub outputs: Vec<OutputDecl>,
     /// Output name -> path relative to the pipeline directory, where the kind asked
     /// for one (a command's `outs`).
     pub workspace_paths: BTreeMap<String, String>,
+    /// Where its work runs (in tureen, or in a worker program), decided by its kind.
+    pub runner: Runner,
+    /// What it asks of the machine.
     pub resources: Resources,
+    /// How often a failed attempt is retried.
     pub retries: u32,
+    /// Which executor runs it.
     pub executor: Executor,
     /// Declared environment: pipeline `env` merged with the stage's `env`.
     pub env: BTreeMap<String, String>,
+    /// The stage's `description:`.
     pub description: Option<String>,
     /// Top-level params this stage uses through `${params.NAME}` (to explain re-runs
     /// in terms of what the user changed).
@@ -167,6 +199,7 @@ pub struct Stage {
 }
 
 impl Stage {
+    /// The declared output called `name`.
     pub fn output(&self, name: &str) -> Option<&OutputDecl> {
         self.outputs.iter().find(|o| o.name == name)
     }
@@ -183,11 +216,14 @@ impl Stage {
 /// A named input: one reference, or a list of them handed over as a series.
 #[derive(Debug, Clone)]
 pub enum Input {
+    /// One reference.
     One(Ref),
+    /// A list of references, handed to the stage as one series.
     List(Vec<Ref>),
 }
 
 impl Input {
+    /// The references, in order.
     pub fn refs(&self) -> &[Ref] {
         match self {
             Input::One(r) => std::slice::from_ref(r),
@@ -200,8 +236,11 @@ impl Input {
 /// resolved to.
 #[derive(Debug, Clone)]
 pub struct Ref {
+    /// As written.
     pub text: String,
+    /// Where it is written.
     pub pos: Pos,
+    /// What it resolved to.
     pub target: Target,
 }
 
@@ -210,10 +249,18 @@ pub struct Ref {
 pub enum Target {
     /// An output of another stage (`stage` is an index into [`Pipeline::stages`]).
     Output {
+        /// The producing stage.
         stage: usize,
+        /// Its output's name.
         output: String,
+        /// Which part of it.
         select: Select,
     },
     /// A file or directory in the workspace that no stage produces.
-    File { rel: String, path: PathBuf },
+    File {
+        /// The path as written, relative to the pipeline's directory.
+        rel: String,
+        /// The path.
+        path: PathBuf,
+    },
 }

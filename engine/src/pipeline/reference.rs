@@ -1,18 +1,10 @@
 //! Parsing references: `stage.output`, `stage.series[3]`, `stage.series[-1]`,
-//! `stage.series[2:5]`; anything whose prefix is not a stage name is a file path.
+//! `stage.series[2:5]`, `stage.series[-3:]`; anything whose prefix is not a stage name is
+//! a file path.
 
 use std::collections::HashMap;
 
-/// Which part of an output a reference takes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub enum Select {
-    /// The whole output (one artifact, or the whole series).
-    Whole,
-    /// One element of a series. Negative indices count from the end.
-    Index(i64),
-    /// Elements `start..end` of a series (end exclusive; `None`: to the end).
-    Range(usize, Option<usize>),
-}
+pub use crate::kind::Select;
 
 /// A reference split into stage, output and selector (not yet checked against the
 /// stage's outputs).
@@ -66,7 +58,7 @@ pub fn parse<'a>(
 fn parse_select(inner: &str) -> Result<Select, String> {
     let num = |s: &str| {
         s.trim()
-            .parse::<usize>()
+            .parse::<i64>()
             .map_err(|_| format!("`{s}` is not an index"))
     };
     match inner.split_once(':') {
@@ -77,16 +69,13 @@ fn parse_select(inner: &str) -> Result<Select, String> {
             } else {
                 Some(num(b)?)
             };
-            if end.is_some_and(|e| e < start) {
+            // Bounds of the same sign compare without knowing the series' length.
+            if end.is_some_and(|e| (e < 0) == (start < 0) && e <= start) {
                 return Err(format!("empty range [{inner}]"));
             }
             Ok(Select::Range(start, end))
         }
-        None => inner
-            .trim()
-            .parse::<i64>()
-            .map(Select::Index)
-            .map_err(|_| format!("`{inner}` is not an index")),
+        None => num(inner).map(Select::Index),
     }
 }
 
@@ -125,6 +114,11 @@ mod tests {
         );
         assert_eq!(parse("train@0.001.final", &s).unwrap().unwrap().stage, 1);
         assert_eq!(parse("data/core.csv", &s).unwrap(), None);
+        assert_eq!(
+            parse("core.c[-3:]", &s).unwrap().unwrap().select,
+            Select::Range(-3, None)
+        );
         assert!(parse("core.c[x]", &s).is_err());
+        assert!(parse("core.c[3:1]", &s).is_err());
     }
 }

@@ -18,6 +18,7 @@ pub fn span_pos(span: &Span) -> Pos {
         .unwrap_or(Pos::new(1, 1))
 }
 
+/// Where a node starts.
 pub fn pos(node: &Node) -> Pos {
     span_pos(node.span())
 }
@@ -55,6 +56,9 @@ pub fn scalar_value(s: &MarkedScalarNode) -> Value {
         if let Ok(i) = text.parse::<i64>() {
             return Value::Number(i.into());
         }
+        if let Ok(u) = text.parse::<u64>() {
+            return Value::Number(u.into());
+        }
     }
     if looks_like_float(text) {
         if let Some(n) = text.parse::<f64>().ok().and_then(Number::from_f64) {
@@ -62,6 +66,16 @@ pub fn scalar_value(s: &MarkedScalarNode) -> Value {
         }
     }
     Value::String(text.to_string())
+}
+
+/// A plain integer scalar too large for 64 bits (it would otherwise become an imprecise
+/// float): the loader refuses it.
+pub fn is_oversized_int(s: &MarkedScalarNode) -> bool {
+    let text = s.as_str();
+    s.may_coerce()
+        && looks_like_int(text)
+        && text.parse::<i64>().is_err()
+        && text.parse::<u64>().is_err()
 }
 
 fn looks_like_int(t: &str) -> bool {
@@ -117,10 +131,7 @@ pub fn from_json(value: &Value, span: &Span) -> Node {
         Value::Object(map) => {
             let mut node = MarkedMappingNode::new_empty(*span);
             for (k, v) in map {
-                node.insert(
-                    MarkedScalarNode::new(*span, k.clone()),
-                    from_json(v, span),
-                );
+                node.insert(MarkedScalarNode::new(*span, k.clone()), from_json(v, span));
             }
             Node::Mapping(node)
         }

@@ -20,7 +20,7 @@
 //! model does not wait on the loader as long as the loader is faster than a step.
 
 mod loader;
-mod rng;
+use crate::rng;
 pub mod shards;
 pub mod synth;
 pub mod transform;

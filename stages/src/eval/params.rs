@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use serde_json::Value;
 
+use tureen_engine::kind::ParamError;
+
 use crate::tokenizer::TokenizerSpec;
 
 /// The params of an eval stage.
@@ -49,32 +51,34 @@ fn default_device() -> String {
 
 impl EvalParams {
     /// Parses and checks params; errors name the param.
-    pub fn from_params(params: &serde_json::Map<String, Value>) -> Result<Self, String> {
-        let parsed: EvalParams = serde_json::from_value(Value::Object(params.clone()))
-            .map_err(|e| format!("params: {e}"))?;
+    pub fn from_params(params: &serde_json::Map<String, Value>) -> Result<Self, ParamError> {
+        let parsed: EvalParams = crate::params::deserialize(params)?;
         if parsed.data.is_none() && parsed.retrieval.is_none() {
-            return Err("params: give `data` (zero-shot classification) and/or `retrieval`".into());
+            return Err(ParamError::param(
+                "data",
+                "give `data` (zero-shot classification) and/or `retrieval`",
+            ));
         }
         if parsed.data.is_some() {
             if parsed.classnames.is_none() {
-                return Err(
-                    "params.classnames: required with `data` (a file with one class name per line)"
-                        .into(),
-                );
+                return Err(ParamError::param(
+                    "classnames",
+                    "required with `data` (a file with one class name per line)",
+                ));
             }
             if parsed.templates.is_none() {
-                return Err(
-                    "params.templates: required with `data` (a file with one template per line)"
-                        .into(),
-                );
+                return Err(ParamError::param(
+                    "templates",
+                    "required with `data` (a file with one template per line)",
+                ));
             }
         }
         if parsed.batch_size == 0 {
-            return Err("params.batch_size: must be at least 1".into());
+            return Err(ParamError::param("batch_size", "must be at least 1"));
         }
         crate::device::check(&parsed.device)?;
         if let Some(model) = &parsed.model {
-            crate::model::config_from_json(model).map_err(|e| format!("params.{e}"))?;
+            crate::model::config_from_json(model).map_err(crate::params::model_error)?;
         }
         Ok(parsed)
     }

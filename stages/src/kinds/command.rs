@@ -32,12 +32,16 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use serde_json::Value;
 use tureen_engine::kind::{
-    InputValue, OutputDecl, OutputShape, Produced, StageContext, StageDecl, StageKind,
+    InputValue, OutputDecl, OutputShape, ParamError, Produced, StageContext, StageDecl, StageKind,
+    StageWork,
 };
 use tureen_engine::subst;
 
 /// How long a cancelled command gets between SIGTERM and SIGKILL.
 const GRACE: Duration = Duration::from_secs(5);
+
+/// The name of the kind in pipeline files.
+pub const NAME: &str = "command";
 
 /// The `command` kind.
 pub struct CommandKind;
@@ -46,7 +50,8 @@ const PARAMS: &[&str] = &["cmd", "outs"];
 
 /// `outs` as (output name, path): a mapping names them; in a list each path is its
 /// own name.
-fn outs(params: &serde_json::Map<String, Value>) -> Result<Vec<(String, String)>, String> {
+fn outs(params: &serde_json::Map<String, Value>) -> Result<Vec<(String, String)>, ParamError> {
+    let err = |m: String| ParamError::stage_key("outs", m);
     match params.get("outs") {
         None | Some(Value::Null) => Ok(Vec::new()),
         Some(Value::Array(items)) => items
@@ -54,7 +59,7 @@ fn outs(params: &serde_json::Map<String, Value>) -> Result<Vec<(String, String)>
             .map(|v| {
                 v.as_str()
                     .map(|s| (s.to_string(), s.to_string()))
-                    .ok_or_else(|| "outs: every entry must be a path (a string)".to_string())
+                    .ok_or_else(|| err("every entry must be a path (a string)".to_string()))
             })
             .collect(),
         Some(Value::Object(map)) => map
@@ -62,15 +67,18 @@ fn outs(params: &serde_json::Map<String, Value>) -> Result<Vec<(String, String)>
             .map(|(k, v)| {
                 v.as_str()
                     .map(|s| (k.clone(), s.to_string()))
-                    .ok_or_else(|| format!("outs: `{k}` must be a path (a string)"))
+                    .ok_or_else(|| err(format!("`{k}` must be a path (a string)")))
             })
             .collect(),
         Some(Value::String(s)) => Ok(vec![(s.clone(), s.clone())]),
-        Some(_) => Err("outs: expected a list of paths or a mapping of name to path".to_string()),
+        Some(_) => Err(err(
+            "expected a list of paths or a mapping of name to path".to_string()
+        )),
     }
 }
 
-fn cmd_text(params: &serde_json::Map<String, Value>) -> Result<String, String> {
+fn cmd_text(params: &serde_json::Map<String, Value>) -> Result<String, ParamError> {
+    let err = |m: &str| ParamError::stage_key("cmd", m);
     match params.get("cmd") {
         Some(Value::String(s)) if !s.trim().is_empty() => Ok(s.clone()),
         // A list runs its commands in order, stopping at the first failure.
@@ -79,33 +87,36 @@ fn cmd_text(params: &serde_json::Map<String, Value>) -> Result<String, String> {
             .map(|v| {
                 v.as_str()
                     .map(str::to_string)
-                    .ok_or_else(|| "cmd: every entry of the list must be a string".to_string())
+                    .ok_or_else(|| err("every entry of the list must be a string"))
             })
             .collect::<Result<Vec<_>, _>>()
             .map(|v| format!("set -e\n{}", v.join("\n"))),
-        Some(_) => Err("cmd: expected a non-empty command string (or a list of them)".to_string()),
-        None => Err("cmd: missing (the shell command to run)".to_string()),
+        Some(_) => Err(err(
+            "expected a non-empty command string (or a list of them)",
+        )),
+        None => Err(err("missing (the shell command to run)")),
     }
 }
 
-fn check_out_path(path: &str) -> Result<(), String> {
+fn check_out_path(path: &str) -> Result<(), ParamError> {
+    let err = |m: String| Err(ParamError::stage_key("outs", m));
     let p = Path::new(path);
     if path.trim().is_empty() {
-        return Err("outs: empty path".to_string());
+        return err("empty path".to_string());
     }
     if p.is_absolute() {
-        return Err(format!(
-            "outs: `{path}` must be relative to the pipeline's directory"
+        return err(format!(
+            "`{path}` must be relative to the pipeline's directory"
         ));
     }
     if p.components().any(|c| matches!(c, Component::ParentDir)) {
-        return Err(format!(
-            "outs: `{path}` must stay inside the pipeline's directory (no `..`)"
+        return err(format!(
+            "`{path}` must stay inside the pipeline's directory (no `..`)"
         ));
     }
     if subst::has_vars(path) {
-        return Err(format!(
-            "outs: `{path}` may only use `${{params...}}`/`${{item...}}`"
+        return err(format!(
+            "`{path}` may only use `${{params...}}`/`${{item...}}`"
         ));
     }
     Ok(())
@@ -113,17 +124,17 @@ fn check_out_path(path: &str) -> Result<(), String> {
 
 impl StageKind for CommandKind {
     fn name(&self) -> &'static str {
-        "command"
+        NAME
     }
 
     fn code_version(&self) -> &'static str {
         "1"
     }
 
-    fn validate(&self, decl: &StageDecl<'_>) -> Result<(), String> {
+    fn validate(&self, decl: &StageDecl<'_>) -> Result<(), ParamError> {
         for key in decl.params.keys() {
             if !PARAMS.contains(&key.as_str()) {
-                return Err(format!("params.{key}: unknown param for a command stage (it takes `cmd` and `outs`; use `${{params.NAME}}` in `cmd` for values)"));
+                return Err(ParamError::param(key.as_str(), "unknown param for a command stage (it takes `cmd` and `outs`; use `${params.NAME}` in `cmd` for values)"));
             }
         }
         let cmd = cmd_text(decl.params)?;
@@ -131,26 +142,27 @@ impl StageKind for CommandKind {
         for (name, path) in &outs {
             check_out_path(path)?;
             if name.is_empty() {
-                return Err("outs: empty output name".to_string());
+                return Err(ParamError::stage_key("outs", "empty output name"));
             }
         }
         // Every `${inputs.x}` / `${outs.y}` must name something declared.
-        let pieces = subst::parse(&cmd).map_err(|e| format!("cmd: {e}"))?;
+        let cmd_err = |m: String| ParamError::stage_key("cmd", m);
+        let pieces = subst::parse(&cmd).map_err(cmd_err)?;
         for piece in pieces {
             if let subst::Piece::Var(v) = piece {
                 match v.split_once('.') {
                     Some(("inputs", name)) if !decl.input_names.contains(&name) => {
-                        return Err(format!(
-                            "cmd: `${{{v}}}`: the stage has no input `{name}` (declared: {})",
+                        return Err(cmd_err(format!(
+                            "`${{{v}}}`: the stage has no input `{name}` (declared: {})",
                             list(&decl.input_names)
-                        ));
+                        )));
                     }
                     Some(("outs", name)) if !outs.iter().any(|(n, _)| n == name) => {
                         let names: Vec<&str> = outs.iter().map(|(n, _)| n.as_str()).collect();
-                        return Err(format!(
-                            "cmd: `${{{v}}}`: the stage has no out `{name}` (declared: {})",
+                        return Err(cmd_err(format!(
+                            "`${{{v}}}`: the stage has no out `{name}` (declared: {})",
                             list(&names)
-                        ));
+                        )));
                     }
                     _ => {}
                 }
@@ -178,10 +190,12 @@ impl StageKind for CommandKind {
     fn workspace_paths(&self, decl: &StageDecl<'_>) -> Vec<(String, String)> {
         outs(decl.params).unwrap_or_default()
     }
+}
 
+impl StageWork for CommandKind {
     fn run(&self, ctx: &mut StageContext<'_>) -> anyhow::Result<BTreeMap<String, Produced>> {
-        let template = cmd_text(ctx.params).map_err(anyhow::Error::msg)?;
-        let outs = outs(ctx.params).map_err(anyhow::Error::msg)?;
+        let template = cmd_text(ctx.params)?;
+        let outs = outs(ctx.params)?;
         let script = subst::render(&template, |var| match var.split_once('.') {
             Some(("inputs", name)) => match ctx.inputs.get(name) {
                 Some(InputValue::One(a)) => Ok(Some(shell_quote(&a.path.to_string_lossy()))),
@@ -206,7 +220,7 @@ impl StageKind for CommandKind {
         // file (which may share storage with the store).
         for (_, rel) in &outs {
             let path = ctx.workspace.join(rel);
-            remove_any(&path)
+            tureen_artifacts::fsutil::remove_all(&path)
                 .with_context(|| format!("cannot remove the old output {}", path.display()))?;
             if let Some(parent) = path.parent() {
                 std::fs::create_dir_all(parent)
@@ -363,28 +377,6 @@ fn spawn_reader(stream: impl Read + Send + 'static, tx: mpsc::Sender<Option<Stri
         }
         let _ = tx.send(None);
     });
-}
-
-fn remove_any(path: &Path) -> std::io::Result<()> {
-    match std::fs::symlink_metadata(path) {
-        Ok(m) if m.is_dir() => {
-            make_writable(path);
-            std::fs::remove_dir_all(path)
-        }
-        Ok(_) => std::fs::remove_file(path),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e),
-    }
-}
-
-fn make_writable(dir: &Path) {
-    use std::os::unix::fs::PermissionsExt;
-    let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755));
-    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        if entry.file_type().is_ok_and(|t| t.is_dir()) {
-            make_writable(&entry.path());
-        }
-    }
 }
 
 /// Quotes `s` for `sh` only when it needs it, so plain paths read naturally in logs.

@@ -24,18 +24,20 @@
 //! (fractions in [0, 1]; a section is absent when its data is not configured). The same
 //! numbers go to the run's metrics log.
 
-use std::collections::BTreeMap;
-
-use tureen_engine::kind::{OutputDecl, OutputShape, Produced, StageContext, StageDecl, StageKind};
+use tureen_engine::kind::estimate::{EstimateInputs, StageEstimate};
+use tureen_engine::kind::{OutputDecl, OutputShape, ParamError, StageDecl, StageKind};
 
 use crate::eval::EvalParams;
+
+/// The name of the kind in pipeline files.
+pub const NAME: &str = "eval";
 
 /// The `eval` kind.
 pub struct EvalKind;
 
 impl StageKind for EvalKind {
     fn name(&self) -> &'static str {
-        "eval"
+        NAME
     }
 
     fn code_version(&self) -> &'static str {
@@ -43,18 +45,22 @@ impl StageKind for EvalKind {
         "eval-2"
     }
 
-    fn validate(&self, decl: &StageDecl<'_>) -> Result<(), String> {
+    fn validate(&self, decl: &StageDecl<'_>) -> Result<(), ParamError> {
         EvalParams::from_params(decl.params)?;
         if !decl.input_names.contains(&"model") {
-            return Err("inputs.model: required (the checkpoint to evaluate)".into());
+            return Err(ParamError::input(
+                "model",
+                "required (the checkpoint to evaluate)",
+            ));
         }
         if let Some(other) = decl
             .input_names
             .iter()
             .find(|n| !["model", "data"].contains(n))
         {
-            return Err(format!(
-                "inputs.{other}: unknown input (eval takes `model` and optionally `data`)"
+            return Err(ParamError::input(
+                *other,
+                "unknown input (eval takes `model` and optionally `data`)",
             ));
         }
         Ok(())
@@ -72,16 +78,12 @@ impl StageKind for EvalKind {
     fn estimate(
         &self,
         decl: &StageDecl<'_>,
-        inputs: &tureen_engine::plan::EstimateInputs<'_>,
-    ) -> Result<Option<tureen_engine::plan::StageEstimate>, String> {
+        inputs: &EstimateInputs<'_>,
+    ) -> Result<Option<StageEstimate>, ParamError> {
         crate::plan::estimate_eval(decl, inputs)
     }
 
     fn worker(&self, _decl: &StageDecl<'_>) -> Option<&'static str> {
         Some(super::TORCH_WORKER)
-    }
-
-    fn run(&self, _ctx: &mut StageContext<'_>) -> anyhow::Result<BTreeMap<String, Produced>> {
-        Err(super::runs_in_torch_worker(self))
     }
 }

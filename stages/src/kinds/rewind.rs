@@ -22,18 +22,20 @@
 //!     warmup: 10
 //! ```
 
-use std::collections::BTreeMap;
-
-use tureen_engine::kind::{OutputDecl, Produced, StageContext, StageDecl, StageKind};
+use tureen_engine::kind::estimate::{EstimateInputs, StageEstimate};
+use tureen_engine::kind::{OutputDecl, ParamError, StageDecl, StageKind};
 
 use crate::train::params::{self, Mode};
+
+/// The name of the kind in pipeline files.
+pub const NAME: &str = "rewind";
 
 /// The `rewind` kind.
 pub struct RewindKind;
 
 impl StageKind for RewindKind {
     fn name(&self) -> &'static str {
-        "rewind"
+        NAME
     }
 
     fn code_version(&self) -> &'static str {
@@ -41,7 +43,7 @@ impl StageKind for RewindKind {
         "rewind-2"
     }
 
-    fn validate(&self, decl: &StageDecl<'_>) -> Result<(), String> {
+    fn validate(&self, decl: &StageDecl<'_>) -> Result<(), ParamError> {
         params::validate(decl, Mode::Rewind)
     }
 
@@ -52,16 +54,12 @@ impl StageKind for RewindKind {
     fn estimate(
         &self,
         decl: &StageDecl<'_>,
-        inputs: &tureen_engine::plan::EstimateInputs<'_>,
-    ) -> Result<Option<tureen_engine::plan::StageEstimate>, String> {
+        inputs: &EstimateInputs<'_>,
+    ) -> Result<Option<StageEstimate>, ParamError> {
         crate::plan::estimate_rewind(decl, inputs)
     }
 
     fn worker(&self, _decl: &StageDecl<'_>) -> Option<&'static str> {
         Some(super::TORCH_WORKER)
-    }
-
-    fn run(&self, _ctx: &mut StageContext<'_>) -> anyhow::Result<BTreeMap<String, Produced>> {
-        Err(super::runs_in_torch_worker(self))
     }
 }

@@ -32,9 +32,14 @@ use anyhow::Context as _;
 use serde_json::{Map, Value};
 use tureen_artifacts::safetensors::Dtype;
 use tureen_artifacts::soup::{soup_files, Accumulate, KeyPolicy, SoupOptions};
+use tureen_engine::kind::estimate::{EstimateInputs, StageEstimate};
 use tureen_engine::kind::{
-    InputValue, OutputDecl, OutputShape, Produced, StageContext, StageDecl, StageKind,
+    InputValue, OutputDecl, OutputShape, ParamError, Produced, StageContext, StageDecl, StageKind,
+    StageWork,
 };
+
+/// The name of the kind in pipeline files.
+pub const NAME: &str = "soup";
 
 /// The `soup` kind.
 pub struct SoupKind;
@@ -57,7 +62,7 @@ pub enum Method {
 }
 
 /// The `method` param (default: `weighted` when `weights` are given, else `uniform`).
-pub fn method(params: &Map<String, Value>) -> Result<Method, String> {
+pub fn method(params: &Map<String, Value>) -> Result<Method, ParamError> {
     match params.get("method").map(|v| v.as_str()) {
         None => Ok(if params.contains_key("weights") {
             Method::Weighted
@@ -67,27 +72,33 @@ pub fn method(params: &Map<String, Value>) -> Result<Method, String> {
         Some(Some("uniform")) => Ok(Method::Uniform),
         Some(Some("weighted")) => Ok(Method::Weighted),
         Some(Some("greedy")) => Ok(Method::Greedy),
-        Some(_) => Err("params.method: expected `uniform`, `weighted` or `greedy`".into()),
+        Some(_) => Err(ParamError::param(
+            "method",
+            "expected `uniform`, `weighted` or `greedy`",
+        )),
     }
 }
 
-fn weights(params: &Map<String, Value>) -> Result<Option<Vec<f64>>, String> {
+fn weights(params: &Map<String, Value>) -> Result<Option<Vec<f64>>, ParamError> {
     match params.get("weights") {
         None => Ok(None),
         Some(Value::Array(items)) if !items.is_empty() => items
             .iter()
             .map(|v| {
                 v.as_f64().filter(|w| w.is_finite()).ok_or_else(|| {
-                    "params.weights: every weight must be a finite number".to_string()
+                    ParamError::param("weights", "every weight must be a finite number")
                 })
             })
             .collect::<Result<Vec<_>, _>>()
             .map(Some),
-        Some(_) => Err("params.weights: expected a non-empty list of numbers".into()),
+        Some(_) => Err(ParamError::param(
+            "weights",
+            "expected a non-empty list of numbers",
+        )),
     }
 }
 
-fn options(params: &Map<String, Value>) -> Result<SoupOptions, String> {
+fn options(params: &Map<String, Value>) -> Result<SoupOptions, ParamError> {
     let mut opts = SoupOptions::default();
     if let Some(v) = params.get("out_dtype") {
         let dtype = match v.as_str() {
@@ -96,9 +107,10 @@ fn options(params: &Map<String, Value>) -> Result<SoupOptions, String> {
             Some("bfloat16" | "bf16" | "BF16") => Dtype::BF16,
             Some("float64" | "f64" | "F64") => Dtype::F64,
             _ => {
-                return Err(
-                    "params.out_dtype: expected float32, float16, bfloat16 or float64".into(),
-                )
+                return Err(ParamError::param(
+                    "out_dtype",
+                    "expected float32, float16, bfloat16 or float64",
+                ))
             }
         };
         opts.out_dtype = Some(dtype);
@@ -107,7 +119,7 @@ fn options(params: &Map<String, Value>) -> Result<SoupOptions, String> {
         opts.accumulate = match v.as_str() {
             Some("f32") => Accumulate::F32,
             Some("f64") => Accumulate::F64,
-            _ => return Err("params.accumulate: expected `f32` or `f64`".into()),
+            _ => return Err(ParamError::param("accumulate", "expected `f32` or `f64`")),
         };
     }
     if let Some(v) = params.get("keys") {
@@ -115,7 +127,12 @@ fn options(params: &Map<String, Value>) -> Result<SoupOptions, String> {
             Some("strict") => KeyPolicy::Strict,
             Some("intersection") => KeyPolicy::Intersection,
             Some("union") => KeyPolicy::Union,
-            _ => return Err("params.keys: expected `strict`, `intersection` or `union`".into()),
+            _ => {
+                return Err(ParamError::param(
+                    "keys",
+                    "expected `strict`, `intersection` or `union`",
+                ))
+            }
         };
     }
     Ok(opts)
@@ -123,7 +140,7 @@ fn options(params: &Map<String, Value>) -> Result<SoupOptions, String> {
 
 impl StageKind for SoupKind {
     fn name(&self) -> &'static str {
-        "soup"
+        NAME
     }
 
     fn code_version(&self) -> &'static str {
@@ -131,43 +148,63 @@ impl StageKind for SoupKind {
         "2"
     }
 
-    fn validate(&self, decl: &StageDecl<'_>) -> Result<(), String> {
+    fn validate(&self, decl: &StageDecl<'_>) -> Result<(), ParamError> {
         for key in decl.params.keys() {
             if !PARAMS.contains(&key.as_str()) {
-                return Err(format!(
-                    "params.{key}: unknown soup param (known: {})",
-                    PARAMS.join(", ")
+                let hint = tureen_engine::diag::suggest(key, PARAMS.iter().copied())
+                    .map(|s| format!("did you mean `{s}`? "))
+                    .unwrap_or_default();
+                return Err(ParamError::param(
+                    key.as_str(),
+                    format!("unknown soup param ({hint}known: {})", PARAMS.join(", ")),
                 ));
             }
         }
         if decl.input_names != ["checkpoints"] {
-            return Err(format!(
-                "params: a soup takes exactly one input, `checkpoints` (a series, or a list of checkpoints); found: {}",
-                if decl.input_names.is_empty() { "none".to_string() } else { decl.input_names.join(", ") }
+            let found = match decl.input_names.first() {
+                None => "none".to_string(),
+                Some(_) => decl.input_names.join(", "),
+            };
+            return Err(ParamError::input(
+                "checkpoints",
+                format!("a soup takes exactly one input, `checkpoints` (a series, or a list of checkpoints); found: {found}"),
             ));
         }
         let m = method(decl.params)?;
         let w = weights(decl.params)?;
         match (m, &w) {
             (Method::Weighted, None) => {
-                return Err("params.method: `weighted` needs `weights`".into())
+                return Err(ParamError::param("method", "`weighted` needs `weights`"))
             }
             (Method::Uniform | Method::Greedy, Some(_)) => {
-                return Err("params.weights: only used with `method: weighted`".into())
+                return Err(ParamError::param(
+                    "weights",
+                    "only used with `method: weighted`",
+                ))
             }
             _ => {}
         }
         if let Some(w) = &w {
             if w.iter().sum::<f64>() == 0.0 {
-                return Err("params.weights: the weights sum to zero".into());
+                return Err(ParamError::param("weights", "the weights sum to zero"));
             }
         }
         match (m, decl.params.get("heldout")) {
             (Method::Greedy, Some(Value::Object(h))) => {
-                crate::eval::EvalParams::from_params(h).map_err(|e| format!("params.heldout: {e}"))?;
+                crate::eval::EvalParams::from_params(h).map_err(|e| e.within("heldout"))?;
             }
-            (Method::Greedy, _) => return Err("params.heldout: `method: greedy` needs `heldout:` (the eval params of the held-out set)".into()),
-            (_, Some(_)) => return Err("params.heldout: only used with `method: greedy`".into()),
+            (Method::Greedy, _) => {
+                return Err(ParamError::param(
+                    "heldout",
+                    "`method: greedy` needs `heldout:` (the eval params of the held-out set)",
+                ))
+            }
+            (_, Some(_)) => {
+                return Err(ParamError::param(
+                    "heldout",
+                    "only used with `method: greedy`",
+                ))
+            }
             _ => {}
         }
         options(decl.params).map(|_| ())
@@ -185,8 +222,8 @@ impl StageKind for SoupKind {
     fn estimate(
         &self,
         decl: &StageDecl<'_>,
-        inputs: &tureen_engine::plan::EstimateInputs<'_>,
-    ) -> Result<Option<tureen_engine::plan::StageEstimate>, String> {
+        inputs: &EstimateInputs<'_>,
+    ) -> Result<Option<StageEstimate>, ParamError> {
         crate::plan::estimate_soup(decl, inputs)
     }
 
@@ -194,13 +231,19 @@ impl StageKind for SoupKind {
     fn worker(&self, decl: &StageDecl<'_>) -> Option<&'static str> {
         (method(decl.params) == Ok(Method::Greedy)).then_some(super::TORCH_WORKER)
     }
+}
 
+impl StageWork for SoupKind {
+    /// Uniform and weighted soups; greedy ones are sent to the [`super::TORCH_WORKER`],
+    /// whose soup work does them.
     fn run(&self, ctx: &mut StageContext<'_>) -> anyhow::Result<BTreeMap<String, Produced>> {
         let soup = SoupInputs::from_context(ctx)?;
-        if soup.method == Method::Greedy {
-            return Err(super::runs_in_torch_worker(self));
-        }
-        let w = weights(ctx.params).map_err(anyhow::Error::msg)?;
+        anyhow::ensure!(
+            soup.method != Method::Greedy,
+            "greedy soups run in `{}`, not in this program",
+            super::TORCH_WORKER
+        );
+        let w = weights(ctx.params)?;
         if let Some(w) = &w {
             anyhow::ensure!(
                 w.len() == soup.paths.len(),
@@ -242,19 +285,14 @@ impl SoupInputs {
             .iter()
             .map(|a| checkpoint_file(&a.path))
             .collect::<anyhow::Result<_>>()?;
-        let mut opts = options(ctx.params).map_err(anyhow::Error::msg)?;
-        opts.input_digests = Some(
-            artifacts
-                .iter()
-                .map(|a| a.digest.parse())
-                .collect::<Result<_, _>>()?,
-        );
+        let mut opts = options(ctx.params)?;
+        opts.input_digests = Some(artifacts.iter().map(|a| a.digest).collect());
         // Provenance names ingredients by digest, never by their path in this store, so
         // the soup's bytes are the same everywhere; the model config of the ingredients
         // is carried over so the soup loads (and evaluates) like a checkpoint.
-        opts.input_labels = Some(artifacts.iter().map(|a| a.digest.clone()).collect());
+        opts.input_labels = Some(artifacts.iter().map(|a| a.digest.to_string()).collect());
         let options = crate::checkpoint::inherit_model_config(&opts, &paths)?;
-        let method = method(ctx.params).map_err(anyhow::Error::msg)?;
+        let method = method(ctx.params)?;
         ctx.log.line(&format!(
             "{} soup of {} checkpoints",
             format!("{method:?}").to_lowercase(),

@@ -17,18 +17,20 @@
 //!     grad_clip_norm: 5.0
 //! ```
 
-use std::collections::BTreeMap;
-
-use tureen_engine::kind::{OutputDecl, Produced, StageContext, StageDecl, StageKind};
+use tureen_engine::kind::estimate::{EstimateInputs, StageEstimate};
+use tureen_engine::kind::{OutputDecl, ParamError, StageDecl, StageKind};
 
 use crate::train::params::{self, Mode};
+
+/// The name of the kind in pipeline files.
+pub const NAME: &str = "train";
 
 /// The `train` kind.
 pub struct TrainKind;
 
 impl StageKind for TrainKind {
     fn name(&self) -> &'static str {
-        "train"
+        NAME
     }
 
     fn code_version(&self) -> &'static str {
@@ -36,7 +38,7 @@ impl StageKind for TrainKind {
         "train-2"
     }
 
-    fn validate(&self, decl: &StageDecl<'_>) -> Result<(), String> {
+    fn validate(&self, decl: &StageDecl<'_>) -> Result<(), ParamError> {
         params::validate(decl, Mode::Train)
     }
 
@@ -47,16 +49,12 @@ impl StageKind for TrainKind {
     fn estimate(
         &self,
         decl: &StageDecl<'_>,
-        inputs: &tureen_engine::plan::EstimateInputs<'_>,
-    ) -> Result<Option<tureen_engine::plan::StageEstimate>, String> {
+        inputs: &EstimateInputs<'_>,
+    ) -> Result<Option<StageEstimate>, ParamError> {
         crate::plan::estimate_train(decl, inputs)
     }
 
     fn worker(&self, _decl: &StageDecl<'_>) -> Option<&'static str> {
         Some(super::TORCH_WORKER)
-    }
-
-    fn run(&self, _ctx: &mut StageContext<'_>) -> anyhow::Result<BTreeMap<String, Produced>> {
-        Err(super::runs_in_torch_worker(self))
     }
 }

@@ -3,6 +3,7 @@
 //! that runs it is `tureen_torch::train::Trainer`.
 
 use serde::{Deserialize, Serialize};
+use tureen_engine::kind::ParamError;
 
 use super::schedule::{steps_per_interval, Schedule, StepRounding};
 use crate::model::ClipConfig;
@@ -83,43 +84,48 @@ impl TrainConfig {
     }
 
     /// Checks the numbers, naming the param at fault.
-    pub fn validate(&self) -> Result<(), String> {
-        let bad = |m: String| Err(m);
-        self.model.validate().map_err(|e| e.to_string())?;
+    pub fn validate(&self) -> Result<(), ParamError> {
+        let bad = |param: &str, m: &str| Err(ParamError::param(param, m));
+        self.model.validate().map_err(crate::params::model_error)?;
         if self.batch_size < 2 {
             return bad(
-                "batch_size: must be at least 2 (the contrastive loss needs negatives)".into(),
+                "batch_size",
+                "must be at least 2 (the contrastive loss needs negatives)",
             );
         }
         if self.micro_batch == Some(0) {
-            return bad("micro_batch: must be at least 1".into());
+            return bad("micro_batch", "must be at least 1");
         }
         if self.intervals == 0 {
-            return bad("intervals: must be at least 1".into());
+            return bad("intervals", "must be at least 1");
         }
         if self.steps_per_interval() == 0 {
-            return bad(format!(
-                "samples_per_interval ({}) is smaller than batch_size ({}): an interval would have no step",
-                self.samples_per_interval, self.batch_size
+            return Err(ParamError::param(
+                "samples_per_interval",
+                format!(
+                    "{} is smaller than batch_size ({}): an interval would have no step",
+                    self.samples_per_interval, self.batch_size
+                ),
             ));
         }
         if !(self.lr > 0.0 && self.lr.is_finite()) {
-            return bad("lr: must be a positive number".into());
+            return bad("lr", "must be a positive number");
         }
         let o = &self.optimizer;
         if !(0.0..1.0).contains(&o.beta1) || !(0.0..1.0).contains(&o.beta2) {
-            return bad("betas: must be in [0, 1)".into());
+            return bad("beta2", "betas must be in [0, 1)");
         }
-        if !(o.eps > 0.0) || !(o.weight_decay >= 0.0) {
-            return bad("eps must be positive and weight_decay non-negative".into());
+        if !(o.eps > 0.0) {
+            return bad("eps", "must be positive");
         }
-        if let Some(c) = self.grad_clip_norm {
-            if !(c > 0.0) {
-                return bad("grad_clip_norm: must be positive".into());
-            }
+        if !(o.weight_decay >= 0.0) {
+            return bad("weight_decay", "must be non-negative");
+        }
+        if self.grad_clip_norm.is_some_and(|c| !(c > 0.0)) {
+            return bad("grad_clip_norm", "must be positive");
         }
         if self.log_every == 0 {
-            return bad("log_every: must be at least 1".into());
+            return bad("log_every", "must be at least 1");
         }
         Ok(())
     }

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 use serde_json::{Map, Value};
-use tureen_engine::kind::{OutputDecl, OutputShape, StageDecl};
+use tureen_engine::kind::{OutputDecl, OutputShape, ParamError, StageDecl};
 
 use super::{AdamWConfig, Precision, StepRounding, TrainConfig};
 use crate::data::DataParams;
@@ -66,13 +66,14 @@ pub enum Mode {
 }
 
 impl TrainParams {
-    pub fn from_params(params: &Map<String, Value>, mode: Mode) -> Result<TrainParams, String> {
-        let p: TrainParams = serde_json::from_value(Value::Object(params.clone()))
-            .map_err(|e| format!("params: {e}"))?;
+    /// Reads and checks the params of a stage of kind `mode`.
+    pub fn from_params(params: &Map<String, Value>, mode: Mode) -> Result<TrainParams, ParamError> {
+        let p: TrainParams = crate::params::deserialize(params)?;
         if mode == Mode::Train && p.model.is_none() {
-            return Err(
-                "params.model: required (a preset such as convnext_atto_64, or a config)".into(),
-            );
+            return Err(ParamError::param(
+                "model",
+                "required (a preset such as convnext_atto_64, or a config)",
+            ));
         }
         if mode == Mode::Rewind {
             for (name, v) in [
@@ -82,37 +83,43 @@ impl TrainParams {
                 ("weight_decay", p.weight_decay),
             ] {
                 if v.is_some() {
-                    return Err(format!(
-                        "params.{name}: a rewind takes AdamW's betas, eps and weight decay from the checkpoint"
+                    return Err(ParamError::param(
+                        name,
+                        "a rewind takes AdamW's betas, eps and weight decay from the checkpoint",
                     ));
                 }
             }
         }
         if let Some(m) = &p.model {
-            config_from_json(m).map_err(|e| format!("params.{e}"))?;
+            config_from_json(m).map_err(crate::params::model_error)?;
         }
         p.data_spec()?;
         crate::device::check(&p.device)?;
-        if let Some(t) = p.threads {
-            if t < 1 {
-                return Err("params.threads: must be at least 1".into());
-            }
+        if p.threads.is_some_and(|t| t < 1) {
+            return Err(ParamError::param("threads", "must be at least 1"));
         }
         Ok(p)
     }
 
     /// The webdataset to read, or `None` for `data: synthetic`.
-    pub fn data_spec(&self) -> Result<Option<DataParams>, String> {
-        match &self.data {
-            Value::String(s) if s == "synthetic" => Ok(None),
+    pub fn data_spec(&self) -> Result<Option<DataParams>, ParamError> {
+        let spec = match &self.data {
+            Value::String(s) if s == "synthetic" => return Ok(None),
             // A bare string is a shard pattern with default loader settings.
-            Value::String(s) => serde_json::from_value(serde_json::json!({ "shards": s }))
-                .map(Some)
-                .map_err(|e| format!("params.data: {e}")),
-            v => serde_json::from_value(v.clone())
-                .map(Some)
-                .map_err(|e| format!("params.data: {e}")),
-        }
+            Value::String(s) => serde_json::json!({ "shards": s }),
+            v => v.clone(),
+        };
+        serde_path_to_error::deserialize(spec)
+            .map(Some)
+            .map_err(|e| {
+                let path = e.path().to_string();
+                let field = if path == "." {
+                    "data".to_string()
+                } else {
+                    format!("data.{path}")
+                };
+                ParamError::param(field, e.into_inner().to_string())
+            })
     }
 
     fn optimizer(&self) -> AdamWConfig {
@@ -147,33 +154,36 @@ impl TrainParams {
 }
 
 /// `validate` of both kinds.
-pub fn validate(decl: &StageDecl<'_>, mode: Mode) -> Result<(), String> {
+pub fn validate(decl: &StageDecl<'_>, mode: Mode) -> Result<(), ParamError> {
     let p = TrainParams::from_params(decl.params, mode)?;
     let allowed: &[&str] = match mode {
         Mode::Train => &["data"],
         Mode::Rewind => &["from", "data"],
     };
     if let Some(other) = decl.input_names.iter().find(|n| !allowed.contains(n)) {
-        return Err(format!(
-            "inputs.{other}: unknown input (expected {})",
-            allowed.join(", ")
+        return Err(ParamError::input(
+            *other,
+            format!("unknown input (expected {})", allowed.join(", ")),
         ));
     }
     if mode == Mode::Rewind && !decl.input_names.contains(&"from") {
-        return Err("inputs.from: required (a checkpoint, e.g. core.checkpoints[230])".into());
+        return Err(ParamError::input(
+            "from",
+            "required (a checkpoint, e.g. core.checkpoints[230])",
+        ));
     }
     // Shards given as absolute paths or `pipe:` commands (LAION on object storage)
     // need no dataset directory to be relative to.
     let needs_base = p.data_spec()?.is_some_and(|d| shards_need_base_dir(&d));
     if needs_base && !decl.input_names.contains(&"data") {
-        return Err(
-            "inputs.data: required (the dataset directory the shard patterns are relative to)"
-                .into(),
-        );
+        return Err(ParamError::input(
+            "data",
+            "required (the dataset directory the shard patterns are relative to)",
+        ));
     }
     if let Some(m) = &p.model {
-        let cfg = config_from_json(m).map_err(|e| format!("params.{e}"))?;
-        p.config(cfg).validate().map_err(|e| e.to_string())?;
+        let cfg = config_from_json(m).map_err(crate::params::model_error)?;
+        p.config(cfg).validate()?;
     }
     Ok(())
 }

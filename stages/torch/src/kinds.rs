@@ -7,11 +7,9 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use serde_json::Value;
-use tureen_engine::kind::{
-    InputValue, KindRegistry, OutputDecl, Produced, StageContext, StageDecl, StageKind,
-};
-use tureen_engine::plan::{EstimateInputs, StageEstimate};
-use tureen_stages::kinds::soup::{self, Method, SoupInputs};
+use tureen_engine::kind::{InputValue, KindRegistry, Produced, StageContext, StageWork};
+use tureen_stages::kinds::soup::{self, Method, SoupInputs, SoupKind};
+use tureen_stages::kinds::{eval as eval_kind, rewind, train};
 use tureen_stages::train::Mode;
 
 use crate::eval::greedy;
@@ -22,77 +20,53 @@ use tureen_stages::eval::{weights_path, EvalParams};
 /// Registers every kind tureen ships, the libtorch ones with their work.
 pub fn register_all(registry: &mut KindRegistry) {
     tureen_stages::register_all(registry);
-    let work: [(&str, Work); 4] = [
-        ("train", |_, ctx| crate::train::stage::run(ctx, Mode::Train)),
-        ("rewind", |_, ctx| {
-            crate::train::stage::run(ctx, Mode::Rewind)
-        }),
-        ("eval", eval),
-        ("soup", soup_with_greedy),
+    let work: [(&str, Arc<dyn StageWork>); 4] = [
+        (train::NAME, Arc::new(Training(Mode::Train))),
+        (rewind::NAME, Arc::new(Training(Mode::Rewind))),
+        (eval_kind::NAME, Arc::new(Evaluation)),
+        (soup::NAME, Arc::new(SoupWithGreedy)),
     ];
     for (name, work) in work {
-        let declaration = registry
-            .get(name)
-            .unwrap_or_else(|| panic!("tureen_stages registers `{name}`"))
-            .clone();
-        registry.register(Arc::new(WithTorch { declaration, work }));
+        registry
+            .set_work(name, work)
+            .expect("tureen_stages declares every kind tureen-torch works for");
     }
 }
 
-/// What a kind does in this program, given its declaration.
-type Work = fn(&dyn StageKind, &mut StageContext<'_>) -> anyhow::Result<BTreeMap<String, Produced>>;
+/// `train` and `rewind`.
+struct Training(Mode);
 
-/// A kind declared in `tureen_stages`, run here (its [`StageKind::worker`] is this
-/// program, so it names none).
-struct WithTorch {
-    declaration: Arc<dyn StageKind>,
-    work: Work,
-}
-
-impl StageKind for WithTorch {
-    fn name(&self) -> &'static str {
-        self.declaration.name()
-    }
-
-    fn code_version(&self) -> &'static str {
-        self.declaration.code_version()
-    }
-
-    fn validate(&self, decl: &StageDecl<'_>) -> Result<(), String> {
-        self.declaration.validate(decl)
-    }
-
-    fn outputs(&self, decl: &StageDecl<'_>) -> Vec<OutputDecl> {
-        self.declaration.outputs(decl)
-    }
-
-    fn stage_keys(&self) -> &'static [&'static str] {
-        self.declaration.stage_keys()
-    }
-
-    fn workspace_paths(&self, decl: &StageDecl<'_>) -> Vec<(String, String)> {
-        self.declaration.workspace_paths(decl)
-    }
-
-    fn estimate(
-        &self,
-        decl: &StageDecl<'_>,
-        inputs: &EstimateInputs<'_>,
-    ) -> Result<Option<StageEstimate>, String> {
-        self.declaration.estimate(decl, inputs)
-    }
-
+impl StageWork for Training {
     fn run(&self, ctx: &mut StageContext<'_>) -> anyhow::Result<BTreeMap<String, Produced>> {
-        (self.work)(self.declaration.as_ref(), ctx)
+        crate::train::stage::run(ctx, self.0)
+    }
+}
+
+/// `eval`.
+struct Evaluation;
+
+impl StageWork for Evaluation {
+    fn run(&self, ctx: &mut StageContext<'_>) -> anyhow::Result<BTreeMap<String, Produced>> {
+        eval(ctx)
+    }
+}
+
+/// `soup`: greedy soups here; uniform and weighted ones as `tureen_stages` makes them.
+struct SoupWithGreedy;
+
+impl StageWork for SoupWithGreedy {
+    fn run(&self, ctx: &mut StageContext<'_>) -> anyhow::Result<BTreeMap<String, Produced>> {
+        if soup::method(ctx.params)? == Method::Greedy {
+            greedy_soup(ctx)
+        } else {
+            SoupKind.run(ctx)
+        }
     }
 }
 
 /// `eval`: zero-shot classification and retrieval of the `model` input.
-fn eval(
-    _decl: &dyn StageKind,
-    ctx: &mut StageContext<'_>,
-) -> anyhow::Result<BTreeMap<String, Produced>> {
-    let params = EvalParams::from_params(ctx.params).map_err(anyhow::Error::msg)?;
+fn eval(ctx: &mut StageContext<'_>) -> anyhow::Result<BTreeMap<String, Produced>> {
+    let params = EvalParams::from_params(ctx.params)?;
     let model_path = match ctx.inputs.get("model") {
         Some(InputValue::One(artifact)) => weights_path(&artifact.path),
         Some(InputValue::Series(_)) => {
@@ -122,14 +96,8 @@ fn eval(
     )]))
 }
 
-/// `soup`: greedy soups here; uniform and weighted ones as `tureen_stages` makes them.
-fn soup_with_greedy(
-    declaration: &dyn StageKind,
-    ctx: &mut StageContext<'_>,
-) -> anyhow::Result<BTreeMap<String, Produced>> {
-    if soup::method(ctx.params) != Ok(Method::Greedy) {
-        return declaration.run(ctx);
-    }
+/// A greedy soup: candidates scored on the held-out set with libtorch.
+fn greedy_soup(ctx: &mut StageContext<'_>) -> anyhow::Result<BTreeMap<String, Produced>> {
     let soup = SoupInputs::from_context(ctx)?;
     let heldout = ctx
         .params
@@ -137,7 +105,7 @@ fn soup_with_greedy(
         .and_then(Value::as_object)
         .cloned()
         .unwrap_or_default();
-    let params = EvalParams::from_params(&heldout).map_err(anyhow::Error::msg)?;
+    let params = EvalParams::from_params(&heldout)?;
     // A worker sees only its stage's GPUs (`CUDA_VISIBLE_DEVICES`, set by tureen or by
     // Slurm), so the first one is `cuda:0`.
     let device = match ctx.gpus.is_empty() {

@@ -19,7 +19,7 @@ use crate::model::config_from_json;
 
 struct ContextHooks<'c, 'a> {
     ctx: &'c mut StageContext<'a>,
-    committed: Vec<String>,
+    committed: Vec<tureen_artifacts::Digest>,
 }
 
 impl TrainHooks for ContextHooks<'_, '_> {

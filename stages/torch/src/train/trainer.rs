@@ -2,6 +2,7 @@
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
+use tureen_stages::device::DeviceSpec;
 
 use serde_json::json;
 use tch::nn::VarStore;
@@ -66,31 +67,20 @@ pub struct TrainOutcome {
     pub intervals_trained: u64,
 }
 
-/// `device: auto|cpu|cuda|cuda:N`.
+/// The device the `device` param names (`auto|cpu|cuda|cuda:N`, parsed as
+/// [`DeviceSpec`]), checked against the devices this process sees.
 pub fn resolve_device(spec: &str) -> Result<Device, String> {
-    match spec {
-        "auto" => Ok(Device::cuda_if_available()),
-        "cpu" => Ok(Device::Cpu),
-        "cuda" => {
-            if tch::Cuda::is_available() {
-                Ok(Device::Cuda(0))
-            } else {
-                Err("device: cuda requested but no CUDA device is available".into())
-            }
-        }
-        s => match s
-            .strip_prefix("cuda:")
-            .and_then(|n| n.parse::<usize>().ok())
-        {
-            Some(n) if (n as i64) < tch::Cuda::device_count() => Ok(Device::Cuda(n)),
-            Some(n) => Err(format!(
-                "device: cuda:{n} is not available ({} CUDA devices)",
-                tch::Cuda::device_count()
-            )),
-            None => Err(format!(
-                "device: expected auto, cpu, cuda or cuda:N, got `{s}`"
-            )),
-        },
+    let cuda_count = || tch::Cuda::device_count();
+    match DeviceSpec::parse(spec).map_err(|e| e.to_string())? {
+        DeviceSpec::Auto => Ok(Device::cuda_if_available()),
+        DeviceSpec::Cpu => Ok(Device::Cpu),
+        DeviceSpec::Cuda if tch::Cuda::is_available() => Ok(Device::Cuda(0)),
+        DeviceSpec::Cuda => Err("device: cuda requested but no CUDA device is available".into()),
+        DeviceSpec::CudaIndex(n) if (n as i64) < cuda_count() => Ok(Device::Cuda(n)),
+        DeviceSpec::CudaIndex(n) => Err(format!(
+            "device: cuda:{n} is not available ({} CUDA devices)",
+            cuda_count()
+        )),
     }
 }
 
@@ -131,20 +121,8 @@ fn keep_freed_memory_for_reuse() {
     }
 }
 
-/// splitmix64 over a few words: the seed of libtorch's generator for one forward pass.
-pub(crate) fn mix(words: &[u64]) -> u64 {
-    let mut x = 0x9E37_79B9_7F4A_7C15u64;
-    for &w in words {
-        x ^= w;
-        x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = x;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        x = z ^ (z >> 31);
-    }
-    // libtorch takes a signed seed; keep it non-negative.
-    x >> 1
-}
+/// The seed of libtorch's generator for one forward pass (and the initial weights).
+pub(crate) use tureen_stages::rng::mix;
 
 /// `torch.nn.utils.clip_grad_norm_(params, max_norm)`: scales every gradient by
 /// `min(1, max_norm / (total_norm + 1e-6))`; returns the total 2-norm before clipping.
@@ -181,7 +159,9 @@ pub struct Trainer {
 impl Trainer {
     /// Builds the model and optimizer and positions them per `start`.
     pub fn new(config: TrainConfig, device: Device, start: &Start) -> Result<Trainer, TrainError> {
-        config.validate().map_err(TrainError::Config)?;
+        config
+            .validate()
+            .map_err(|e| TrainError::Config(e.to_string()))?;
         keep_freed_memory_for_reuse();
         let compute = match (config.precision, device) {
             (Precision::Fp32, _) | (Precision::Auto, Device::Cpu) => None,
