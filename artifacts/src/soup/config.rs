@@ -20,7 +20,8 @@
 
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::de::{IgnoredAny, Visitor};
+use serde::{Deserialize, Deserializer};
 
 use super::{Accumulate, SoupError, SoupOptions};
 use crate::safetensors::Dtype;
@@ -52,21 +53,16 @@ struct RawConfig {
     #[serde(default)]
     out_dtype: Option<String>,
     // Accepted and ignored: they concern tokenizers and model cards, not tensors.
-    #[serde(default)]
-    #[allow(dead_code)]
-    base_model: Option<serde_yaml::Value>,
-    #[serde(default)]
-    #[allow(dead_code)]
-    tokenizer_source: Option<serde_yaml::Value>,
-    #[serde(default)]
-    #[allow(dead_code)]
-    tokenizer: Option<serde_yaml::Value>,
-    #[serde(default)]
-    #[allow(dead_code)]
-    chat_template: Option<serde_yaml::Value>,
-    #[serde(default)]
-    #[allow(dead_code)]
-    name: Option<serde_yaml::Value>,
+    #[serde(default, rename = "base_model")]
+    _base_model: Option<IgnoredAny>,
+    #[serde(default, rename = "tokenizer_source")]
+    _tokenizer_source: Option<IgnoredAny>,
+    #[serde(default, rename = "tokenizer")]
+    _tokenizer: Option<IgnoredAny>,
+    #[serde(default, rename = "chat_template")]
+    _chat_template: Option<IgnoredAny>,
+    #[serde(default, rename = "name")]
+    _name: Option<IgnoredAny>,
 }
 
 #[derive(Deserialize)]
@@ -81,7 +77,7 @@ struct RawModel {
 #[serde(deny_unknown_fields)]
 struct RawParams {
     #[serde(default)]
-    weight: Option<serde_yaml::Value>,
+    weight: Option<RawWeight>,
     #[serde(default)]
     normalize: Option<bool>,
 }
@@ -114,7 +110,7 @@ impl SoupConfig {
             path: path.to_path_buf(),
             message,
         };
-        let raw: RawConfig = serde_yaml::from_str(text).map_err(|e| err(e.to_string()))?;
+        let raw = read_yaml(text).map_err(err)?;
         if raw.merge_method != "linear" {
             return Err(err(format!(
                 "merge_method {:?} is not supported; tureen soup implements mergekit's \"linear\"",
@@ -193,13 +189,79 @@ impl SoupConfig {
     }
 }
 
-fn weight_value(v: &serde_yaml::Value, field: &str) -> Result<f64, String> {
+/// The config's YAML, typed; errors say `line:column:` where they are.
+fn read_yaml(text: &str) -> Result<RawConfig, String> {
+    use marked_yaml::{FromYamlError, LoaderOptions};
+    // Plain scalars are typed as YAML types them (mergekit reads its configs with
+    // PyYAML); a quoted one stays a string.
+    let options = LoaderOptions::default().error_on_duplicate_keys(true);
+    marked_yaml::from_yaml_with_options(0, text, options).map_err(|e| {
+        let at = match &e {
+            FromYamlError::ParseYaml(p) => p.to_string(),
+            FromYamlError::FromNode(n) => match n.start_mark() {
+                Some(m) => format!("line {} column {}: {n}", m.line(), m.column()),
+                None => n.to_string(),
+            },
+        };
+        format!("invalid config: {at}")
+    })
+}
+
+/// A `weight:` as written: a number (plain or quoted, as mergekit's pydantic model
+/// coerces it), a per-layer list (which mergekit has and tureen has not), or anything
+/// else.
+#[derive(Debug, Clone, PartialEq)]
+enum RawWeight {
+    Number(f64),
+    List,
+    Other(String),
+}
+
+impl<'de> Deserialize<'de> for RawWeight {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RawWeight;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a number")
+            }
+            fn visit_f64<E>(self, v: f64) -> Result<RawWeight, E> {
+                Ok(RawWeight::Number(v))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<RawWeight, E> {
+                Ok(RawWeight::Number(v as f64))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<RawWeight, E> {
+                Ok(RawWeight::Number(v as f64))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<RawWeight, E> {
+                Ok(match v.trim().parse::<f64>() {
+                    Ok(n) if v.trim().chars().all(|c| c.is_ascii_digit() || "+-.eE".contains(c)) => {
+                        RawWeight::Number(n)
+                    }
+                    _ => RawWeight::Other(v.to_string()),
+                })
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut a: A) -> Result<RawWeight, A::Error> {
+                while a.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(RawWeight::List)
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut a: A) -> Result<RawWeight, A::Error> {
+                while a.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(RawWeight::Other("a mapping".into()))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+fn weight_value(v: &RawWeight, field: &str) -> Result<f64, String> {
     match v {
-        serde_yaml::Value::Number(n) => n.as_f64().ok_or_else(|| format!("{field}: {n} is not a number")),
-        serde_yaml::Value::Sequence(_) => Err(format!(
+        RawWeight::Number(n) => Ok(*n),
+        RawWeight::List => Err(format!(
             "{field}: per-layer weight gradients (lists) are not supported; give one number per model"
         )),
-        other => Err(format!("{field}: expected a number, found {other:?}")),
+        RawWeight::Other(other) => Err(format!("{field}: expected a number, found {other:?}")),
     }
 }
 

@@ -7,7 +7,7 @@
 //! <store>/tmp/                             temp files for atomic writes (same filesystem)
 //! <store>/pins                             one digest per line (roots for gc)
 //! <store>/runs/ cache/ journal/ locks/     the engine's; gc scans runs/, cache/, journal/
-//! <store>/statcache.json                   (path, size, mtime, ctime, inode, dev) -> digest
+//! <store>/statcache.json, statcache.log   (path, size, mtime, ctime, inode, dev) -> digest: snapshot + log
 //! ```
 //!
 //! Every object is written to a temp file under `tmp/`, fsynced, made read-only and renamed
@@ -19,7 +19,7 @@ pub mod lock;
 mod statcache;
 mod tree;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
@@ -275,11 +275,36 @@ pub struct GcReport {
 }
 
 /// The stat cache's name for `path`: canonical, so `../ckpts/a` and `/work/ckpts/a` (or a
-/// symlink to it) share one entry.
-fn stat_cache_key(path: &Path) -> Option<PathBuf> {
-    fs::canonicalize(path)
-        .or_else(|_| std::path::absolute(path))
-        .ok()
+/// symlink to it) share one entry. The parent directory's canonical form is remembered
+/// in `dirs`, so a run that checks thousands of files in a few directories resolves each
+/// directory once. (The entry's stamp holds the inode and device, so even a name that a
+/// renamed directory no longer resolves to can only miss, never give a wrong digest.)
+fn stat_cache_key(path: &Path, dirs: &mut HashMap<PathBuf, PathBuf>) -> Option<PathBuf> {
+    let whole = || {
+        fs::canonicalize(path)
+            .or_else(|_| std::path::absolute(path))
+            .ok()
+    };
+    let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+        return whole();
+    };
+    if fs::symlink_metadata(path).ok()?.file_type().is_symlink() {
+        return whole();
+    }
+    if let Some(dir) = dirs.get(parent) {
+        return Some(dir.join(name));
+    }
+    let dir = fs::canonicalize(if parent.as_os_str().is_empty() { Path::new(".") } else { parent }).ok()?;
+    let key = dir.join(name);
+    dirs.insert(parent.to_path_buf(), dir);
+    Some(key)
+}
+
+/// The stat cache and the canonical directories its keys are made from.
+#[derive(Debug, Default)]
+struct StatState {
+    cache: StatCache,
+    dirs: HashMap<PathBuf, PathBuf>,
 }
 
 /// A content-addressed store rooted at a directory. Cheap to open; safe to share between
@@ -287,7 +312,7 @@ fn stat_cache_key(path: &Path) -> Option<PathBuf> {
 #[derive(Debug)]
 pub struct Store {
     root: PathBuf,
-    stat_cache: Mutex<Option<StatCache>>,
+    stat: Mutex<StatState>,
 }
 
 impl Store {
@@ -302,7 +327,7 @@ impl Store {
         }
         Ok(Store {
             root,
-            stat_cache: Mutex::new(None),
+            stat: Mutex::new(StatState::default()),
         })
     }
 
@@ -586,29 +611,34 @@ impl Store {
     }
 
     fn cached_digest(&self, path: &Path, meta: &fs::Metadata) -> Option<Digest> {
-        let key = stat_cache_key(path)?;
-        let mut guard = self.stat_cache.lock().ok()?;
-        let cache = guard.get_or_insert_with(|| StatCache::load(&self.root.join("statcache.json")));
-        cache.lookup(&key, &FileStamp::of(meta))
+        let mut state = self.stat.lock().ok()?;
+        let StatState { cache, dirs } = &mut *state;
+        let key = stat_cache_key(path, dirs)?;
+        cache.lookup(&self.root, &key, &FileStamp::of(meta))
     }
 
-    /// Records a digest in the stat cache (if the file is settled) and persists the cache.
-    /// Failures are ignored: the cache only saves time.
+    /// Records a digest in the stat cache (if the file is settled), persisted at the next
+    /// [`Store::flush_stat_cache`] (at the latest when the store is dropped).
     fn remember(&self, path: &Path, meta: &fs::Metadata, digest: Digest) {
         let stamp = FileStamp::of(meta);
         if !stamp.is_settled() {
             return;
         }
-        let Some(key) = stat_cache_key(path) else {
+        let Ok(mut state) = self.stat.lock() else {
             return;
         };
-        let Ok(mut guard) = self.stat_cache.lock() else {
-            return;
-        };
-        let file = self.root.join("statcache.json");
-        let cache = guard.get_or_insert_with(|| StatCache::load(&file));
-        cache.insert(key, stamp, digest);
-        let _ = fsutil::write_atomic(&file, &cache.to_bytes());
+        let StatState { cache, dirs } = &mut *state;
+        if let Some(key) = stat_cache_key(path, dirs) {
+            cache.insert(key, stamp, digest);
+        }
+    }
+
+    /// Persists the digests learnt since the last flush. Failures are ignored: the cache
+    /// only saves time.
+    pub fn flush_stat_cache(&self) {
+        if let Ok(mut state) = self.stat.lock() {
+            let _ = state.cache.flush(&self.root);
+        }
     }
 
     // ----- pins ---------------------------------------------------------------------
@@ -864,6 +894,13 @@ impl Store {
     fn lock(&self, name: &str, take: fn(&Path) -> io::Result<FileLock>) -> Result<FileLock> {
         let path = self.lock_path(name);
         take(&path).map_err(io_err("lock", &path))
+    }
+}
+
+impl Drop for Store {
+    /// A store persists its stat cache once, when it is done with (not once per file).
+    fn drop(&mut self) {
+        self.flush_stat_cache();
     }
 }
 

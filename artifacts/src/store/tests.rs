@@ -290,7 +290,9 @@ fn hash_file_cached_does_not_reread_an_untouched_file() {
     let digest = s.hash_file_cached(&f).unwrap();
     assert_eq!(digest, Digest::of_bytes(b"content"));
     // Prove the cache answered: a fresh Store (reading statcache.json) returns the cached
-    // digest even for an entry we doctor to a different digest.
+    // digest even for an entry we doctor to a different digest. (A store persists what it
+    // learnt when it flushes, at the latest when it is dropped.)
+    s.flush_stat_cache();
     let text = fs::read_to_string(s.root().join("statcache.json")).unwrap();
     let fake = Digest::of_bytes(b"fake");
     fs::write(
