@@ -14,9 +14,15 @@ use crate::key::Fingerprint;
 /// name it had when produced (used to name it when materialized).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ArtifactRecord {
+    /// BLAKE3 digest of the object in the content store.
     pub digest: Digest,
+    /// `true` when the object is a directory tree (stored with `add_dir`), `false`
+    /// for a single file. Left out of the JSON when `false`.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub tree: bool,
+    /// The produced path's last component, e.g. `model.safetensors`; its extension
+    /// names the materialized copy under `outputs/`. `None` when no path was seen:
+    /// an object the stage handed over already stored, and not through its journal.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub file_name: Option<String>,
 }
@@ -25,11 +31,18 @@ pub struct ArtifactRecord {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum OutputRecord {
-    Series { series: Vec<ArtifactRecord> },
+    /// An output declared as a series (e.g. checkpoints), in production order;
+    /// written as `{"series": [...]}`.
+    Series {
+        /// The artifacts, first produced first.
+        series: Vec<ArtifactRecord>,
+    },
+    /// An output declared as a single artifact; written as the bare record.
     One(ArtifactRecord),
 }
 
 impl OutputRecord {
+    /// Every artifact of the output: the single one, or the whole series in order.
     pub fn artifacts(&self) -> &[ArtifactRecord] {
         match self {
             OutputRecord::Series { series } => series,
@@ -49,15 +62,25 @@ impl OutputRecord {
 /// What a completed stage left in the cache.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CacheEntry {
+    /// The stage key this entry is filed under; [`lookup`] treats an entry whose key
+    /// differs from its file name as a miss.
     pub key: Digest,
+    /// Name of the stage that produced it, in the run that wrote the entry.
     pub stage: String,
+    /// The stage's kind, as written in the pipeline (`train`, `soup`, ...).
     pub kind: String,
+    /// Id of the run whose execution produced the outputs.
     pub run_id: String,
+    /// When the entry was written: UTC, RFC 3339 with milliseconds.
     pub created: String,
+    /// What the key was computed from, kept so later runs can say what changed.
     pub fingerprint: Fingerprint,
+    /// The stage's outputs by declared name.
     pub outputs: BTreeMap<String, OutputRecord>,
 }
 
+/// Path of the entry for `key` under the store root `store`:
+/// `<store>/cache/<key-hex>.json`. The file need not exist.
 pub fn entry_path(store: &Path, key: &Digest) -> PathBuf {
     store.join("cache").join(format!("{}.json", key.to_hex()))
 }

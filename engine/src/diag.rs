@@ -7,11 +7,14 @@ use std::path::{Path, PathBuf};
 /// A 1-based line and column in a pipeline file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
 pub struct Pos {
+    /// Line number, the first line being 1.
     pub line: usize,
+    /// Column within the line, the first column being 1.
     pub column: usize,
 }
 
 impl Pos {
+    /// The position `line:column`, both 1-based (not checked).
     pub const fn new(line: usize, column: usize) -> Pos {
         Pos { line, column }
     }
@@ -20,8 +23,11 @@ impl Pos {
 /// One problem found while loading or validating a pipeline.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Diagnostic {
+    /// The pipeline file, as the path it was loaded from.
     pub file: PathBuf,
+    /// Where in `file` the offending text starts (1:1 when no better place is known).
     pub pos: Pos,
+    /// What is wrong, as one line without the `file:line:column: ` prefix.
     pub message: String,
 }
 
@@ -64,6 +70,7 @@ pub struct Sink {
 }
 
 impl Sink {
+    /// An empty sink whose diagnostics all name `file`.
     pub fn new(file: &Path) -> Sink {
         Sink {
             file: file.to_path_buf(),
@@ -71,6 +78,7 @@ impl Sink {
         }
     }
 
+    /// Records a problem at `pos`; validation goes on so later problems are found too.
     pub fn error(&mut self, pos: Pos, message: impl Into<String>) {
         self.diags.push(Diagnostic {
             file: self.file.clone(),
@@ -79,6 +87,8 @@ impl Sink {
         });
     }
 
+    /// `true` while nothing was reported, e.g. to skip checks that only make sense on
+    /// a pipeline that is valid so far.
     pub fn is_empty(&self) -> bool {
         self.diags.is_empty()
     }

@@ -59,8 +59,11 @@ pub struct StageJob {
     pub env: BTreeMap<String, String>,
     /// GPU ids handed out locally (empty on Slurm, where the allocation decides).
     pub gpus: Vec<u32>,
-    /// Log file and metrics file (JSON lines) of this stage in this run.
+    /// Log file of this stage in this run (`<run_dir>/<stage>.log`), appended to: the
+    /// kind's lines plus tureen's own `== tureen:` lines.
     pub log: PathBuf,
+    /// Metrics file of this stage in this run (`<run_dir>/<stage>.metrics.jsonl`), one
+    /// JSON object a line; created on the first metric, so absent if none was logged.
     pub metrics: PathBuf,
     /// TensorBoard event directory for this stage's metrics (`None`: none written).
     pub tensorboard: Option<PathBuf>,

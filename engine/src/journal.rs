@@ -54,6 +54,9 @@ impl<'s> StoreJournal<'s> {
     }
 }
 
+/// Path of the journal for `key` under the store root `store`:
+/// `<store>/journal/<key-hex>.json`. The file exists only while a stage with that key
+/// is running or was interrupted.
 pub fn journal_path(store: &Path, key: &Digest) -> PathBuf {
     store.join("journal").join(format!("{}.json", key.to_hex()))
 }

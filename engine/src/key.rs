@@ -20,14 +20,20 @@ pub const KEY_FORMAT: u32 = 1;
 /// that `--dry-run` and `status` can say *what* changed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Fingerprint {
+    /// The layout version, [`KEY_FORMAT`] when computed by this tureen.
     pub format: u32,
+    /// The stage's kind name (`train`, `soup`, ...).
     pub kind: String,
+    /// The kind's code version; a kind bumps it when its output changes.
     pub code_version: String,
+    /// The stage's params after substitution and `-P` overrides.
     pub params: Map<String, Value>,
     /// Named inputs: one digest, or a list for series.
     pub inputs: BTreeMap<String, InputDigests>,
     /// Unnamed dependencies, in declaration order (`text` as written -> digest).
     pub deps: Vec<(String, Digest)>,
+    /// The declared environment (pipeline `env` merged with the stage's), not the
+    /// process environment.
     pub env: BTreeMap<String, String>,
 }
 
@@ -35,7 +41,9 @@ pub struct Fingerprint {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum InputDigests {
+    /// A single-artifact input.
     One(Digest),
+    /// A series input, or a list of references flattened into one, in order.
     Series(Vec<Digest>),
 }
 

@@ -23,12 +23,20 @@ pub enum Throughput {
     /// Measured training throughput in samples per second per GPU. Applies to training
     /// stages; other stages use `peak_flops x mfu`.
     Samples {
+        /// Training samples per second on one GPU (positive).
         per_gpu: f64,
+        /// One GPU's peak FLOP/s, for the stages without a sample count.
         peak_flops: f64,
+        /// The fraction of `peak_flops` those stages achieve, in (0, 1].
         mfu: f64,
     },
     /// A fraction `mfu` (model FLOP utilisation) of a GPU's peak FLOP/s.
-    Flops { peak_flops: f64, mfu: f64 },
+    Flops {
+        /// One GPU's peak FLOP/s (e.g. [`Throughput::A100_BF16_PEAK`]).
+        peak_flops: f64,
+        /// The fraction of `peak_flops` achieved in model FLOPs, in (0, 1].
+        mfu: f64,
+    },
 }
 
 impl Throughput {
@@ -88,12 +96,15 @@ impl Default for Throughput {
 /// One stage of a [`Plan`].
 #[derive(Debug, Clone, Serialize)]
 pub struct StagePlan {
+    /// The stage's name (after template expansion).
     pub name: String,
+    /// The stage's kind (`train`, `soup`, ...).
     pub kind: String,
     /// GPUs the stage declares (`resources.gpus x resources.nodes`).
     pub gpus: u64,
     /// `None` when the kind has no estimate (e.g. a shell command).
     pub estimate: Option<StageEstimate>,
+    /// GPU-hours at the plan's [`Throughput`]; 0 without an estimate.
     pub gpu_hours: f64,
     /// Hours on the declared GPUs (`gpu_hours / gpus`); `None` without GPUs.
     pub wall_hours: Option<f64>,
@@ -102,18 +113,27 @@ pub struct StagePlan {
 /// Totals over all stages.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Totals {
+    /// Optimizer steps of every stage that iterates over data.
     pub steps: u64,
+    /// Samples processed by every stage that iterates over data.
     pub samples: u64,
+    /// FLOPs of every estimated stage.
     pub flops: f64,
+    /// Store space every estimated stage's outputs take, in bytes (before sharing
+    /// identical objects).
     pub store_bytes: u64,
+    /// GPU-hours of every estimated stage; stages without an estimate add nothing.
     pub gpu_hours: f64,
 }
 
 /// The whole plan, stages in dependency order.
 #[derive(Debug, Clone, Serialize)]
 pub struct Plan {
+    /// The assumed hardware speed the GPU-hours are computed at.
     pub throughput: Throughput,
+    /// Every stage of the pipeline, upstreams before the stages that read them.
     pub stages: Vec<StagePlan>,
+    /// Sums over `stages`.
     pub totals: Totals,
 }
 
@@ -121,7 +141,9 @@ pub struct Plan {
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("stage `{stage}`: {message}")]
 pub struct PlanError {
+    /// Name of the stage whose kind could not estimate it.
     pub stage: String,
+    /// The kind's error, rendered.
     pub message: String,
 }
 

@@ -13,7 +13,9 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 pub enum Mode {
     /// Live lines when stderr is a terminal, else plain lines.
     Auto,
+    /// One plain line per event on stderr, even on a terminal (`--plain`).
     Plain,
+    /// Only failures (`-q`); stage starts, log lines and successes are not shown.
     Quiet,
 }
 
@@ -24,6 +26,7 @@ pub struct Progress {
 }
 
 impl Progress {
+    /// A display in `mode`; `Auto` checks once, here, whether stderr is a terminal.
     pub fn new(mode: Mode) -> Progress {
         let live = mode == Mode::Auto && std::io::stderr().is_terminal();
         let bars = live.then(|| {
@@ -61,6 +64,8 @@ impl Progress {
         }
     }
 
+    /// Stage `stage` began, doing `what` (e.g. `replaying`): a live line with a spinner
+    /// and elapsed time, or a plain `stage: what` line.
     pub fn started(&mut self, stage: &str, what: &str) {
         if self.quiet {
             return;
@@ -93,6 +98,8 @@ impl Progress {
         }
     }
 
+    /// A running stage reported `done` of `total` units of work: shown as
+    /// `done/total (N%)` on its live line; ignored when `total` is 0 or not live.
     pub fn fraction(&self, stage: &str, done: u64, total: u64) {
         if let Some((_, bars)) = &self.bars {
             if let Some(bar) = bars.get(stage) {
@@ -106,6 +113,8 @@ impl Progress {
         }
     }
 
+    /// Stage `stage` ended: removes its live line and prints `line` to stay, unless it
+    /// is empty, or quiet mode is on and `line` does not report a failure (`FAILED`).
     pub fn finished(&mut self, stage: &str, line: &str) {
         if let Some((_, bars)) = &mut self.bars {
             if let Some(bar) = bars.remove(stage) {
@@ -121,6 +130,7 @@ impl Progress {
         self.error(line);
     }
 
+    /// Removes every live line left, before the run's summary is printed.
     pub fn clear(&mut self) {
         if let Some((multi, bars)) = &mut self.bars {
             for (_, bar) in bars.drain() {

@@ -18,20 +18,27 @@ use crate::pipeline::Executor;
 /// The whole record of one run.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RunRecord {
+    /// The run's id (see [`new_run_id`]); also the record's file name.
     pub run_id: String,
-    /// The pipeline file (absolute) and its `blake3:` digest.
+    /// The pipeline file, absolute.
     pub pipeline: PathBuf,
+    /// `blake3:<hex>` of the pipeline file's text as it was loaded for this run.
     pub pipeline_digest: String,
     /// How the run went (or `running`, while it goes or when it was killed).
     pub status: RunStatus,
-    /// Top-level params after `-P` overrides, and the overrides as given.
+    /// Top-level params after `-P` overrides.
     pub params: Map<String, Value>,
+    /// The `-P` overrides as given on the command line, in order.
     pub overrides: Vec<String>,
     /// The command line options that shape the run (`--force`, `--only`, replay...).
     pub options: Value,
+    /// When the run started: UTC, RFC 3339 with milliseconds.
     pub started: String,
+    /// When the run ended, same format; `None` while it runs or if it was killed.
     pub ended: Option<String>,
+    /// Hostname of the machine `tureen run` ran on (`unknown` if it had none).
     pub host: String,
+    /// The user who ran it, from `USER` or `LOGNAME`.
     pub user: String,
     /// `tureen` and each kind's code version.
     pub tools: BTreeMap<String, String>,
@@ -117,26 +124,41 @@ impl std::fmt::Display for RunStatus {
 /// One stage of a run.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StageRecord {
+    /// The stage's name, as `--only` and `replay` take it.
     pub name: String,
+    /// The stage's kind (`train`, `soup`, ...).
     pub kind: String,
     /// What happened to the stage in this run.
     pub status: StageStatus,
+    /// Its cache key; `None` when it never got that far (skipped, cancelled, or failed
+    /// before its inputs were resolved).
     pub key: Option<Digest>,
     /// Why it ran (differences from the last record), or why it was cached.
     pub why: Vec<String>,
+    /// What `key` was computed from (`None` exactly when `key` is), which the next
+    /// run diffs against to say why a stage re-runs.
     pub fingerprint: Option<Fingerprint>,
     /// Input name -> references as written and the resolved artifacts (what a replay
     /// hands the stage again).
     pub inputs: BTreeMap<String, RecordedInput>,
+    /// The outputs it produced or restored, by declared name (empty unless it
+    /// succeeded).
     pub outputs: BTreeMap<String, crate::cache::OutputRecord>,
+    /// When it got its resources and started executing: UTC, RFC 3339 with
+    /// milliseconds; `None` if it never executed (cached, skipped, ...).
     pub started: Option<String>,
+    /// When its execution ended, same format; `None` if it never executed.
     pub ended: Option<String>,
+    /// Wall-clock seconds from `started` to `ended`, all attempts together.
     pub seconds: Option<f64>,
+    /// Attempts made; 0 when it never executed (restored from the cache, skipped, ...).
     pub attempts: u32,
     /// Which executor ran it.
     pub executor: Executor,
     /// Exit status of the stage (0 on success).
     pub exit_status: Option<i32>,
+    /// What went wrong, when something did: the last attempt's error with its causes,
+    /// or for a skipped stage the upstream that failed.
     pub error: Option<String>,
     /// Log file of the stage, relative to the store.
     pub log: Option<String>,
@@ -148,14 +170,19 @@ pub struct RecordedInput {
     /// The reference(s) as written in the pipeline.
     #[serde(rename = "ref")]
     pub refs: String,
+    /// The artifacts those references resolved to in this run.
     pub artifacts: crate::job::JobInput,
 }
 
 impl RunRecord {
+    /// Where the record of `run_id` lives under the store root `store`:
+    /// `<store>/runs/<run-id>.json`. The file need not exist.
     pub fn path(store: &Path, run_id: &str) -> PathBuf {
         store.join("runs").join(format!("{run_id}.json"))
     }
 
+    /// Writes the record to its [`RunRecord::path`], replacing an earlier version of
+    /// it atomically (readers see the old record or the new one, never a mix).
     pub fn write(&self, store: &Path) -> std::io::Result<()> {
         let path = RunRecord::path(store, &self.run_id);
         std::fs::create_dir_all(path.parent().expect("runs dir"))?;
@@ -172,6 +199,8 @@ impl RunRecord {
         written
     }
 
+    /// Reads the record at `path`; the error names the file and says whether it could
+    /// not be read or is not a run record.
     pub fn read(path: &Path) -> anyhow::Result<RunRecord> {
         let bytes = std::fs::read(path)
             .map_err(|e| anyhow::anyhow!("cannot read run record {}: {e}", path.display()))?;
@@ -179,6 +208,7 @@ impl RunRecord {
             .map_err(|e| anyhow::anyhow!("{}: not a tureen run record: {e}", path.display()))
     }
 
+    /// The record of the stage called `name`, if this run selected it.
     pub fn stage(&self, name: &str) -> Option<&StageRecord> {
         self.stages.iter().find(|s| s.name == name)
     }

@@ -8,6 +8,7 @@
 /// One piece of a template.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Piece<'a> {
+    /// Literal text between templates, copied as is (never empty).
     Text(&'a str),
     /// A `$${` escape: a literal `${`.
     Escape,

@@ -44,16 +44,24 @@ pub const FILE_VERSION: &str = "brain.Event:2";
 /// Errors writing or reading event files. Every variant names the file.
 #[derive(Debug, thiserror::Error)]
 pub enum TensorBoardError {
+    /// Creating, writing, flushing or reading an event file (or its directory) failed.
     #[error("{path}: {source}")]
     Io {
+        /// The event file, or the directory it was to be created in.
         path: PathBuf,
+        /// The underlying error.
         #[source]
         source: std::io::Error,
     },
+    /// A complete record in an event file fails its CRC or does not decode as an
+    /// event (a record merely cut short at the end is not an error).
     #[error("{path}: corrupt event file at byte {offset}: {what}")]
     Corrupt {
+        /// The event file.
         path: PathBuf,
+        /// Byte offset of the bad record's header (for a bad length) or its data.
         offset: u64,
+        /// What is wrong (`length CRC mismatch`, `data CRC mismatch`, a decode error).
         what: String,
     },
 }
@@ -67,6 +75,7 @@ pub struct Event {
     /// The global step the event belongs to.
     #[prost(int64, tag = "2")]
     pub step: i64,
+    /// The payload: the file header or a summary; `None` in an event with neither.
     #[prost(oneof = "event::What", tags = "3, 5")]
     pub what: Option<event::What>,
 }
@@ -79,6 +88,7 @@ pub mod event {
         /// Only in the first event of a file: [`super::FILE_VERSION`].
         #[prost(string, tag = "3")]
         FileVersion(String),
+        /// Scalars recorded at the event's step.
         #[prost(message, tag = "5")]
         Summary(super::Summary),
     }
@@ -87,6 +97,7 @@ pub mod event {
 /// `tensorflow.Summary`: a list of tagged values.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Summary {
+    /// The values, in the order they were recorded.
     #[prost(message, repeated, tag = "1")]
     pub value: Vec<SummaryValue>,
 }
@@ -94,8 +105,10 @@ pub struct Summary {
 /// `tensorflow.Summary.Value` with the `simple_value` (scalar) variant only.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct SummaryValue {
+    /// The series the value belongs to, `/`-separated for grouping (`train/loss`).
     #[prost(string, tag = "1")]
     pub tag: String,
+    /// The scalar; `None` when the event carries another kind of value.
     #[prost(float, optional, tag = "2")]
     pub simple_value: Option<f32>,
 }

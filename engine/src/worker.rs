@@ -197,6 +197,8 @@ fn die_with_parent(command: &mut Command) {
 /// What `stage-exec` was asked to do.
 #[derive(Debug, Clone)]
 pub struct ServeArgs {
+    /// The [`StageJob`] file to execute (`--job`), as the engine or Slurm executor
+    /// wrote it.
     pub job: PathBuf,
     /// Default: `<job>.result.json` beside the job.
     pub result: Option<PathBuf>,

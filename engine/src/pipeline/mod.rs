@@ -28,7 +28,6 @@ pub use crate::resources::Resources;
 
 pub use load::{load, load_str, LoadError};
 pub use reference::Select;
-pub(crate) use resolve::resolved as resolved_path;
 
 /// The schema version this build reads (`tureen: 1`).
 pub const SCHEMA_VERSION: i64 = 1;

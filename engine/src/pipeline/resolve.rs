@@ -9,7 +9,7 @@ use std::path::{Component, Path, PathBuf};
 
 use super::expand::is_stage_name;
 use super::reference::{self, Select};
-use super::stage::{RawInput, RawStage, Written};
+use super::stage::{RawInput, RawStage};
 use super::{Input, Ref, Stage, Target};
 use crate::diag::{suggest, Pos, Sink};
 use crate::kind::{OutputDecl, OutputShape};

@@ -12,7 +12,9 @@ pub enum SlurmError {
     /// A Slurm command could not be started at all (not installed, not on `PATH`).
     #[error("could not run `{command}`: {source} (is Slurm's client installed and on PATH?)")]
     Spawn {
+        /// The command line, shell-quoted (`sbatch --parsable ...`).
         command: String,
+        /// Why it could not be started (e.g. `NotFound`).
         #[source]
         source: std::io::Error,
     },
@@ -20,27 +22,41 @@ pub enum SlurmError {
     /// A Slurm command ran and failed.
     #[error("`{command}` failed ({status}): {stderr}")]
     Command {
+        /// The command line, shell-quoted.
         command: String,
+        /// How it exited, as the OS reports it (`exit status: 1`).
         status: String,
+        /// What it printed on stderr, trimmed; Slurm's explanation of the failure.
         stderr: String,
     },
 
     /// `sbatch --parsable` printed something that is not a job id.
     #[error("`{command}` printed no job id (stdout: {stdout:?}, stderr: {stderr:?})")]
     NoJobId {
+        /// The `sbatch` command line, shell-quoted.
         command: String,
+        /// What `sbatch` printed on stdout instead of an id.
         stdout: String,
+        /// What `sbatch` printed on stderr, trimmed.
         stderr: String,
     },
 
     /// A resource or option cannot be expressed as an sbatch option.
     #[error("slurm option `{key}`: {message}")]
-    Config { key: String, message: String },
+    Config {
+        /// The offending key as written in the pipeline (`resources.time`,
+        /// `slurm.poll_interval`, ...).
+        key: String,
+        /// What is wrong with its value.
+        message: String,
+    },
 
     /// Reading or writing one of the executor's files (job record, script, sentinel).
     #[error("{}: {source}", path.display())]
     Io {
+        /// The file or directory that could not be read or written.
         path: PathBuf,
+        /// The underlying error (`InvalidData` for a record that does not parse).
         #[source]
         source: std::io::Error,
     },
@@ -48,8 +64,13 @@ pub enum SlurmError {
     /// tureen was interrupted (the cancel flag was set) and cancelled the job.
     #[error("interrupted: cancelled Slurm job {job_id} ({job_name}) with scancel{}", final_state.as_deref().map(|s| format!("; its state is {s}")).unwrap_or_default())]
     Interrupted {
+        /// Slurm's id of the cancelled job.
         job_id: String,
+        /// Its Slurm job name (`tureen-<run-id>-<stage>`).
         job_name: String,
+        /// The state Slurm reported once the job was no longer active (`CANCELLED`);
+        /// `None` if it vanished from the controller or stayed active past the cancel
+        /// timeout.
         final_state: Option<String>,
     },
 
@@ -87,8 +108,11 @@ pub enum SlurmError {
         "Slurm controller unreachable for {secs} s while waiting for job {job_id}: {last_error}"
     )]
     ControllerUnreachable {
+        /// Slurm's id of the job being waited for (it may still be running).
         job_id: String,
+        /// Whole seconds since the controller last answered.
         secs: u64,
+        /// The last query's error, rendered.
         last_error: String,
     },
 }
@@ -96,7 +120,9 @@ pub enum SlurmError {
 /// A job that ended without an exit code: what Slurm said about it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EndedJob {
+    /// Slurm's id of the job (the last attempt's).
     pub job_id: String,
+    /// Its Slurm job name (`tureen-<run-id>-<stage>`).
     pub job_name: String,
     /// Slurm's final state (`CANCELLED`, `NODE_FAIL`, `TIMEOUT`, `UNKNOWN` when no command
     /// knows the job any more).

@@ -23,6 +23,7 @@ pub struct SlurmJobSpec {
     pub command: Vec<String>,
     /// Exported in the batch script (the job also inherits the submitting environment).
     pub env: BTreeMap<String, String>,
+    /// What each attempt asks of Slurm (nodes, GPUs, CPUs, memory, time).
     pub resources: SlurmResources,
     /// Further attempts after the first fails (non-zero exit, node failure, died).
     pub retries: u32,
@@ -106,6 +107,7 @@ impl SlurmJobSpec {
 pub struct JobOutcome {
     /// The last attempt's job id.
     pub job_id: String,
+    /// The job name every attempt was submitted under (`tureen-<run-id>-<stage>`).
     pub job_name: String,
     /// The stage's exit code in the last attempt (0: success).
     pub exit_code: i32,
@@ -122,6 +124,7 @@ pub struct JobOutcome {
 }
 
 impl JobOutcome {
+    /// Whether the stage exited 0 in the last attempt.
     pub fn success(&self) -> bool {
         self.exit_code == 0
     }
@@ -130,30 +133,51 @@ impl JobOutcome {
 /// Progress worth telling the user about, handed to [`run_job`](super::run_job)'s observer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum JobEvent {
+    /// `sbatch` accepted a new job for an attempt, and its job record is written.
     Submitted {
+        /// Slurm's id of the new job, as `sbatch --parsable` printed it (digits, any
+        /// `;cluster` suffix dropped).
         job_id: String,
+        /// The job name it was submitted under (`tureen-<run-id>-<stage>`).
         job_name: String,
+        /// Which attempt this job is (1 for the first).
         attempt: u32,
+        /// Where the job's stdout and stderr will appear (`slurm-<id>.log`).
         log: PathBuf,
     },
+    /// An unfinished job record was found in the stage's directory: this tureen waits
+    /// for the job an earlier one submitted instead of submitting another.
     Reattached {
+        /// Slurm's id of the job found.
         job_id: String,
+        /// The job name it was submitted under.
         job_name: String,
+        /// The attempt that job is, as recorded.
         attempt: u32,
     },
     /// The job's state changed (`PENDING` -> `RUNNING`, ...).
     State {
+        /// Slurm's id of the job.
         job_id: String,
+        /// The new state as Slurm names it (`RUNNING`), or `UNKNOWN` when the
+        /// controller no longer knows the job.
         state: String,
+        /// Slurm's reason for the state (`Priority`, `Resources`), empty when none.
         reason: String,
     },
     /// Attempt `attempt - 1` failed; submitting attempt `attempt`.
     Retrying {
+        /// Slurm's id of the job that failed (or vanished).
         failed_job: String,
+        /// The attempt about to be submitted.
         attempt: u32,
+        /// Why the failed job counts as failed (`exit code 1`, `ended NODE_FAIL
+        /// without an exit code`, ...).
         why: String,
     },
+    /// tureen was interrupted and is `scancel`ing the job.
     Cancelling {
+        /// Slurm's id of the job being cancelled.
         job_id: String,
     },
 }

@@ -19,7 +19,10 @@ pub const RECORD_FILE: &str = "slurm-job.json";
 /// One submitted job, as persisted.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobRecord {
+    /// Slurm's id of the job, as `sbatch --parsable` printed it (digits, any `;cluster`
+    /// suffix dropped).
     pub job_id: String,
+    /// The job name it was submitted under (`tureen-<run-id>-<stage>`).
     pub job_name: String,
     /// 1 for the first submission, 2 for the first retry, ...
     pub attempt: u32,

@@ -140,9 +140,14 @@ pub fn validate_time(time: &str) -> Result<(), String> {
 /// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SlurmSettings {
+    /// `--partition`: the partition every job is submitted to; `None` takes the
+    /// cluster's default.
     pub partition: Option<String>,
+    /// `--account`: the account the jobs' usage is charged to.
     pub account: Option<String>,
+    /// `--qos`: the quality of service the jobs request.
     pub qos: Option<String>,
+    /// `--constraint`: node features the jobs require (e.g. `a100`).
     pub constraint: Option<String>,
     /// Extra sbatch options, passed through as written (after ours, so they win).
     pub sbatch_args: Vec<String>,

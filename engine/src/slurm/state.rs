@@ -74,6 +74,7 @@ impl fmt::Display for JobState {
 /// What the controller knows about a job.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JobInfo {
+    /// The job's current state (`RUNNING`, `NODE_FAIL`, ...).
     pub state: JobState,
     /// Allocated nodes (`NodeList`), empty while pending.
     pub nodes: String,
