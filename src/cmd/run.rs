@@ -46,23 +46,26 @@ pub fn load(path: &Path, overrides: &[String]) -> Result<(Pipeline, KindRegistry
     tureen_stages::register_all(&mut registry);
     match pipeline::load(path, &registry, overrides) {
         Ok(p) => Ok((p, registry)),
-        Err(LoadError::Invalid(diags)) => {
-            for d in &diags.0 {
-                eprintln!("error: {d}");
-            }
-            let n = diags.0.len();
-            eprintln!(
-                "{} is invalid ({n} error{}); nothing was run",
-                path.display(),
-                if n == 1 { "" } else { "s" }
-            );
-            Err(ExitCode::from(2))
-        }
+        Err(LoadError::Invalid(diags)) => Err(invalid(path, &diags)),
         Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!("error: {:#}", anyhow::Error::from(e));
             Err(ExitCode::from(2))
         }
     }
+}
+
+/// Prints every diagnostic of the invalid pipeline at `path`: exit status 2.
+pub fn invalid(path: &Path, diags: &tureen_engine::diag::Diagnostics) -> ExitCode {
+    for d in &diags.0 {
+        eprintln!("error: {d}");
+    }
+    let n = diags.0.len();
+    eprintln!(
+        "{} is invalid ({n} error{}); nothing was run",
+        path.display(),
+        if n == 1 { "" } else { "s" }
+    );
+    ExitCode::from(2)
 }
 
 /// The progress mode for these flags.
@@ -83,6 +86,9 @@ pub fn run(args: Args, global: &Global) -> anyhow::Result<ExitCode> {
         Err(code) => return Ok(code),
     };
     let loaded = clock.elapsed();
+    if let Err(diags) = scheduler::preflight(&pipeline, &global.store_dir(), args.gpus.as_deref()) {
+        return Ok(invalid(&args.pipeline, &diags));
+    }
     let cancel = tureen_engine::interrupt::install();
     let mut opts = RunOptions {
         force: args.force,

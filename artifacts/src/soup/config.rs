@@ -236,17 +236,27 @@ impl<'de> Deserialize<'de> for RawWeight {
             }
             fn visit_str<E>(self, v: &str) -> Result<RawWeight, E> {
                 Ok(match v.trim().parse::<f64>() {
-                    Ok(n) if v.trim().chars().all(|c| c.is_ascii_digit() || "+-.eE".contains(c)) => {
+                    Ok(n)
+                        if v.trim()
+                            .chars()
+                            .all(|c| c.is_ascii_digit() || "+-.eE".contains(c)) =>
+                    {
                         RawWeight::Number(n)
                     }
                     _ => RawWeight::Other(v.to_string()),
                 })
             }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut a: A) -> Result<RawWeight, A::Error> {
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut a: A,
+            ) -> Result<RawWeight, A::Error> {
                 while a.next_element::<IgnoredAny>()?.is_some() {}
                 Ok(RawWeight::List)
             }
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut a: A) -> Result<RawWeight, A::Error> {
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut a: A,
+            ) -> Result<RawWeight, A::Error> {
                 while a.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
                 Ok(RawWeight::Other("a mapping".into()))
             }

@@ -294,7 +294,12 @@ fn stat_cache_key(path: &Path, dirs: &mut HashMap<PathBuf, PathBuf>) -> Option<P
     if let Some(dir) = dirs.get(parent) {
         return Some(dir.join(name));
     }
-    let dir = fs::canonicalize(if parent.as_os_str().is_empty() { Path::new(".") } else { parent }).ok()?;
+    let dir = fs::canonicalize(if parent.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        parent
+    })
+    .ok()?;
     let key = dir.join(name);
     dirs.insert(parent.to_path_buf(), dir);
     Some(key)

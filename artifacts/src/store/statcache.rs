@@ -231,20 +231,33 @@ mod tests {
         b.flush(root).unwrap();
         assert_eq!(std::fs::read(root.join("statcache.json")).unwrap(), before);
         assert_eq!(
-            std::fs::read_to_string(root.join("statcache.log")).unwrap().lines().count(),
+            std::fs::read_to_string(root.join("statcache.log"))
+                .unwrap()
+                .lines()
+                .count(),
             1
         );
         let mut c = StatCache::default();
-        assert_eq!(c.lookup(root, Path::new("/new"), &stamp(99)), Some(d("new")));
+        assert_eq!(
+            c.lookup(root, Path::new("/new"), &stamp(99)),
+            Some(d("new"))
+        );
         assert_eq!(c.lookup(root, Path::new("/f3"), &stamp(3)), Some(d("3")));
-        assert_eq!(c.lookup(root, Path::new("/f3"), &stamp(4)), None, "stamp changed");
+        assert_eq!(
+            c.lookup(root, Path::new("/f3"), &stamp(4)),
+            None,
+            "stamp changed"
+        );
         // Once the log is as large as the snapshot, it is folded in.
         let mut e = StatCache::default();
         for i in 0..12 {
             e.insert(PathBuf::from(format!("/g{i}")), stamp(i), d("g"));
         }
         e.flush(root).unwrap();
-        assert_eq!(std::fs::read_to_string(root.join("statcache.log")).unwrap(), "");
+        assert_eq!(
+            std::fs::read_to_string(root.join("statcache.log")).unwrap(),
+            ""
+        );
         assert_eq!(read(root).len(), 23);
         // Nothing learnt, nothing written.
         let mut g = StatCache::default();

@@ -28,6 +28,7 @@ pub use crate::resources::Resources;
 
 pub use load::{load, load_str, LoadError};
 pub use reference::Select;
+pub(crate) use resolve::resolved as resolved_path;
 
 /// The schema version this build reads (`tureen: 1`).
 pub const SCHEMA_VERSION: i64 = 1;
@@ -167,6 +168,9 @@ pub struct Stage {
     pub kind: String,
     /// Where the stage is declared (its name in the `stages:` mapping).
     pub pos: Pos,
+    /// Where each of its keys is written (`resources`, `outs`, ...), for checks made
+    /// after loading (the run's preflight) to point at.
+    pub key_pos: BTreeMap<String, Pos>,
     /// Params, including kind stage keys such as a command's `cmd` and `outs`.
     pub params: Map<String, Value>,
     /// Named inputs (`inputs:`), handed to the kind.
@@ -198,6 +202,11 @@ pub struct Stage {
 }
 
 impl Stage {
+    /// Where key `key` of the stage is written, else where the stage is.
+    pub fn pos_of(&self, key: &str) -> Pos {
+        self.key_pos.get(key).copied().unwrap_or(self.pos)
+    }
+
     /// The declared output called `name`.
     pub fn output(&self, name: &str) -> Option<&OutputDecl> {
         self.outputs.iter().find(|o| o.name == name)

@@ -35,6 +35,7 @@ pub(super) fn resolve(
         index,
         root,
     };
+    let mut paths = Resolved::new(file);
     let mut stages = Vec::with_capacity(raws.len());
     for (i, raw) in raws.into_iter().enumerate() {
         let outs_pos = raw.param_pos.get("outs").copied().unwrap_or(raw.stage.pos);
@@ -63,7 +64,7 @@ pub(super) fn resolve(
                 stage.deps.push(r);
             }
         }
-        check_outs(sink, &stage, outs_pos, root, file);
+        check_outs(sink, &stage, outs_pos, root, &mut paths);
         let mut upstream: Vec<usize> = stage
             .refs()
             .filter_map(|r| match r.target {
@@ -284,17 +285,20 @@ fn check_select(decl: &OutputDecl, select: Select, shown: &str) -> Result<(), St
 /// anything above it), the pipeline file, a path through a symlink out of the
 /// directory, or a file the same stage reads. (Declared outs are deleted before the
 /// stage runs.)
-fn check_outs(sink: &mut Sink, stage: &Stage, at: Pos, root: &Path, file: &Path) {
-    let file = std::fs::canonicalize(file).unwrap_or_else(|_| file.to_path_buf());
+fn check_outs(sink: &mut Sink, stage: &Stage, at: Pos, root: &Path, paths: &mut Resolved) {
+    if stage.workspace_paths.is_empty() {
+        return;
+    }
+    let file = paths.file.clone();
     let reads: Vec<PathBuf> = stage
         .refs()
         .filter_map(|r| match &r.target {
-            Target::File { path, .. } => Some(resolved(path)),
+            Target::File { path, .. } => Some(paths.of(path)),
             Target::Output { .. } => None,
         })
         .collect();
     for rel in stage.workspace_paths.values() {
-        let out = resolved(&root.join(rel));
+        let out = paths.of(&root.join(rel));
         let problem = if root.starts_with(&out) {
             Some(
                 "is the pipeline's directory (or holds it): the run would delete everything in it"
@@ -320,6 +324,39 @@ fn check_outs(sink: &mut Sink, stage: &Stage, at: Pos, root: &Path, file: &Path)
                 at,
                 format!("stage `{}`: output `{rel}` {problem}", stage.name),
             );
+        }
+    }
+}
+
+/// Paths resolved for comparison, remembering each directory's resolution (a pipeline's
+/// outputs share a few directories).
+struct Resolved {
+    /// The pipeline file, resolved.
+    file: PathBuf,
+    dirs: HashMap<PathBuf, PathBuf>,
+}
+
+impl Resolved {
+    fn new(file: &Path) -> Resolved {
+        Resolved {
+            file: resolved(file),
+            dirs: HashMap::new(),
+        }
+    }
+
+    /// `path` resolved as [`resolved`] does; a path that is not itself a symbolic link
+    /// is its resolved directory joined with its name.
+    fn of(&mut self, path: &Path) -> PathBuf {
+        let is_link = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink());
+        match (path.parent(), path.file_name()) {
+            (Some(dir), Some(name)) if !is_link && !name.is_empty() && name != ".." => {
+                let dir = self
+                    .dirs
+                    .entry(dir.to_path_buf())
+                    .or_insert_with(|| resolved(dir));
+                dir.join(name)
+            }
+            _ => resolved(path),
         }
     }
 }

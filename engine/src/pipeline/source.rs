@@ -48,8 +48,10 @@ pub(super) fn parse(text: &str, sink: &mut Sink) -> Option<MarkedMappingNode> {
             return None;
         }
     };
-    let top = doc.as_mapping()?.clone();
-    oversized_ints(&Node::Mapping(top.clone()), sink);
+    oversized_ints(&doc, sink);
+    let Node::Mapping(top) = doc else {
+        return None;
+    };
     super::schema::check_keys(sink, &top, TOP_KEYS, "top-level key");
     match top.get_node("tureen") {
         None => sink.error(
@@ -69,8 +71,20 @@ pub(super) fn parse(text: &str, sink: &mut Sink) -> Option<MarkedMappingNode> {
 }
 
 /// Where a second document starts, if the text has one. (The YAML loader would read the
-/// first and drop the rest without a word.)
+/// first and drop the rest without a word.) Document markers stand at the start of a
+/// line, so only a text with a `---` or `...` line after its first content needs the
+/// full parse that says for sure.
 fn second_document(text: &str) -> Option<Pos> {
+    let marker = |l: &str| {
+        (l.starts_with("---") || l.starts_with("..."))
+            && l[3..].chars().next().is_none_or(char::is_whitespace)
+    };
+    let mut lines = text
+        .lines()
+        .skip_while(|l| l.trim().is_empty() || l.starts_with('#') || marker(l));
+    if !lines.any(marker) {
+        return None;
+    }
     let mut parser = Parser::new_from_str(text);
     let mut documents = 0;
     // Syntax errors are left to the loader, which reports them with more context.

@@ -91,6 +91,10 @@ pub(super) fn read(
         name: t.name,
         kind: kind.map(|k| k.name().to_string()).unwrap_or_default(),
         pos: t.name_pos,
+        key_pos: map
+            .iter()
+            .map(|(k, _)| (k.as_str().to_string(), yaml::span_pos(k.span())))
+            .collect(),
         params,
         inputs: BTreeMap::new(),
         deps: Vec::new(),

@@ -6,13 +6,15 @@
 //! goes, each stage once all its upstreams are done; a re-run upstream that produced the
 //! same bytes leaves the downstream key unchanged (early cutoff).
 //!
-//! The pieces: [`state`] (where each stage is; decided, failed and finished in one place
-//! each), [`inputs`] (fingerprints), [`pool`] (local resources), [`workspace`] (outputs
-//! at their paths), [`why`] (explanations), [`launch`] (a stage's job on its thread).
+//! The pieces, one module each: `state` (where each stage is; decided, failed and
+//! finished in one place each), `inputs` (fingerprints), `pool` (local resources),
+//! `workspace` (outputs at their paths), `why` (explanations), `launch` (a stage's job on
+//! its thread), and [`preflight`] (what a run checks before it touches anything).
 
 mod inputs;
 mod launch;
 mod pool;
+mod preflight;
 mod state;
 mod why;
 mod workspace;
@@ -36,6 +38,7 @@ use pool::Pool;
 use state::{Lookup, RunState, State};
 
 pub use pool::{detect_gpus, machine_cpus, machine_memory};
+pub use preflight::preflight;
 
 /// How to run.
 #[derive(Debug, Clone)]
