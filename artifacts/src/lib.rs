@@ -10,6 +10,8 @@
 //! - [`fsutil`]: atomic writes and fast copies shared with the engine.
 //! - [`writeback`]: early writeback of large files, so that their final `fsync` is short.
 
+#![warn(missing_docs)]
+
 pub mod digest;
 pub mod fsutil;
 pub mod safetensors;
