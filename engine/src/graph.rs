@@ -24,66 +24,43 @@ fn edges(p: &Pipeline) -> Vec<(usize, usize, String)> {
 }
 
 /// A tree from each root (stage without upstreams). A stage reached again is shown
-/// once more by name with `(see above)` instead of repeating its subtree.
+/// once more by name with `(see above)` instead of repeating its subtree. Walked with an
+/// explicit stack: a pipeline may be thousands of stages deep.
 pub fn text(p: &Pipeline) -> String {
     let down = p.downstream();
     let mut out = String::new();
     let mut seen = vec![false; p.stages.len()];
-    fn walk(
-        p: &Pipeline,
-        down: &[Vec<usize>],
-        i: usize,
-        prefix: &str,
-        last: bool,
-        top: bool,
-        seen: &mut [bool],
-        out: &mut String,
-    ) {
+    // (stage, prefix of its line, last child of its parent, a root)
+    let mut stack: Vec<(usize, String, bool, bool)> = p
+        .stages
+        .iter()
+        .enumerate()
+        .rev()
+        .filter(|(_, s)| s.upstream.is_empty())
+        .map(|(i, _)| (i, String::new(), true, true))
+        .collect();
+    while let Some((i, prefix, last, top)) = stack.pop() {
         let s = &p.stages[i];
-        let branch = if top {
-            ""
-        } else if last {
-            "└── "
-        } else {
-            "├── "
+        let branch = match (top, last) {
+            (true, _) => "",
+            (false, true) => "└── ",
+            (false, false) => "├── ",
         };
         let repeat = seen[i];
-        let _ = writeln!(
-            out,
-            "{prefix}{branch}{} ({}){}",
-            s.name,
-            s.kind,
-            if repeat && !down[i].is_empty() {
-                " (see above)"
-            } else {
-                ""
-            }
-        );
+        let see_above = if repeat && !down[i].is_empty() { " (see above)" } else { "" };
+        let _ = writeln!(out, "{prefix}{branch}{} ({}){see_above}", s.name, s.kind);
         if repeat {
-            return;
+            continue;
         }
         seen[i] = true;
-        let child_prefix = if top {
-            String::new()
-        } else {
-            format!("{prefix}{}", if last { "    " } else { "│   " })
+        let child_prefix = match (top, last) {
+            (true, _) => String::new(),
+            (false, true) => format!("{prefix}    "),
+            (false, false) => format!("{prefix}│   "),
         };
-        for (k, &d) in down[i].iter().enumerate() {
-            walk(
-                p,
-                down,
-                d,
-                &child_prefix,
-                k + 1 == down[i].len(),
-                false,
-                seen,
-                out,
-            );
-        }
-    }
-    for (i, s) in p.stages.iter().enumerate() {
-        if s.upstream.is_empty() {
-            walk(p, &down, i, "", true, true, &mut seen, &mut out);
+        let n = down[i].len();
+        for (k, &d) in down[i].iter().enumerate().rev() {
+            stack.push((d, child_prefix.clone(), k + 1 == n, false));
         }
     }
     out

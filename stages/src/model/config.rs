@@ -325,7 +325,7 @@ impl ClipConfig {
         if !(0.0..1.0).contains(&v.drop_path) {
             return Err(bad("vision.drop_path", "must be in [0, 1)"));
         }
-        if !(v.norm_eps > 0.0) || !(t.norm_eps > 0.0) {
+        if [v.norm_eps, t.norm_eps].iter().any(|e| e.is_nan() || *e <= 0.0) {
             return Err(bad("norm_eps", "must be positive"));
         }
         let downsampling = v.patch_size * (1 << (v.depths.len() - 1));

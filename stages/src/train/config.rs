@@ -115,13 +115,13 @@ impl TrainConfig {
         if !(0.0..1.0).contains(&o.beta1) || !(0.0..1.0).contains(&o.beta2) {
             return bad("beta2", "betas must be in [0, 1)");
         }
-        if !(o.eps > 0.0) {
+        if o.eps.is_nan() || o.eps <= 0.0 {
             return bad("eps", "must be positive");
         }
-        if !(o.weight_decay >= 0.0) {
+        if o.weight_decay.is_nan() || o.weight_decay < 0.0 {
             return bad("weight_decay", "must be non-negative");
         }
-        if self.grad_clip_norm.is_some_and(|c| !(c > 0.0)) {
+        if self.grad_clip_norm.is_some_and(|c| c.is_nan() || c <= 0.0) {
             return bad("grad_clip_norm", "must be positive");
         }
         if self.log_every == 0 {

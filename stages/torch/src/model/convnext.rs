@@ -189,7 +189,7 @@ impl Block {
                 let y = self.fc1.forward_nhwc(&y).gelu("none");
                 let mut y = self.fc2.forward_nhwc(&y).permute([0, 3, 1, 2]);
                 if let Some(g) = &self.gamma {
-                    y = y * g.view([-1, 1, 1]);
+                    y *= g.view([-1, 1, 1]);
                 }
                 y
             }

@@ -141,7 +141,7 @@ pub fn run(ctx: &mut StageContext<'_>, mode: Mode) -> anyhow::Result<BTreeMap<St
     })?;
     let series = last
         .iter()
-        .map(|a| Produced::Stored(a.digest.clone()))
+        .map(|a| Produced::Stored(a.digest))
         .collect();
     Ok(BTreeMap::from([
         ("checkpoints".to_string(), Produced::Series(series)),

@@ -403,7 +403,7 @@ impl Trainer {
                 let loss = self.train_step(&images, &tokens)?;
                 last_loss = Some(loss);
                 window_samples += self.config.batch_size;
-                if self.step % self.config.log_every == 0 || i + 1 == spi {
+                if self.step.is_multiple_of(self.config.log_every) || i + 1 == spi {
                     let secs = window_start.elapsed().as_secs_f64();
                     let scale = self.model.logit_scale().double_value(&[]);
                     hooks.metrics(&json!({
