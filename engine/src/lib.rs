@@ -16,6 +16,7 @@ pub mod cache;
 pub mod job;
 pub mod journal;
 pub mod key;
+pub mod lineage;
 pub mod lock;
 pub mod record;
 pub mod interrupt;

@@ -50,6 +50,9 @@ pub struct RunOptions {
     pub purpose: Option<String>,
     /// Lines of a failed stage's log to print.
     pub tail_lines: usize,
+    /// More entries for the record's `tools` (the command line's build: git commit,
+    /// profile, libtorch).
+    pub tools: BTreeMap<String, String>,
 }
 
 impl Default for RunOptions {
@@ -66,6 +69,7 @@ impl Default for RunOptions {
             tureen_exe: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("tureen")),
             purpose: None,
             tail_lines: 20,
+            tools: BTreeMap::new(),
         }
     }
 }
@@ -775,7 +779,11 @@ fn execute(
         ended: None,
         host: record::hostname(),
         user: record::username(),
-        tools: tools(ctx.registry),
+        store: Some(ctx.store.root().to_path_buf()),
+        tools: tools(ctx.registry)
+            .into_iter()
+            .chain(opts.tools.clone())
+            .collect(),
         stages: Vec::new(),
     };
     rec.write(ctx.store.root())
