@@ -22,10 +22,17 @@ stages:
 fn follow_prints_a_running_stage_until_the_run_ends() {
     let ws = Workspace::new();
     ws.write("p.yaml", PIPELINE);
-    let mut run = ws.cmd(&["run", "p.yaml", "--plain"]).stderr(Stdio::null()).spawn().unwrap();
+    let mut run = ws
+        .cmd(&["run", "p.yaml", "--plain"])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
     let start = Instant::now();
     while engine_common::runs(&ws.store()).is_empty() {
-        assert!(start.elapsed() < Duration::from_secs(30), "the run did not start");
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the run did not start"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
     let follow = ws.cmd(&["logs", "-f", "talk"]).output().unwrap();
@@ -33,9 +40,15 @@ fn follow_prints_a_running_stage_until_the_run_ends() {
     assert!(follow.status.success(), "{}", engine_common::both(&follow));
     let text = String::from_utf8_lossy(&follow.stdout);
     for i in 1..=5 {
-        assert!(text.contains(&format!("line {i}\n")), "line {i} missing:\n{text}");
+        assert!(
+            text.contains(&format!("line {i}\n")),
+            "line {i} missing:\n{text}"
+        );
     }
-    assert!(text.contains("succeeded"), "followed to the stage's end:\n{text}");
+    assert!(
+        text.contains("succeeded"),
+        "followed to the stage's end:\n{text}"
+    );
 }
 
 #[test]

@@ -18,13 +18,18 @@ fn logs_to_a_file_carry_no_colour_codes() {
     let out = ws.tureen(&["-v", "run", "p.yaml"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("INFO"), "{stderr}");
-    assert!(!stderr.contains('\x1b'), "escape codes in a file:\n{stderr:?}");
+    assert!(
+        !stderr.contains('\x1b'),
+        "escape codes in a file:\n{stderr:?}"
+    );
 }
 
 /// Runs `tureen -v runs` on a pseudo-terminal (util-linux `script`), so stderr is a
 /// terminal; returns what it wrote.
 fn on_a_terminal(ws: &Workspace, no_color: bool) -> Option<String> {
-    let script = ["/usr/bin/script", "/bin/script"].into_iter().find(|p| std::path::Path::new(p).is_file())?;
+    let script = ["/usr/bin/script", "/bin/script"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).is_file())?;
     let mut c = Command::new(script);
     c.args(["-qec"])
         .arg(format!("'{}' -v runs", env!("CARGO_BIN_EXE_tureen")))
@@ -50,9 +55,15 @@ fn a_terminal_gets_colour_unless_no_color_is_set() {
         eprintln!("skipped: no `script` to make a terminal");
         return;
     };
-    assert!(coloured.contains("INFO") && coloured.contains('\x1b'), "{coloured:?}");
+    assert!(
+        coloured.contains("INFO") && coloured.contains('\x1b'),
+        "{coloured:?}"
+    );
     let plain = on_a_terminal(&ws, true).unwrap();
-    assert!(plain.contains("INFO") && !plain.contains('\x1b'), "{plain:?}");
+    assert!(
+        plain.contains("INFO") && !plain.contains('\x1b'),
+        "{plain:?}"
+    );
 }
 
 #[test]
@@ -70,7 +81,11 @@ fn a_report_and_a_starter_pipeline_are_0644_under_umask_022() {
         .unwrap();
     assert!(out.status.success(), "{}", engine_common::both(&out));
     for file in ["report.html", "starter.yaml"] {
-        let mode = std::fs::metadata(ws.path().join(file)).unwrap().permissions().mode() & 0o777;
+        let mode = std::fs::metadata(ws.path().join(file))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
         assert_eq!(mode, 0o644, "{file}: mode {mode:o}");
     }
 }

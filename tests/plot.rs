@@ -309,9 +309,7 @@ fn the_picture_is_as_readable_as_any_new_file_and_run_defaults_to_latest() {
     // Through a shell with the usual umask: the file is 0644, not a temp file's 0600.
     let o = std::process::Command::new("sh")
         .arg("-c")
-        .arg(format!(
-            "umask 022; exec \"$0\" --store \"$1\" plot -o \"$2\""
-        ))
+        .arg("umask 022; exec \"$0\" --store \"$1\" plot -o \"$2\"")
         .arg(env!("CARGO_BIN_EXE_tureen"))
         .arg(&store)
         .arg(&out)

@@ -20,7 +20,12 @@ fn marker_centres(svg: &str) -> Vec<(f64, f64)> {
                 })
                 .collect();
             let n = xy.len() as f64;
-            (n >= 4.0).then(|| (xy.iter().map(|p| p.0).sum::<f64>() / n, xy.iter().map(|p| p.1).sum::<f64>() / n))
+            (n >= 4.0).then(|| {
+                (
+                    xy.iter().map(|p| p.0).sum::<f64>() / n,
+                    xy.iter().map(|p| p.1).sum::<f64>() / n,
+                )
+            })
         })
         .collect()
 }
@@ -29,14 +34,25 @@ fn marker_centres(svg: &str) -> Vec<(f64, f64)> {
 fn evaluations_over_training_are_curves_with_error_bars_and_no_hidden_markers() {
     let dir = tempfile::tempdir().unwrap();
     recipe::run(dir.path(), &recipe::full(4));
-    let out = recipe::tureen(dir.path(), &["plot", "-o", "curves.svg"]).output().unwrap();
+    let out = recipe::tureen(dir.path(), &["plot", "-o", "curves.svg"])
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", recipe::log(&out));
     let svg = std::fs::read_to_string(dir.path().join("curves.svg")).unwrap();
 
     // core: checkpoints [1], [2] and the final; the rewind: its checkpoint [0]; the soup.
-    assert!(svg.contains("core: 3 evaluations, last"), "core's zero-shot curve");
-    assert!(svg.contains("rewind: zeroshot@rewind-0"), "the rewind's evaluation");
-    assert!(svg.contains("soup (eval_soup): "), "the soup as its own point");
+    assert!(
+        svg.contains("core: 3 evaluations, last"),
+        "core's zero-shot curve"
+    );
+    assert!(
+        svg.contains("rewind: zeroshot@rewind-0"),
+        "the rewind's evaluation"
+    );
+    assert!(
+        svg.contains("soup (eval_soup): "),
+        "the soup as its own point"
+    );
     assert!(svg.contains("bars: one standard error"));
 
     let centres = marker_centres(&svg);

@@ -33,7 +33,11 @@ fn json(text: &str) -> Value {
 
 fn stdout(ws: &Workspace, args: &[&str]) -> String {
     let out = ws.tureen(args);
-    assert!(out.status.success(), "{args:?}: {}", engine_common::both(&out));
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        engine_common::both(&out)
+    );
     String::from_utf8(out.stdout).unwrap()
 }
 
@@ -46,7 +50,11 @@ fn diff_shows_params_keys_outputs_and_metrics_with_their_change() {
 
     let text = stdout(&ws, &["diff"]);
     assert!(text.contains("params: 1 of 2 changed"), "{text}");
-    assert!(text.lines().any(|l| l.split_whitespace().collect::<Vec<_>>() == ["score", "0.25", "0.3"]), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["score", "0.25", "0.3"]),
+        "{text}"
+    );
     assert!(text.contains("stages: 1 of 2 changed"), "{text}");
     let evaluate = text.lines().find(|l| l.starts_with("evaluate")).unwrap();
     assert!(evaluate.contains("changed: metrics"), "{evaluate}");
@@ -57,14 +65,29 @@ fn diff_shows_params_keys_outputs_and_metrics_with_their_change() {
     );
     // Unchanged stages only with --all.
     assert!(!text.lines().any(|l| l.starts_with("train ")), "{text}");
-    assert!(stdout(&ws, &["diff", "--all"]).lines().any(|l| l.starts_with("train ")));
+    assert!(stdout(&ws, &["diff", "--all"])
+        .lines()
+        .any(|l| l.starts_with("train ")));
 
     let d = json(&stdout(&ws, &["diff", "--json"]));
     let ids = engine_common::runs(&ws.store());
-    assert_eq!((d["a"]["run_id"].as_str(), d["b"]["run_id"].as_str()), (Some(ids[1].as_str()), Some(ids[0].as_str())));
-    let m = d["metrics"].as_array().unwrap().iter().find(|m| m["metric"] == "zeroshot.top1").unwrap();
+    assert_eq!(
+        (d["a"]["run_id"].as_str(), d["b"]["run_id"].as_str()),
+        (Some(ids[1].as_str()), Some(ids[0].as_str()))
+    );
+    let m = d["metrics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["metric"] == "zeroshot.top1")
+        .unwrap();
     assert!((m["change"].as_f64().unwrap() - 0.05).abs() < 1e-12, "{m}");
-    let train = d["stages"].as_array().unwrap().iter().find(|s| s["name"] == "train").unwrap();
+    let train = d["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "train")
+        .unwrap();
     assert_eq!(train["changed"], false);
     assert_eq!(train["a"]["key"], train["b"]["key"]);
     // Explicit runs, `latest~1` among them.
@@ -76,7 +99,10 @@ fn diff_shows_params_keys_outputs_and_metrics_with_their_change() {
 fn runs_lists_aligned_columns_wall_time_and_headline_metrics_per_pipeline() {
     let ws = Workspace::new();
     ws.write("p.yaml", PIPELINE);
-    ws.write("other.yaml", "tureen: 1\nstages:\n  one:\n    kind: command\n    cmd: 'true'\n");
+    ws.write(
+        "other.yaml",
+        "tureen: 1\nstages:\n  one:\n    kind: command\n    cmd: 'true'\n",
+    );
     ws.ok(&["run", "p.yaml"]);
     ws.ok(&["run", "other.yaml"]);
 
@@ -84,11 +110,28 @@ fn runs_lists_aligned_columns_wall_time_and_headline_metrics_per_pipeline() {
     let lines: Vec<&str> = table.lines().collect();
     assert_eq!(lines.len(), 3, "{table}");
     // Every column starts where its header does (ids are wider than `RUN`).
-    for header in ["STATUS", "STARTED", "WALL", "STAGES", "evaluate top-1", "PIPELINE"] {
-        let at = lines[0].find(header).unwrap_or_else(|| panic!("no {header}:\n{table}"));
+    for header in [
+        "STATUS",
+        "STARTED",
+        "WALL",
+        "STAGES",
+        "evaluate top-1",
+        "PIPELINE",
+    ] {
+        let at = lines[0]
+            .find(header)
+            .unwrap_or_else(|| panic!("no {header}:\n{table}"));
         for row in &lines[1..] {
-            assert_ne!(row.as_bytes()[at], b' ', "column {header} misaligned:\n{table}");
-            assert_eq!(row.as_bytes()[at - 1], b' ', "column {header} misaligned:\n{table}");
+            assert_ne!(
+                row.as_bytes()[at],
+                b' ',
+                "column {header} misaligned:\n{table}"
+            );
+            assert_eq!(
+                row.as_bytes()[at - 1],
+                b' ',
+                "column {header} misaligned:\n{table}"
+            );
         }
     }
     assert!(lines[2].contains("0.2500"), "{table}");
@@ -105,7 +148,11 @@ fn runs_lists_aligned_columns_wall_time_and_headline_metrics_per_pipeline() {
     assert_eq!(limit.as_array().unwrap().len(), 1);
     let out = ws.tureen(&["runs", "-n", "1"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(engine_common::both(&out).contains("--limit"), "{}", engine_common::both(&out));
+    assert!(
+        engine_common::both(&out).contains("--limit"),
+        "{}",
+        engine_common::both(&out)
+    );
 }
 
 #[test]
@@ -124,15 +171,25 @@ fn show_includes_the_metrics_in_text_and_json() {
 fn a_training_stage_headline_is_its_final_loss() {
     let dir = tempfile::tempdir().unwrap();
     recipe::run(dir.path(), &recipe::core_only(2));
-    let out = recipe::tureen(dir.path(), &["runs", "--json"]).output().unwrap();
+    let out = recipe::tureen(dir.path(), &["runs", "--json"])
+        .output()
+        .unwrap();
     let runs = json(&String::from_utf8(out.stdout).unwrap());
-    let loss = runs[0]["headline"]["core loss"].as_f64().expect("core loss in the headline");
+    let loss = runs[0]["headline"]["core loss"]
+        .as_f64()
+        .expect("core loss in the headline");
     let log = std::fs::read_dir(dir.path().join(".tureen/runs"))
         .unwrap()
         .flatten()
         .map(|e| e.path().join("core.metrics.jsonl"))
         .find(|p| p.is_file())
         .unwrap();
-    let last: Value = json(std::fs::read_to_string(log).unwrap().lines().last().unwrap());
+    let last: Value = json(
+        std::fs::read_to_string(log)
+            .unwrap()
+            .lines()
+            .last()
+            .unwrap(),
+    );
     assert_eq!(last["loss"].as_f64(), Some(loss), "the last logged loss");
 }

@@ -11,7 +11,11 @@ const PIPELINE: &str = "tureen: 1\nparams: {n: 1}\nstages:\n  a:\n    kind: comm
 
 fn json(ws: &Workspace, args: &[&str]) -> Value {
     let out = ws.tureen(args);
-    assert!(out.status.success(), "{args:?}: {}", engine_common::both(&out));
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        engine_common::both(&out)
+    );
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{args:?}: not JSON: {e}"))
 }
 
@@ -20,11 +24,22 @@ fn status_check_exits_one_while_a_stage_is_out_of_date() {
     let ws = Workspace::new();
     ws.write("p.yaml", PIPELINE);
     let stale = ws.tureen(&["status", "--check", "p.yaml"]);
-    assert_eq!(stale.status.code(), Some(1), "{}", engine_common::both(&stale));
+    assert_eq!(
+        stale.status.code(),
+        Some(1),
+        "{}",
+        engine_common::both(&stale)
+    );
     let quiet = ws.tureen(&["-q", "status", "--check", "p.yaml"]);
-    assert_eq!((quiet.status.code(), quiet.stdout.is_empty()), (Some(1), true));
+    assert_eq!(
+        (quiet.status.code(), quiet.stdout.is_empty()),
+        (Some(1), true)
+    );
     ws.ok(&["run", "p.yaml"]);
-    assert_eq!(ws.tureen(&["status", "--check", "p.yaml"]).status.code(), Some(0));
+    assert_eq!(
+        ws.tureen(&["status", "--check", "p.yaml"]).status.code(),
+        Some(0)
+    );
     let changed = ws.tureen(&["status", "--check", "p.yaml", "-P", "n=2"]);
     assert_eq!(changed.status.code(), Some(1));
 }
@@ -38,14 +53,23 @@ fn status_runs_dry_run_and_plan_speak_json() {
     assert_eq!(stages.len(), 2);
     assert_eq!(stages[0]["stage"], "a");
     assert_eq!(stages[0]["out_of_date"], true);
-    assert!(stages[0]["why"][0].as_str().unwrap().contains("never ran"), "{plan}");
-    assert!(!ws.store().join("runs").exists(), "a dry run writes nothing");
+    assert!(
+        stages[0]["why"][0].as_str().unwrap().contains("never ran"),
+        "{plan}"
+    );
+    assert!(
+        !ws.store().join("runs").exists(),
+        "a dry run writes nothing"
+    );
 
     ws.ok(&["run", "p.yaml", "-j", "0"]);
     let status = json(&ws, &["status", "p.yaml", "--json"]);
     assert_eq!(status["up_to_date"], 2);
     assert_eq!(status["stages"][1]["status"], "up-to-date");
-    assert!(status["stages"][1]["key"].as_str().unwrap().starts_with("blake3:"));
+    assert!(status["stages"][1]["key"]
+        .as_str()
+        .unwrap()
+        .starts_with("blake3:"));
 
     let runs = json(&ws, &["runs", "--json"]);
     assert_eq!(runs[0]["status"], "succeeded");

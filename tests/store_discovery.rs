@@ -21,8 +21,16 @@ fn tureen(cwd: &Path, args: &[&str]) -> Output {
 
 fn ok(cwd: &Path, args: &[&str]) -> String {
     let out = tureen(cwd, args);
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "tureen {args:?} in {}:\n{text}", cwd.display());
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "tureen {args:?} in {}:\n{text}",
+        cwd.display()
+    );
     text
 }
 
@@ -58,16 +66,29 @@ fn one_store_serves_the_project_from_any_directory() {
     let (_keep, root) = project();
     let proj = root.join("proj");
     let first = ok(&proj, &["run", "pipelines/p.yaml"]);
-    assert!(first.contains("creating") && first.contains(&proj.join(".tureen").display().to_string()), "a new store is announced:\n{first}");
+    assert!(
+        first.contains("creating") && first.contains(&proj.join(".tureen").display().to_string()),
+        "a new store is announced:\n{first}"
+    );
 
     // From the pipeline's own directory: the store above it, so nothing is stale.
     let status = ok(&proj.join("pipelines"), &["status", "p.yaml"]);
     assert!(status.contains("2 of 2 stages up to date"), "{status}");
     // From an unrelated directory: still that store, every stage cached, and `-v` says so.
-    let again = ok(&root.join("elsewhere"), &["-v", "run", "../proj/pipelines/p.yaml"]);
+    let again = ok(
+        &root.join("elsewhere"),
+        &["-v", "run", "../proj/pipelines/p.yaml"],
+    );
     assert!(again.contains("2 cached"), "{again}");
-    assert!(again.contains(&format!("store {}", proj.join(".tureen").display())), "{again}");
-    assert_eq!(stores_under(&root), vec![proj.join(".tureen")], "no second store");
+    assert!(
+        again.contains(&format!("store {}", proj.join(".tureen").display())),
+        "{again}"
+    );
+    assert_eq!(
+        stores_under(&root),
+        vec![proj.join(".tureen")],
+        "no second store"
+    );
 
     // The run record names the store; `runs` from below the project finds it too.
     let runs = ok(&proj.join("pipelines"), &["runs", "--json"]);
@@ -77,20 +98,33 @@ fn one_store_serves_the_project_from_any_directory() {
         &std::fs::read(proj.join(format!(".tureen/runs/{id}.json"))).unwrap(),
     )
     .unwrap();
-    assert_eq!(rec["store"].as_str().map(PathBuf::from), Some(proj.join(".tureen")));
+    assert_eq!(
+        rec["store"].as_str().map(PathBuf::from),
+        Some(proj.join(".tureen"))
+    );
 }
 
 #[test]
 fn a_new_store_goes_beside_the_pipeline_when_run_from_elsewhere() {
     let (_keep, root) = project();
-    ok(&root.join("elsewhere"), &["run", "../proj/pipelines/p.yaml"]);
-    assert_eq!(stores_under(&root), vec![root.join("proj/pipelines/.tureen")]);
+    ok(
+        &root.join("elsewhere"),
+        &["run", "../proj/pipelines/p.yaml"],
+    );
+    assert_eq!(
+        stores_under(&root),
+        vec![root.join("proj/pipelines/.tureen")]
+    );
 }
 
 #[test]
 fn a_tureen_file_names_a_shared_store() {
     let (_keep, root) = project();
-    std::fs::write(root.join("proj/.tureen"), "# the team's store\nstore: ../shared\n").unwrap();
+    std::fs::write(
+        root.join("proj/.tureen"),
+        "# the team's store\nstore: ../shared\n",
+    )
+    .unwrap();
     ok(&root.join("proj/pipelines"), &["run", "p.yaml"]);
     assert!(root.join("shared/runs").is_dir(), "the named store is used");
     let shown = ok(&root.join("proj"), &["show"]);
@@ -100,7 +134,10 @@ fn a_tureen_file_names_a_shared_store() {
     let out = tureen(&root.join("proj"), &["status", "pipelines/p.yaml"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1));
-    assert!(err.contains("proj/.tureen:1:") && err.contains("store: PATH"), "{err}");
+    assert!(
+        err.contains("proj/.tureen:1:") && err.contains("store: PATH"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -108,7 +145,11 @@ fn read_only_commands_do_not_create_a_store() {
     let (_keep, root) = project();
     let out = tureen(&root.join("elsewhere"), &["show"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("no tureen store"), "{:?}", out);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no tureen store"),
+        "{:?}",
+        out
+    );
     ok(&root.join("proj"), &["status", "pipelines/p.yaml"]);
     ok(&root.join("proj"), &["run", "-n", "pipelines/p.yaml"]);
     assert!(stores_under(&root).is_empty());

@@ -16,7 +16,12 @@ use tureen_engine::tensorboard::{event, read_events};
 fn run_dir(dir: &Path) -> PathBuf {
     let runs = dir.join(".tureen/runs");
     let mut dirs: Vec<PathBuf> = std::fs::read_dir(&runs)
-        .map(|rd| rd.flatten().map(|e| e.path()).filter(|p| p.is_dir()).collect())
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.path())
+                .filter(|p| p.is_dir())
+                .collect()
+        })
         .unwrap_or_default();
     dirs.sort();
     dirs.pop().unwrap_or(runs)
@@ -29,7 +34,9 @@ fn scalars(dir: &Path) -> BTreeMap<String, Vec<(i64, f32)>> {
         for e in read_events(&file.path()).unwrap() {
             if let Some(event::What::Summary(s)) = e.what {
                 for v in s.value {
-                    out.entry(v.tag).or_default().push((e.step, v.simple_value.unwrap()));
+                    out.entry(v.tag)
+                        .or_default()
+                        .push((e.step, v.simple_value.unwrap()));
                 }
             }
         }
@@ -56,8 +63,14 @@ fn event_files_follow_a_running_training_stage() {
         .unwrap();
     let start = Instant::now();
     let (logged, shown) = loop {
-        assert!(start.elapsed() < Duration::from_secs(300), "no metrics in time");
-        assert!(child.try_wait().unwrap().is_none(), "the run ended before it was watched");
+        assert!(
+            start.elapsed() < Duration::from_secs(300),
+            "no metrics in time"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run ended before it was watched"
+        );
         let run = run_dir(dir.path());
         // The JSON line of a record is written just before its event: read the
         // metrics count first, then the events.
@@ -73,7 +86,10 @@ fn event_files_follow_a_running_training_stage() {
     let done = std::fs::read_to_string(run_dir(dir.path()).join("core.log")).unwrap();
     child.kill().unwrap();
     child.wait().unwrap();
-    assert!(!done.contains("succeeded"), "the stage had ended already:\n{done}");
+    assert!(
+        !done.contains("succeeded"),
+        "the stage had ended already:\n{done}"
+    );
     assert!(
         shown >= logged,
         "{shown} loss events readable while {logged} records were logged: events must be flushed as they are written"
@@ -89,7 +105,10 @@ fn rewinds_and_evaluations_share_their_parents_step_axis() {
 
     let core = scalars(&tb.join("core"));
     let core_steps: Vec<i64> = core["loss"].iter().map(|p| p.0).collect();
-    assert_eq!(core_steps, (1..=(intervals * CORE_STEPS) as i64).collect::<Vec<_>>());
+    assert_eq!(
+        core_steps,
+        (1..=(intervals * CORE_STEPS) as i64).collect::<Vec<_>>()
+    );
 
     // The rewind branches at core's step 8 (after interval 2) and then counts its own
     // steps: 2 intervals x 3 steps, so 9..=14 on core's axis (its own schedule says
@@ -101,11 +120,16 @@ fn rewinds_and_evaluations_share_their_parents_step_axis() {
         rewind_steps,
         ((BRANCH_STEP + 1) as i64..=(BRANCH_STEP + own) as i64).collect::<Vec<_>>()
     );
-    assert_eq!(rewind["samples"].first().map(|p| p.1 as u64), Some(64 + REWIND_BATCH));
+    assert_eq!(
+        rewind["samples"].first().map(|p| p.1 as u64),
+        Some(64 + REWIND_BATCH)
+    );
 
     // Evaluations: each at its checkpoint's step, in the run of the stage that made it.
     let steps = |m: &BTreeMap<String, Vec<(i64, f32)>>| -> Vec<i64> {
-        m.get("zeroshot/top1").map(|v| v.iter().map(|p| p.0).collect()).unwrap_or_default()
+        m.get("zeroshot/top1")
+            .map(|v| v.iter().map(|p| p.0).collect())
+            .unwrap_or_default()
     };
     let last = (intervals * CORE_STEPS) as i64;
     // core.checkpoints[1] at 8, [2] at 12, core.final at 16.

@@ -104,10 +104,9 @@ fn choose(store: &std::path::Path, args: &Args) -> anyhow::Result<(String, Strin
             };
             // The run of the same pipeline just before B.
             let pipeline = pipeline_of(&b)?;
-            let older = ids.iter().skip_while(|id| **id != b).skip(1);
+            let mut older = ids.iter().skip_while(|id| **id != b).skip(1);
             let a = older
-                .filter(|id| pipeline_of(id).ok().as_ref() == Some(&pipeline))
-                .next()
+                .find(|id| pipeline_of(id).ok().as_ref() == Some(&pipeline))
                 .cloned();
             match a {
                 Some(a) => Ok((a, b)),

@@ -80,7 +80,11 @@ pub fn run(args: Args, _global: &Global) -> anyhow::Result<ExitCode> {
         Err(e) => return Err(e.into()),
     };
     let plan = plan(&pipeline, &registry, throughput)?;
-    let format = if args.json { OutputFormat::Json } else { args.format };
+    let format = if args.json {
+        OutputFormat::Json
+    } else {
+        args.format
+    };
     match format {
         OutputFormat::Json => {
             let value = serde_json::json!({ "pipeline": args.pipeline, "plan": plan });

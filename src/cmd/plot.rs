@@ -49,7 +49,10 @@ pub fn run(args: Args, global: &Global) -> anyhow::Result<ExitCode> {
             curves.evals.len()
         );
         for ev in &curves.evals {
-            let se = ev.stderr.map(|se| format!(" ± {se:.2}")).unwrap_or_default();
+            let se = ev
+                .stderr
+                .map(|se| format!(" ± {se:.2}"))
+                .unwrap_or_default();
             eprintln!(
                 "  {:<20} {:<16} top-1 {:6.2}%{se}",
                 ev.eval_stage, ev.model_stage, ev.top1

@@ -121,7 +121,9 @@ pub fn log(out: &Output) -> String {
 /// Writes `pipeline` as `dir/pipeline.yaml` and runs it; panics with the log on failure.
 pub fn run(dir: &Path, pipeline: &str) -> String {
     std::fs::write(dir.join("pipeline.yaml"), pipeline).unwrap();
-    let out = tureen(dir, &["run", "pipeline.yaml", "--plain"]).output().unwrap();
+    let out = tureen(dir, &["run", "pipeline.yaml", "--plain"])
+        .output()
+        .unwrap();
     assert!(out.status.success(), "tureen run failed:\n{}", log(&out));
     log(&out)
 }

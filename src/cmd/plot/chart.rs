@@ -164,7 +164,9 @@ fn draw_on<DB: DrawingBackend>(curves: &RunCurves, root: &DrawingArea<DB, Shift>
             points: evals,
             branches: &curves.branches,
         };
-        draw_panel(area, title, x_desc, y_desc, data, &evals, x, legend, &color_of)
+        draw_panel(
+            area, title, x_desc, y_desc, data, &evals, x, legend, &color_of,
+        )
     };
     // Legends go where the curves are not: loss falls, accuracy rises.
     let (upper, lower) = (
@@ -372,8 +374,11 @@ fn draw_evals<DB: DrawingBackend>(
         }
     }
     for stage in &stages {
-        let mut points: Vec<&EvalPoint> =
-            evals.iter().copied().filter(|ev| ev.model_stage == *stage && ev.model_kind != "soup").collect();
+        let mut points: Vec<&EvalPoint> = evals
+            .iter()
+            .copied()
+            .filter(|ev| ev.model_stage == *stage && ev.model_kind != "soup")
+            .collect();
         points.sort_by(|a, b| a.x.total_cmp(&b.x));
         let color = color_of(stage);
         let last = points.last().expect("a stage listed has evaluations");
@@ -393,20 +398,31 @@ fn draw_evals<DB: DrawingBackend>(
             .label(label)
             .legend(move |(lx, ly)| diamond((lx + 12, ly), 6, color));
     }
-    let offsets = dodge(&evals.iter().map(|ev| chart.backend_coord(&(ev.x, ev.top1))).collect::<Vec<_>>());
+    let offsets = dodge(
+        &evals
+            .iter()
+            .map(|ev| chart.backend_coord(&(ev.x, ev.top1)))
+            .collect::<Vec<_>>(),
+    );
     for (ev, dx) in evals.iter().zip(offsets) {
-        let bar = ev.stderr.map(|se| ((ev.x, ev.top1 - se), (ev.x, ev.top1 + se)));
+        let bar = ev
+            .stderr
+            .map(|se| ((ev.x, ev.top1 - se), (ev.x, ev.top1 + se)));
         if ev.model_kind == "soup" {
             let label = format!("{} ({}): {:.2}%", ev.model_stage, ev.eval_stage, ev.top1);
             chart
-                .draw_series(std::iter::once(star((ev.x, ev.top1), 11, SOUP).with(bar, dx)))
+                .draw_series(std::iter::once(
+                    star((ev.x, ev.top1), 11, SOUP).with(bar, dx),
+                ))
                 .map_err(e)?
                 .label(label)
                 .legend(move |(lx, ly)| star((lx + 12, ly), 7, SOUP));
         } else {
             let color = color_of(&ev.model_stage);
             chart
-                .draw_series(std::iter::once(diamond((ev.x, ev.top1), 7, color).with(bar, dx)))
+                .draw_series(std::iter::once(
+                    diamond((ev.x, ev.top1), 7, color).with(bar, dx),
+                ))
                 .map_err(e)?;
         }
     }
@@ -425,7 +441,9 @@ fn dodge(at: &[BackendCoord]) -> Vec<i32> {
         let mut end = start + 1;
         while end < order.len()
             && (at[order[end]].0 - at[order[end - 1]].0).abs() < MARKER_GAP
-            && order[start..end].iter().any(|&j| (at[order[end]].1 - at[j].1).abs() < 2 * MARKER_GAP)
+            && order[start..end]
+                .iter()
+                .any(|&j| (at[order[end]].1 - at[j].1).abs() < 2 * MARKER_GAP)
         {
             end += 1;
         }
@@ -563,7 +581,10 @@ mod tests {
         assert_eq!(dx[3], 0, "a lone marker stays where it is");
         for i in 0..3 {
             for j in 0..i {
-                assert!((placed[i] - placed[j]).abs() >= MARKER_GAP - 1, "{placed:?}");
+                assert!(
+                    (placed[i] - placed[j]).abs() >= MARKER_GAP - 1,
+                    "{placed:?}"
+                );
             }
         }
         // Markers far apart in y do not push each other sideways.

@@ -362,7 +362,11 @@ fn read_evals(
         let Some(accuracy) = stored_top1(store, &mut opened, stage)? else {
             continue;
         };
-        let top1 = if accuracy.top1 <= 1.0 { accuracy.top1 } else { accuracy.top1 / 100.0 };
+        let top1 = if accuracy.top1 <= 1.0 {
+            accuracy.top1
+        } else {
+            accuracy.top1 / 100.0
+        };
         // An intermediate checkpoint sits where its interval ended; a final model (or
         // an index the logs do not cover) at the end of its stage.
         let at_checkpoint = index.and_then(|i| {
@@ -503,7 +507,11 @@ mod tests {
         let s = Store::open(store).unwrap();
         let metrics = |top1: f64| {
             let d = s
-                .add_bytes(json!({"zeroshot": {"top1": top1, "samples": 400}}).to_string().as_bytes())
+                .add_bytes(
+                    json!({"zeroshot": {"top1": top1, "samples": 400}})
+                        .to_string()
+                        .as_bytes(),
+                )
                 .unwrap();
             json!({"metrics": {"digest": d.to_string()}})
         };

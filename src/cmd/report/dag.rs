@@ -24,10 +24,13 @@ const CHAR_WIDTH: f64 = 8.0;
 pub fn svg(nodes: &[Node], edges: &[(usize, usize)]) -> String {
     let layer = layers(nodes.len(), edges);
     let depth = layer.iter().copied().max().map_or(0, |d| d + 1);
-    let width = |n: &Node| (CHAR_WIDTH * n.name.len().max(n.kind.len() + n.status.len() + 3) as f64 + 24.0).max(96.0);
+    let width = |n: &Node| {
+        (CHAR_WIDTH * n.name.len().max(n.kind.len() + n.status.len() + 3) as f64 + 24.0).max(96.0)
+    };
     let rows: Vec<Vec<usize>> = order_rows(nodes.len(), edges, &layer, depth);
     let row_width = |row: &[usize]| -> f64 {
-        row.iter().map(|&i| width(&nodes[i])).sum::<f64>() + H_GAP * row.len().saturating_sub(1) as f64
+        row.iter().map(|&i| width(&nodes[i])).sum::<f64>()
+            + H_GAP * row.len().saturating_sub(1) as f64
     };
     let total_w = rows.iter().map(|r| row_width(r)).fold(0.0, f64::max) + 2.0 * MARGIN;
     let total_h = depth as f64 * (BOX_HEIGHT + V_GAP) - V_GAP + 2.0 * MARGIN;
@@ -107,7 +110,12 @@ fn layers(n: usize, edges: &[(usize, usize)]) -> Vec<usize> {
 
 /// Nodes of each layer, ordered by the mean position of their upstreams (fewer
 /// crossing arrows), ties in execution order.
-fn order_rows(n: usize, edges: &[(usize, usize)], layer: &[usize], depth: usize) -> Vec<Vec<usize>> {
+fn order_rows(
+    n: usize,
+    edges: &[(usize, usize)],
+    layer: &[usize],
+    depth: usize,
+) -> Vec<Vec<usize>> {
     let mut rows: Vec<Vec<usize>> = vec![Vec::new(); depth];
     for i in 0..n {
         rows[layer[i]].push(i);
@@ -115,8 +123,16 @@ fn order_rows(n: usize, edges: &[(usize, usize)], layer: &[usize], depth: usize)
     let mut position = vec![0.0; n];
     for row in &mut rows {
         let key = |i: usize| {
-            let ups: Vec<f64> = edges.iter().filter(|e| e.1 == i).map(|e| position[e.0]).collect();
-            if ups.is_empty() { i as f64 } else { ups.iter().sum::<f64>() / ups.len() as f64 }
+            let ups: Vec<f64> = edges
+                .iter()
+                .filter(|e| e.1 == i)
+                .map(|e| position[e.0])
+                .collect();
+            if ups.is_empty() {
+                i as f64
+            } else {
+                ups.iter().sum::<f64>() / ups.len() as f64
+            }
         };
         let mut keyed: Vec<(f64, usize)> = row.iter().map(|&i| (key(i), i)).collect();
         keyed.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
@@ -142,7 +158,11 @@ mod tests {
     use super::*;
 
     fn node(name: &str) -> Node {
-        Node { name: name.into(), kind: "eval".into(), status: "ran".into() }
+        Node {
+            name: name.into(),
+            kind: "eval".into(),
+            status: "ran".into(),
+        }
     }
 
     #[test]

@@ -23,7 +23,13 @@ pub fn digest(full: &str) -> String {
 /// A table; `rows` hold cells that are already HTML. Columns named in `numeric` are
 /// right-aligned.
 pub fn table(header: &[&str], numeric: &[&str], rows: &[Vec<String>]) -> String {
-    let class = |h: &str| if numeric.contains(&h) { " class=\"num\"" } else { "" };
+    let class = |h: &str| {
+        if numeric.contains(&h) {
+            " class=\"num\""
+        } else {
+            ""
+        }
+    };
     let mut out = String::from("<table>\n<thead><tr>");
     for h in header {
         let _ = write!(out, "<th{}>{}</th>", class(h), esc(h));
@@ -101,7 +107,10 @@ mod tests {
         assert_eq!(esc("<b>&"), "&lt;b&gt;&amp;");
         assert_eq!(attr("a\"b"), "a&quot;b");
         let t = table(&["name", "n"], &["n"], &[vec![esc("<x>"), "1".into()]]);
-        assert!(t.contains("<td>&lt;x&gt;</td><td class=\"num\">1</td>"), "{t}");
+        assert!(
+            t.contains("<td>&lt;x&gt;</td><td class=\"num\">1</td>"),
+            "{t}"
+        );
     }
 
     #[test]

@@ -38,7 +38,11 @@ pub fn run(args: Args, global: &Global) -> anyhow::Result<ExitCode> {
     let id = record::find_run(&store, &args.run)?;
     let rec = RunRecord::read(&RunRecord::path(&store, &id))?;
     let metrics = RunMetrics::read(&store, &rec, &RanBy::scan(&store));
-    let facts = Facts { store, rec, metrics };
+    let facts = Facts {
+        store,
+        rec,
+        metrics,
+    };
     let page = render(&facts);
     super::output::write_bytes(&args.output, page.as_bytes())?;
     if !global.quiet {
@@ -58,7 +62,11 @@ pub fn render(facts: &Facts) -> String {
         html::section("evals", "Evaluations", &sections::evals(facts)),
         html::section("soups", "Soups", &sections::soups(facts)),
         html::section("params", "Params", &sections::params(facts)),
-        html::section("versions", "Tools, libraries and host", &sections::versions(facts)),
+        html::section(
+            "versions",
+            "Tools, libraries and host",
+            &sections::versions(facts),
+        ),
         sections::footer(),
     ];
     html::page(&title, &parts.concat())
