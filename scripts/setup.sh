@@ -15,5 +15,10 @@ if ! python3 -m venv --help >/dev/null 2>&1 || ! python3 -c 'import ensurepip' >
     fi
 fi
 
+# Headless Chromium renders `tureen report` pages in tests/report.rs (skipped without it).
+if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+fi
+
 scripts/setup-venv.sh
 cargo build --release --locked --bin tureen --bin tureen-torch

@@ -3,13 +3,13 @@
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory as _, Parser, Subcommand};
 
 mod cmd;
 
 /// Declarative training pipelines and model soups.
 #[derive(Parser)]
-#[command(name = "tureen", version, about, propagate_version = true)]
+#[command(name = "tureen", version = cmd::version::LONG, about, propagate_version = true)]
 struct Cli {
     #[command(flatten)]
     global: cmd::Global,
@@ -30,10 +30,16 @@ enum Command {
     Dag(cmd::dag::Args),
     /// Show which stages of a pipeline are up to date.
     Status(cmd::status::Args),
-    /// List recorded runs.
+    /// List recorded runs with their headline metrics.
     Runs(cmd::runs::Args),
-    /// Print one recorded run.
+    /// Print one recorded run (default: the latest), metrics included.
     Show(cmd::show::Args),
+    /// Compare two runs: params, stage keys, output digests and metrics.
+    Diff(cmd::diff::Args),
+    /// Print (or follow) a stage's log.
+    Logs(cmd::logs::Args),
+    /// Write a run's report: one self-contained HTML page.
+    Report(cmd::report::Args),
     /// Re-execute a recorded run without the cache and verify every output hash.
     Replay(cmd::replay::Args),
     /// Execute one resolved stage (used by executors such as Slurm; not for humans).
@@ -46,6 +52,12 @@ enum Command {
     /// Datasets: generate synthetic data.
     #[command(subcommand)]
     Data(cmd::data::DataCommand),
+    /// Write a commented starter pipeline.
+    Init(cmd::init::Args),
+    /// Print a shell completion script.
+    Completions(cmd::completions::CompletionsArgs),
+    /// Print the man page (or write all of them with -o DIR).
+    Man(cmd::completions::ManArgs),
 }
 
 fn main() -> ExitCode {
@@ -67,6 +79,12 @@ fn main() -> ExitCode {
         Command::Plan(args) => cmd::plan::run(args, &cli.global),
         Command::Plot(args) => cmd::plot::run(args, &cli.global),
         Command::Data(command) => cmd::data::run(command, &cli.global),
+        Command::Diff(args) => cmd::diff::run(args, &cli.global),
+        Command::Logs(args) => cmd::logs::run(args, &cli.global),
+        Command::Report(args) => cmd::report::run(args, &cli.global),
+        Command::Init(args) => cmd::init::run(args, &cli.global),
+        Command::Completions(args) => cmd::completions::completions(args, Cli::command()),
+        Command::Man(args) => cmd::completions::man(args, Cli::command()),
     };
     match result {
         Ok(code) => code,
@@ -88,6 +106,10 @@ impl Command {
                 | Command::Runs(_)
                 | Command::Show(_)
                 | Command::Plan(_)
+                | Command::Diff(_)
+                | Command::Logs(_)
+                | Command::Completions(_)
+                | Command::Man(_)
         )
     }
 }

@@ -181,7 +181,7 @@ fn plot_writes_a_png_with_core_rewind_and_soup() {
     assert_eq!(
         names
             .iter()
-            .filter(|n| n.starts_with(".tureen-plot"))
+            .filter(|n| n.starts_with(".tureen-"))
             .count(),
         0,
         "{names:?}"
@@ -200,7 +200,7 @@ fn plot_writes_an_svg_with_labelled_series() {
     for label in [
         "core (train)",
         "rewind (rewind)",
-        "eval_soup: soup 57.00%",
+        "soup (eval_soup): 57.00%",
         "final 10%",
         "samples seen",
     ] {
@@ -300,4 +300,23 @@ fn run_without_metrics_is_an_error_not_an_empty_picture() {
         String::from_utf8_lossy(&o.stderr)
     );
     assert!(!out.exists());
+}
+
+#[test]
+fn the_picture_is_as_readable_as_any_new_file_and_run_defaults_to_latest() {
+    let (dir, store) = setup();
+    let out = dir.path().join("shared.png");
+    // Through a shell with the usual umask: the file is 0644, not a temp file's 0600.
+    let o = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("umask 022; exec \"$0\" --store \"$1\" plot -o \"$2\"")
+        .arg(env!("CARGO_BIN_EXE_tureen"))
+        .arg(&store)
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&out).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o644, "mode {mode:o}");
 }

@@ -101,7 +101,7 @@ fn small_soup_validates_and_its_dry_run_plans_every_stage() {
         String::from_utf8_lossy(&plan.stderr)
     );
     // Nothing is cached in a fresh store: every stage is planned to run.
-    assert!(text.contains("8 to run, 0 cached"), "{text}");
+    assert!(text.contains("13 to run, 0 cached"), "{text}");
 }
 
 #[test]
@@ -186,4 +186,41 @@ fn small_soup_soups_the_two_finals_and_evaluates_core_rewind_and_soup() {
         stage(&p, "eval_core").params,
         stage(&p, "eval_rewind").params
     );
+}
+
+#[test]
+fn small_soup_measures_zero_shot_over_the_final_tenth_of_core_and_rewind() {
+    let p = load();
+    let intervals = num(stage(&p, "core"), &["intervals"]) as i64;
+    let rewind_from = match source(&p, stage(&p, "rewind"), "from").2 {
+        Select::Index(i) => i,
+        other => panic!("rewind.inputs.from: {other:?}"),
+    };
+    // Element i of a series is the checkpoint after interval i + 1; count from the end.
+    let interval_of = |stage: &str, select: Select| -> i64 {
+        let Select::Index(i) = select else { panic!("{select:?}") };
+        let len = if stage == "core" { intervals } else { intervals - rewind_from - 1 };
+        let i = if i < 0 { len + i } else { i };
+        if stage == "core" { i + 1 } else { rewind_from + 2 + i }
+    };
+    let mut seen: Vec<(String, i64)> = p
+        .stages
+        .iter()
+        .filter(|s| s.name.starts_with("zeroshot@"))
+        .map(|s| {
+            assert_eq!(s.kind, "eval");
+            let (model, output, select) = source(&p, s, "model");
+            assert_eq!(output, "checkpoints", "{}: a checkpoint, not a final", s.name);
+            (model.to_string(), interval_of(model, select))
+        })
+        .collect();
+    seen.sort();
+    // The branch point (after interval 29) and core's next two, the rewind's first two:
+    // with eval_core and eval_rewind (the finals, after 32) the card's zoom-in on the
+    // final 10%.
+    assert_eq!(
+        seen,
+        [("core".into(), 29), ("core".into(), 30), ("core".into(), 31), ("rewind".into(), 30), ("rewind".into(), 31)]
+    );
+    assert!(seen.iter().all(|(_, i)| *i as f64 >= 0.9 * intervals as f64 - 0.5));
 }

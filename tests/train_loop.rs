@@ -436,7 +436,11 @@ fn adamw_matches_torch_optim_adamw_bit_for_bit() {
         for (n, p) in &params {
             let g = Tensor::randn(p.size(), (Kind::Float, Device::Cpu)) * (step as f64 + 1.0);
             file.insert(format!("grad.{step}.{n}"), g.copy());
-            loss += (p * g).sum(Kind::Float);
+            // Not `+=`: tch's `AddAssign` adds in place, outside the autograd graph.
+            #[allow(clippy::assign_op_pattern)]
+            {
+                loss = loss + (p * g).sum(Kind::Float);
+            }
         }
         loss.backward();
         opt.step(lr);

@@ -540,14 +540,83 @@ fn store_one(
 
 /// The stage's log file (plus metrics as JSON lines and TensorBoard events), echoing
 /// lines to the observer for the progress display.
+///
+/// Every metrics record reaches its files as soon as it is logged (one write per JSON
+/// line, one flush per TensorBoard event), so `tensorboard --logdir` and `tureen logs -f`
+/// follow a running stage. TensorBoard's x axis is the step, placed on the axis of the
+/// run the stage descends from ([`crate::lineage`]): a stage continuing a checkpoint
+/// (`inputs.from`, a rewind) branches at that checkpoint's step, and a record without a
+/// step of its own (an eval's result) sits at the step of the model the stage read, in
+/// that model's TensorBoard run, so evaluations of successive checkpoints form a curve.
 struct FileLog<'o> {
     file: LineWriter<File>,
     metrics_path: PathBuf,
     metrics: Option<File>,
     tensorboard_dir: Option<PathBuf>,
-    tensorboard: Option<crate::tensorboard::EventWriter>,
+    /// Event writers by directory (the stage's own, or its model's run).
+    tensorboard: BTreeMap<PathBuf, crate::tensorboard::EventWriter>,
+    /// Resolved on the first record that needs it (it reads the action cache).
+    axis: Option<StepAxis>,
+    store: PathBuf,
+    inputs: BTreeMap<String, JobInput>,
+    batch_size: Option<f64>,
     stage: String,
     observer: &'o mut (dyn FnMut(JobEvent) + Send),
+}
+
+/// Where a stage's records go on TensorBoard's step axis.
+#[derive(Debug, Clone, PartialEq)]
+enum StepAxis {
+    /// At their own `step`.
+    Own,
+    /// A stage continuing the checkpoint at `branch`, one step per `batch` samples.
+    Branch {
+        branch: crate::lineage::Position,
+        batch: f64,
+    },
+    /// Records without a step at the position of the model the stage read.
+    Model(crate::lineage::Position),
+}
+
+impl StepAxis {
+    /// The axis of a stage with these inputs (`batch`: its `batch_size` param).
+    fn resolve(store: &Store, inputs: &BTreeMap<String, JobInput>, batch: Option<f64>) -> StepAxis {
+        let mut lineage = crate::lineage::Lineage::new(store);
+        if let (Some(JobInput::One(from)), Some(batch)) =
+            (inputs.get(crate::lineage::BRANCH_INPUT), batch)
+        {
+            if let Some(branch) = lineage.branch(&from.digest) {
+                return StepAxis::Branch { branch, batch };
+            }
+        }
+        let latest = inputs
+            .values()
+            .filter_map(|i| match i {
+                JobInput::One(a) => lineage.position(&a.digest),
+                JobInput::Series(_) => None,
+            })
+            .max_by(|a, b| a.step.total_cmp(&b.step));
+        latest.map_or(StepAxis::Own, StepAxis::Model)
+    }
+
+    /// The step of `record` on this axis, and the stage whose TensorBoard run it
+    /// belongs to when that is another stage's.
+    fn place<'a>(&'a self, record: &Value) -> (i64, Option<&'a str>) {
+        let own = record.get("step").and_then(Value::as_i64);
+        match (self, own) {
+            (StepAxis::Branch { branch, batch }, Some(step)) => {
+                match record.get("samples").and_then(Value::as_f64) {
+                    Some(samples) => (
+                        (branch.step + (samples - branch.samples) / batch).round() as i64,
+                        None,
+                    ),
+                    None => (step, None),
+                }
+            }
+            (StepAxis::Model(at), None) => (at.step.round() as i64, at.stage.as_deref()),
+            (_, step) => (step.unwrap_or(0), None),
+        }
+    }
 }
 
 impl<'o> FileLog<'o> {
@@ -565,7 +634,15 @@ impl<'o> FileLog<'o> {
             metrics_path: job.metrics.clone(),
             metrics: None,
             tensorboard_dir: job.tensorboard.clone(),
-            tensorboard: None,
+            tensorboard: BTreeMap::new(),
+            axis: None,
+            store: job.store.clone(),
+            inputs: job.inputs.clone(),
+            batch_size: job
+                .params
+                .get("batch_size")
+                .and_then(Value::as_f64)
+                .filter(|b| *b > 0.0),
             stage: job.stage.clone(),
             observer,
         })
@@ -577,7 +654,48 @@ impl<'o> FileLog<'o> {
 
     fn flush(&mut self) {
         let _ = self.file.flush();
-        if let Some(tb) = self.tensorboard.as_mut() {
+        for tb in self.tensorboard.values_mut() {
+            let _ = tb.flush();
+        }
+    }
+
+    /// Writes `record` as one TensorBoard event and flushes it.
+    fn tensorboard_event(&mut self, record: &Value) {
+        let Some(own_dir) = self.tensorboard_dir.clone() else {
+            return;
+        };
+        if self.axis.is_none() {
+            let axis = match Store::open(&self.store) {
+                Ok(store) => StepAxis::resolve(&store, &self.inputs, self.batch_size),
+                Err(_) => StepAxis::Own,
+            };
+            self.axis = Some(axis);
+        }
+        let axis = self.axis.as_ref().expect("resolved above");
+        let (step, run) = axis.place(record);
+        let dir = match (run, own_dir.parent()) {
+            (Some(stage), Some(parent)) => parent.join(stage),
+            _ => own_dir,
+        };
+        if !self.tensorboard.contains_key(&dir) {
+            match crate::tensorboard::EventWriter::create(&dir) {
+                Ok(w) => {
+                    self.tensorboard.insert(dir.clone(), w);
+                }
+                Err(e) => {
+                    let _ = writeln!(
+                        self.file,
+                        "== tureen: cannot write TensorBoard events for {}: {e}",
+                        self.stage
+                    );
+                    self.tensorboard_dir = None;
+                    return;
+                }
+            }
+        }
+        let tb = self.tensorboard.get_mut(&dir).expect("inserted above");
+        let wall_time = crate::tensorboard::now_wall_time();
+        if tb.add_record_at("", record, step, wall_time).is_ok() {
             let _ = tb.flush();
         }
     }
@@ -598,26 +716,10 @@ impl StageLog for FileLog<'_> {
                 .ok();
         }
         if let Some(f) = self.metrics.as_mut() {
-            let _ = writeln!(f, "{record}");
+            // One write per line: a reader never sees half a record that is complete.
+            let _ = f.write_all(format!("{record}\n").as_bytes());
         }
-        if let Some(dir) = &self.tensorboard_dir {
-            if self.tensorboard.is_none() {
-                match crate::tensorboard::EventWriter::create(dir) {
-                    Ok(w) => self.tensorboard = Some(w),
-                    Err(e) => {
-                        let _ = writeln!(
-                            self.file,
-                            "== tureen: cannot write TensorBoard events for {}: {e}",
-                            self.stage
-                        );
-                        self.tensorboard_dir = None;
-                    }
-                }
-            }
-            if let Some(tb) = self.tensorboard.as_mut() {
-                let _ = tb.add_record("", record, crate::tensorboard::now_wall_time());
-            }
-        }
+        self.tensorboard_event(record);
     }
 
     fn progress(&mut self, done: u64, total: u64) {

@@ -40,7 +40,11 @@ pub struct RunRecord {
     pub host: String,
     /// The user who ran it, from `USER` or `LOGNAME`.
     pub user: String,
-    /// `tureen` and each kind's code version.
+    /// The store the run used (absolute; absent in records written before it was kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store: Option<PathBuf>,
+    /// `tureen` and each kind's code version; the build (`tureen.git`, `tureen.build`,
+    /// `libtorch`) when the command line supplies it.
     pub tools: BTreeMap<String, String>,
     /// Stages in execution order.
     pub stages: Vec<StageRecord>,
@@ -229,14 +233,21 @@ pub fn list_runs(store: &Path) -> Vec<String> {
     ids
 }
 
-/// Finds a run by id or unique prefix; `latest` (or `last`) is the newest run.
+/// Finds a run by id or unique prefix; `latest` (or `last`) is the newest run and
+/// `latest~N` the one N runs before it, as git's `HEAD~N`.
 pub fn find_run(store: &Path, id: &str) -> anyhow::Result<String> {
     let ids = list_runs(store);
-    if matches!(id, "latest" | "last") {
-        return ids
-            .into_iter()
-            .next()
-            .ok_or_else(|| anyhow::anyhow!("no runs recorded in {}", store.display()));
+    if let Some(back) = runs_back(id)? {
+        if ids.is_empty() {
+            anyhow::bail!("no runs recorded in {}", store.display());
+        }
+        return ids.get(back).cloned().ok_or_else(|| {
+            anyhow::anyhow!(
+                "`{id}`: only {} run(s) are recorded in {}",
+                ids.len(),
+                store.display()
+            )
+        });
     }
     let matches: Vec<&String> = ids.iter().filter(|r| r.starts_with(id)).collect();
     match matches.as_slice() {
@@ -252,6 +263,18 @@ pub fn find_run(store: &Path, id: &str) -> anyhow::Result<String> {
                 .join(", ")
         ),
     }
+}
+
+/// `latest` -> 0, `latest~2` -> 2 (also `last`); `None` for anything else.
+fn runs_back(id: &str) -> anyhow::Result<Option<usize>> {
+    let (name, back) = id.split_once('~').unwrap_or((id, "0"));
+    if !matches!(name, "latest" | "last") {
+        return Ok(None);
+    }
+    let back = if back.is_empty() { "1" } else { back };
+    back.parse()
+        .map(Some)
+        .map_err(|_| anyhow::anyhow!("`{id}`: expected `{name}~N` with N a number of runs back"))
 }
 
 /// The versions a run records: tureen's, each kind's code version, the platform.
@@ -296,4 +319,25 @@ pub fn new_run_id() -> String {
         now.subsec_millis(),
         &noise.to_hex()[..6]
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latest_tilde_counts_runs_back() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("runs")).unwrap();
+        for id in ["20260101-000000.000-aaaaaa", "20260102-000000.000-bbbbbb"] {
+            std::fs::write(dir.path().join(format!("runs/{id}.json")), "{}").unwrap();
+        }
+        let find = |id: &str| find_run(dir.path(), id).map_err(|e| e.to_string());
+        assert_eq!(find("latest").unwrap(), "20260102-000000.000-bbbbbb");
+        assert_eq!(find("latest~1").unwrap(), "20260101-000000.000-aaaaaa");
+        assert_eq!(find("last~").unwrap(), "20260101-000000.000-aaaaaa");
+        assert!(find("latest~2").unwrap_err().contains("only 2 run(s)"));
+        assert!(find("latest~x").unwrap_err().contains("latest~N"));
+    }
+
 }

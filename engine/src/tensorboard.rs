@@ -140,9 +140,10 @@ pub fn now_wall_time() -> f64 {
 /// Appends scalar events to one new event file in a directory.
 ///
 /// Each call to [`EventWriter::add_scalar`] or [`EventWriter::add_record`] encodes one
-/// event into a buffer; [`EventWriter::flush`] writes the buffer out (TensorBoard reads
-/// files that are still growing, so flushing every few records is enough). Dropping the
-/// writer flushes and ignores errors; call `flush` to see them.
+/// event into a buffer; [`EventWriter::flush`] writes the buffer out. TensorBoard reads
+/// files that are still growing, so a writer that flushes after each event (as a
+/// stage's log does) is followed live. Dropping the writer flushes and ignores errors;
+/// call `flush` to see them.
 pub struct EventWriter {
     path: PathBuf,
     file: BufWriter<File>,
@@ -240,6 +241,18 @@ impl EventWriter {
         wall_time: f64,
     ) -> Result<usize, TensorBoardError> {
         let step = record.get("step").and_then(Value::as_i64).unwrap_or(0);
+        self.add_record_at(prefix, record, step, wall_time)
+    }
+
+    /// [`EventWriter::add_record`] at a step chosen by the caller (a rewind's record on
+    /// its parent's step axis, an eval's at the step of the checkpoint it evaluated).
+    pub fn add_record_at(
+        &mut self,
+        prefix: &str,
+        record: &Value,
+        step: i64,
+        wall_time: f64,
+    ) -> Result<usize, TensorBoardError> {
         let mut values = Vec::new();
         collect_scalars(prefix, record, true, &mut values);
         let refs: Vec<(&str, f32)> = values.iter().map(|(t, v)| (t.as_str(), *v)).collect();

@@ -2,13 +2,20 @@
 //! returning the process exit code; errors bubble up as `anyhow::Error` and are
 //! printed once, in `main`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
+pub mod completions;
 pub mod dag;
 pub mod data;
+pub mod diff;
+pub mod discover;
+pub mod init;
+pub mod logs;
+pub mod output;
 pub mod plan;
 pub mod plot;
 pub mod replay;
+pub mod report;
 pub mod run;
 pub mod runs;
 pub mod show;
@@ -16,11 +23,13 @@ pub mod soup;
 pub mod stage_exec;
 pub mod status;
 pub mod store;
+pub mod version;
 
 /// Options every subcommand understands.
 #[derive(clap::Args, Debug, Clone)]
 pub struct Global {
-    /// The content-addressed store (default: `.tureen` in the current directory).
+    /// The content-addressed store (default: the nearest `.tureen` above the pipeline
+    /// file, else above the current directory).
     #[arg(long, global = true, env = "TUREEN_STORE", value_name = "DIR")]
     pub store: Option<PathBuf>,
     /// More log output (repeat for more).
@@ -32,9 +41,38 @@ pub struct Global {
 }
 
 impl Global {
-    /// The store directory this invocation uses.
+    /// The store directory this invocation uses, found from the current directory
+    /// (`.tureen` here when none exists yet, or when the search fails).
     pub fn store_dir(&self) -> PathBuf {
-        self.store.clone().unwrap_or_else(|| PathBuf::from(".tureen"))
+        match self.locate_store(None) {
+            Ok(at) => at.path,
+            Err(e) => {
+                tracing::warn!("{e:#}; using {}", discover::STORE_NAME);
+                PathBuf::from(discover::STORE_NAME)
+            }
+        }
+    }
+
+    /// The store for a command on `pipeline` (or on none), logged at `-v`.
+    pub fn locate_store(&self, pipeline: Option<&Path>) -> anyhow::Result<discover::StoreLocation> {
+        let cwd = std::env::current_dir()?;
+        let at = discover::locate(self.store.as_deref(), pipeline, &cwd)?;
+        tracing::info!("store {at}");
+        Ok(at)
+    }
+
+    /// The store of a command that only reads one: an error when there is none.
+    pub fn existing_store(&self) -> anyhow::Result<PathBuf> {
+        let at = self.locate_store(None)?;
+        if at.how == discover::How::New {
+            anyhow::bail!(
+                "no tureen store: no {} in {} or any directory above it (give --store DIR, \
+                 or run a pipeline first)",
+                discover::STORE_NAME,
+                std::env::current_dir()?.display()
+            );
+        }
+        Ok(at.path)
     }
 }
 
@@ -49,9 +87,13 @@ pub fn init_logging(global: &Global) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    // Escape codes only where they show as colour: on a terminal, and not with NO_COLOR
+    // (anstream's rules, as clap's help follows them).
+    let ansi = anstream::AutoStream::choice(&std::io::stderr()) != anstream::ColorChoice::Never;
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(ansi)
         .with_target(false)
         .without_time()
         .init();

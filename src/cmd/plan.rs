@@ -39,6 +39,9 @@ pub struct Args {
     /// Output format.
     #[arg(long, value_enum, default_value = "text")]
     pub format: OutputFormat,
+    /// Print JSON (the same as `--format json`, as `status`, `runs` and `run -n` take it).
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,7 +81,12 @@ pub fn run(args: Args, _global: &Global) -> anyhow::Result<ExitCode> {
         Err(e) => return Err(e.into()),
     };
     let plan = plan(&pipeline, &registry, throughput)?;
-    match args.format {
+    let format = if args.json {
+        OutputFormat::Json
+    } else {
+        args.format
+    };
+    match format {
         OutputFormat::Json => {
             let value = serde_json::json!({ "pipeline": args.pipeline, "plan": plan });
             println!("{}", serde_json::to_string_pretty(&value)?);

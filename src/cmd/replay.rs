@@ -12,7 +12,7 @@ use super::Global;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Run id (or a unique prefix, or `latest`).
+    /// Run id, a unique prefix of one, `latest` or `latest~N`.
     pub run: String,
     /// Plain log lines even on a terminal.
     #[arg(long)]
@@ -20,7 +20,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args, global: &Global) -> anyhow::Result<ExitCode> {
-    let store = global.store_dir();
+    let store = global.existing_store()?;
     let id = record::find_run(&store, &args.run)?;
     let rec = RunRecord::read(&RunRecord::path(&store, &id))?;
     let mut registry = KindRegistry::new();

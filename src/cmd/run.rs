@@ -27,7 +27,7 @@ pub struct Args {
     /// Show the plan (what runs, what is cached, and why) without running anything.
     #[arg(short = 'n', long)]
     pub dry_run: bool,
-    /// Stages running at once (default: number of CPUs).
+    /// Stages running at once (default, and 0: the number of CPUs).
     #[arg(short = 'j', long, value_name = "N")]
     pub jobs: Option<usize>,
     /// GPU ids to hand out to stages, e.g. `--gpus 0,1` (default: TUREEN_GPUS,
@@ -37,6 +37,9 @@ pub struct Args {
     /// Plain log lines even on a terminal.
     #[arg(long)]
     pub plain: bool,
+    /// With --dry-run: print the plan as JSON.
+    #[arg(long, requires = "dry_run")]
+    pub json: bool,
 }
 
 /// Loads and validates a pipeline with every registered kind; validation errors are
@@ -86,8 +89,16 @@ pub fn run(args: Args, global: &Global) -> anyhow::Result<ExitCode> {
         Err(code) => return Ok(code),
     };
     let loaded = clock.elapsed();
-    if let Err(diags) = scheduler::preflight(&pipeline, &global.store_dir(), args.gpus.as_deref()) {
+    let store = global.locate_store(Some(&args.pipeline))?;
+    if let Err(diags) = scheduler::preflight(&pipeline, &store.path, args.gpus.as_deref()) {
         return Ok(invalid(&args.pipeline, &diags));
+    }
+    if store.how == super::discover::How::New && !args.dry_run && !global.quiet {
+        eprintln!(
+            "tureen: no store found above {} or here; creating {}",
+            args.pipeline.display(),
+            store.path.display()
+        );
     }
     let cancel = tureen_engine::interrupt::install();
     let mut opts = RunOptions {
@@ -97,12 +108,14 @@ pub fn run(args: Args, global: &Global) -> anyhow::Result<ExitCode> {
         gpus: args.gpus,
         overrides: args.params,
         progress: mode(global, args.plain),
+        tools: super::version::tools(),
         ..RunOptions::default()
     };
-    if let Some(j) = args.jobs {
-        opts.jobs = j.max(1);
+    match args.jobs {
+        Some(0) | None => {}
+        Some(j) => opts.jobs = j,
     }
-    let outcome = scheduler::run(&pipeline, &registry, &global.store_dir(), &opts, cancel)?;
+    let outcome = scheduler::run(&pipeline, &registry, &store.path, &opts, cancel)?;
     tracing::info!(
         "engine time: {:.2} ms ({} stages; load and validate {:.2} ms)",
         clock.elapsed().as_secs_f64() * 1e3,
@@ -110,7 +123,16 @@ pub fn run(args: Args, global: &Global) -> anyhow::Result<ExitCode> {
         loaded.as_secs_f64() * 1e3
     );
     if args.dry_run {
-        print_plan(&outcome.plan);
+        if args.json {
+            let lines: Vec<_> = outcome.plan.iter().map(super::status::line_json).collect();
+            super::output::print_json(&serde_json::json!({
+                "pipeline": pipeline.file,
+                "store": store.path,
+                "stages": lines,
+            }));
+        } else {
+            print_plan(&outcome.plan);
+        }
         return Ok(if outcome.succeeded {
             ExitCode::SUCCESS
         } else {

@@ -3,27 +3,34 @@
 use std::process::ExitCode;
 
 use tureen_engine::record::{self, RunRecord};
+use tureen_engine::run_metrics::{RanBy, RunMetrics};
 
+use super::output::number;
 use super::Global;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Run id (or a unique prefix of one, or `latest`).
+    /// Run id, a unique prefix of one, `latest` or `latest~N`.
+    #[arg(default_value = "latest")]
     pub run: String,
-    /// Print the raw JSON record.
+    /// Print the JSON record, with the run's metrics under `metrics`.
     #[arg(long)]
     pub json: bool,
 }
 
 pub fn run(args: Args, global: &Global) -> anyhow::Result<ExitCode> {
-    let store = global.store_dir();
+    let store = global.existing_store()?;
     let id = record::find_run(&store, &args.run)?;
     let path = RunRecord::path(&store, &id);
+    let rec = RunRecord::read(&path)?;
+    let metrics = RunMetrics::read(&store, &rec, &RanBy::scan(&store));
     if args.json {
-        print!("{}", std::fs::read_to_string(&path)?);
+        // The record as written (fields this tureen does not know included).
+        let mut value: serde_json::Value = serde_json::from_slice(&std::fs::read(&path)?)?;
+        value["metrics"] = serde_json::to_value(&metrics.stages)?;
+        super::output::print_json(&value);
         return Ok(ExitCode::SUCCESS);
     }
-    let rec = RunRecord::read(&path)?;
     println!("run       {}", rec.run_id);
     println!("status    {}", rec.status);
     println!(
@@ -34,6 +41,9 @@ pub fn run(args: Args, global: &Global) -> anyhow::Result<ExitCode> {
     println!("started   {}", rec.started);
     println!("ended     {}", rec.ended.as_deref().unwrap_or("-"));
     println!("host      {} (user {})", rec.host, rec.user);
+    if let Some(used) = &rec.store {
+        println!("store     {}", used.display());
+    }
     let tools: Vec<String> = rec.tools.iter().map(|(k, v)| format!("{k} {v}")).collect();
     println!("tools     {}", tools.join(", "));
     if !rec.params.is_empty() {
@@ -70,6 +80,9 @@ pub fn run(args: Args, global: &Global) -> anyhow::Result<ExitCode> {
                     }
                 }
             }
+        }
+        for (name, value) in metrics.stages.get(&s.name).into_iter().flatten() {
+            println!("  metric   {name} = {}", number(*value));
         }
         if let Some(e) = &s.error {
             println!("  error    {e}");

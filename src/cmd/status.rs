@@ -3,8 +3,10 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use tureen_engine::scheduler::{self, Decision, RunOptions};
+use serde_json::{json, Value};
+use tureen_engine::scheduler::{self, Decision, PlanLine, RunOptions};
 
+use super::output::{print_json, print_table, table};
 use super::Global;
 
 #[derive(clap::Args, Debug)]
@@ -14,6 +16,13 @@ pub struct Args {
     /// Param overrides, as for `tureen run`.
     #[arg(short = 'P', long = "param", value_name = "NAME=VALUE")]
     pub params: Vec<String>,
+    /// Exit with status 1 when any stage is out of date (as `dvc status -q`; with `-q`
+    /// nothing is printed).
+    #[arg(long)]
+    pub check: bool,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 pub fn run(args: Args, global: &Global) -> anyhow::Result<ExitCode> {
@@ -21,6 +30,7 @@ pub fn run(args: Args, global: &Global) -> anyhow::Result<ExitCode> {
         Ok(v) => v,
         Err(code) => return Ok(code),
     };
+    let store = global.locate_store(Some(&args.pipeline))?;
     let opts = RunOptions {
         dry_run: true,
         overrides: args.params,
@@ -29,56 +39,75 @@ pub fn run(args: Args, global: &Global) -> anyhow::Result<ExitCode> {
     let outcome = scheduler::run(
         &pipeline,
         &registry,
-        &global.store_dir(),
+        &store.path,
         &opts,
         tureen_engine::interrupt::flag(),
     )?;
-    let width = outcome
+    let stale = outcome
         .plan
         .iter()
-        .map(|l| l.stage.len())
-        .max()
-        .unwrap_or(5)
-        .max(5);
-    let kw = outcome
-        .plan
-        .iter()
-        .map(|l| l.kind.len())
-        .max()
-        .unwrap_or(4)
-        .max(4);
-    println!(
-        "{:<width$}  {:<kw$}  {:<10}  WHY",
-        "STAGE", "KIND", "STATUS"
-    );
-    let mut stale = 0;
-    for line in &outcome.plan {
-        let (status, why) = match &line.decision {
-            Decision::Cached => ("up-to-date", String::new()),
-            Decision::Run(why) => {
-                stale += 1;
-                ("changed", why.join("; "))
-            }
-            Decision::Blocked(why) => {
-                stale += 1;
-                ("outdated", why.clone())
-            }
-            Decision::Failed(e) => {
-                stale += 1;
-                ("error", e.clone())
-            }
-            Decision::Skipped(s) => ("skipped", s.clone()),
-            Decision::Excluded => ("-", String::new()),
-        };
+        .filter(|l| is_stale(&l.decision))
+        .count();
+    if args.json {
+        print_json(&json!({
+            "pipeline": pipeline.file,
+            "store": store.path,
+            "up_to_date": outcome.plan.len() - stale,
+            "stages": outcome.plan.iter().map(line_json).collect::<Vec<_>>(),
+        }));
+    } else if !(args.check && global.quiet) {
+        let mut t = table(["STAGE", "KIND", "STATUS", "WHY"]);
+        for line in &outcome.plan {
+            let (status, why) = describe(&line.decision);
+            t.add_row([line.stage.as_str(), &line.kind, status, &why]);
+        }
+        print_table(&t);
         println!(
-            "{:<width$}  {:<kw$}  {status:<10}  {why}",
-            line.stage, line.kind
+            "{} of {} stages up to date",
+            outcome.plan.len() - stale,
+            outcome.plan.len()
         );
     }
-    println!(
-        "{} of {} stages up to date",
-        outcome.plan.len() - stale,
-        outcome.plan.len()
-    );
-    Ok(ExitCode::SUCCESS)
+    Ok(if args.check && stale > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn is_stale(d: &Decision) -> bool {
+    matches!(
+        d,
+        Decision::Run(_) | Decision::Blocked(_) | Decision::Failed(_)
+    )
+}
+
+/// The status word and the reason, as the table and JSON show them.
+fn describe(d: &Decision) -> (&'static str, String) {
+    match d {
+        Decision::Cached => ("up-to-date", String::new()),
+        Decision::Run(why) => ("changed", why.join("; ")),
+        Decision::Blocked(why) => ("outdated", why.clone()),
+        Decision::Failed(e) => ("error", e.clone()),
+        Decision::Skipped(s) => ("skipped", s.clone()),
+        Decision::Excluded => ("-", String::new()),
+    }
+}
+
+/// One stage of a plan as JSON (`status` and `run --dry-run --json`).
+pub fn line_json(line: &PlanLine) -> Value {
+    let (status, _) = describe(&line.decision);
+    let why: Vec<String> = match &line.decision {
+        Decision::Run(why) => why.clone(),
+        Decision::Blocked(w) | Decision::Failed(w) | Decision::Skipped(w) => vec![w.clone()],
+        Decision::Cached | Decision::Excluded => Vec::new(),
+    };
+    json!({
+        "stage": line.stage,
+        "kind": line.kind,
+        "status": status,
+        "out_of_date": is_stale(&line.decision),
+        "why": why,
+        "key": line.key.map(|k| k.to_string()),
+    })
 }

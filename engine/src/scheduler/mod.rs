@@ -19,6 +19,7 @@ mod state;
 mod why;
 mod workspace;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
@@ -67,6 +68,9 @@ pub struct RunOptions {
     pub purpose: Option<String>,
     /// Lines of a failed stage's log to print.
     pub tail_lines: usize,
+    /// More entries for the record's `tools` (the command line's build: git commit,
+    /// profile, libtorch).
+    pub tools: BTreeMap<String, String>,
 }
 
 impl Default for RunOptions {
@@ -83,6 +87,7 @@ impl Default for RunOptions {
             tureen_exe: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("tureen")),
             purpose: None,
             tail_lines: 20,
+            tools: BTreeMap::new(),
         }
     }
 }
@@ -370,7 +375,11 @@ fn run_record(run: &RunState<'_>) -> RunRecord {
         ended: None,
         host: crate::host::hostname(),
         user: crate::host::username(),
-        tools: record::tools(run.registry),
+        store: Some(run.store.root().to_path_buf()),
+        tools: record::tools(run.registry)
+            .into_iter()
+            .chain(opts.tools.clone())
+            .collect(),
         stages: Vec::new(),
     }
 }

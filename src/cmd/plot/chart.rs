@@ -2,11 +2,13 @@
 //! each over the whole run and zoomed on its final 10%, with evaluated models marked
 //! (the soup as a star), like the figure of the convnext_xxlarge model card.
 
+use std::collections::BTreeMap;
 use std::ops::Range;
 use std::path::Path;
 use std::sync::Once;
 
 use anyhow::{anyhow, bail, Context};
+use plotters::coord::types::RangedCoordf64;
 use plotters::coord::Shift;
 use plotters::element::{Drawable, PointCollection};
 use plotters::prelude::*;
@@ -93,6 +95,19 @@ pub fn draw(curves: &RunCurves, path: &Path, format: Format) -> anyhow::Result<(
     Ok(())
 }
 
+/// The chart as an SVG document (the report page embeds it).
+pub fn svg(curves: &RunCurves) -> anyhow::Result<String> {
+    register_fonts()?;
+    let mut out = String::new();
+    {
+        let root = SVGBackend::with_string(&mut out, SIZE).into_drawing_area();
+        draw_on(curves, &root).map_err(|e| anyhow!("drawing the curves: {e}"))?;
+        root.present()
+            .map_err(|e| anyhow!("drawing the curves: {e}"))?;
+    }
+    Ok(out)
+}
+
 type DrawResult = Result<(), String>;
 
 fn draw_on<DB: DrawingBackend>(curves: &RunCurves, root: &DrawingArea<DB, Shift>) -> DrawResult {
@@ -145,8 +160,12 @@ fn draw_on<DB: DrawingBackend>(curves: &RunCurves, root: &DrawingArea<DB, Shift>
                  evals: &[EvalPoint],
                  x: Range<f64>,
                  legend: Option<SeriesLabelPosition>| {
+        let evals = PanelEvals {
+            points: evals,
+            branches: &curves.branches,
+        };
         draw_panel(
-            area, title, x_desc, y_desc, data, evals, x, legend, &color_of,
+            area, title, x_desc, y_desc, data, &evals, x, legend, &color_of,
         )
     };
     // Legends go where the curves are not: loss falls, accuracy rises.
@@ -173,7 +192,7 @@ fn draw_on<DB: DrawingBackend>(curves: &RunCurves, root: &DrawingArea<DB, Shift>
         None,
     )?;
     if has_top1 {
-        let title = "zero-shot top-1 (%)";
+        let title = "zero-shot top-1 (%), bars: one standard error";
         panel(
             &panels[2],
             title,
@@ -196,13 +215,22 @@ fn draw_on<DB: DrawingBackend>(curves: &RunCurves, root: &DrawingArea<DB, Shift>
     Ok(())
 }
 
+/// The evaluations a panel shows, and where rewinds branch (see [`RunCurves::branches`]).
+struct PanelEvals<'a> {
+    points: &'a [EvalPoint],
+    branches: &'a BTreeMap<String, EvalPoint>,
+}
+
 /// The y range covering every value with x in `x`, padded by 5%.
 fn y_range(data: &[Curve], evals: &[EvalPoint], x: &Range<f64>) -> Range<f64> {
     let inside = |px: f64| px >= x.start && px <= x.end;
     let ys = data
         .iter()
         .flat_map(|c| c.points.iter().filter(|p| inside(p.0)).map(|p| p.1))
-        .chain(evals.iter().filter(|ev| inside(ev.x)).map(|ev| ev.top1));
+        .chain(evals.iter().filter(|ev| inside(ev.x)).flat_map(|ev| {
+            let se = ev.stderr.unwrap_or(0.0);
+            [ev.top1 - se, ev.top1 + se]
+        }));
     let (lo, hi) = ys.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), y| {
         (lo.min(y), hi.max(y))
     });
@@ -245,12 +273,13 @@ fn draw_panel<DB: DrawingBackend>(
     x_desc: &str,
     y_desc: &str,
     data: &[Curve],
-    evals: &[EvalPoint],
+    evals: &PanelEvals<'_>,
     x: Range<f64>,
     legend: Option<SeriesLabelPosition>,
     color_of: &dyn Fn(&str) -> RGBColor,
 ) -> DrawResult {
     let e = |x: DrawingAreaErrorKind<DB::ErrorType>| x.to_string();
+    let (branches, evals) = (evals.branches, evals.points);
     let y = y_range(data, evals, &x);
     let decimals = label_decimals(y.end - y.start);
     let mut chart = ChartBuilder::on(area)
@@ -302,23 +331,10 @@ fn draw_panel<DB: DrawingBackend>(
                 .map_err(e)?;
         }
     }
-    for ev in evals.iter().filter(|ev| inside(ev.x)) {
+    let shown: Vec<&EvalPoint> = evals.iter().filter(|ev| inside(ev.x)).collect();
+    if !shown.is_empty() {
         drew_any = true;
-        let label = format!("{}: {} {:.2}%", ev.eval_stage, ev.model_stage, ev.top1);
-        if ev.model_kind == "soup" {
-            chart
-                .draw_series(std::iter::once(star((ev.x, ev.top1), 11, SOUP)))
-                .map_err(e)?
-                .label(label)
-                .legend(move |(lx, ly)| star((lx + 12, ly), 7, SOUP));
-        } else {
-            let color = color_of(&ev.model_stage);
-            chart
-                .draw_series(std::iter::once(diamond((ev.x, ev.top1), 8, color)))
-                .map_err(e)?
-                .label(label)
-                .legend(move |(lx, ly)| diamond((lx + 12, ly), 6, color));
-        }
+        draw_evals(&mut chart, &shown, branches, color_of)?;
     }
     if !drew_any {
         area.draw(&Text::new("no data in this range", (90, 60), (FONT, 16)))
@@ -335,6 +351,113 @@ fn draw_panel<DB: DrawingBackend>(
             .map_err(e)?;
     }
     Ok(())
+}
+
+/// Markers closer than this (pixels) are set side by side.
+const MARKER_GAP: i32 = 15;
+
+/// The evaluated models of one panel: a line through the evaluations of each training
+/// stage's models in order of samples seen (zero-shot accuracy over training), each
+/// evaluation a marker with a bar of one standard error either side, the soup a star.
+/// Markers that would cover one another are moved apart sideways by a few pixels.
+fn draw_evals<DB: DrawingBackend>(
+    chart: &mut ChartContext<'_, DB, Cartesian2d<RangedCoordf64, RangedCoordf64>>,
+    evals: &[&EvalPoint],
+    branches: &BTreeMap<String, EvalPoint>,
+    color_of: &dyn Fn(&str) -> RGBColor,
+) -> DrawResult {
+    let e = |x: DrawingAreaErrorKind<DB::ErrorType>| x.to_string();
+    let mut stages: Vec<&str> = Vec::new();
+    for ev in evals.iter().filter(|ev| ev.model_kind != "soup") {
+        if !stages.contains(&ev.model_stage.as_str()) {
+            stages.push(&ev.model_stage);
+        }
+    }
+    for stage in &stages {
+        let mut points: Vec<&EvalPoint> = evals
+            .iter()
+            .copied()
+            .filter(|ev| ev.model_stage == *stage && ev.model_kind != "soup")
+            .collect();
+        points.sort_by(|a, b| a.x.total_cmp(&b.x));
+        let color = color_of(stage);
+        let last = points.last().expect("a stage listed has evaluations");
+        let label = match points.len() {
+            1 => format!("{stage}: {} {:.2}%", last.eval_stage, last.top1),
+            n => format!("{stage}: {n} evaluations, last {:.2}%", last.top1),
+        };
+        // A rewind's curve starts where it branched off its parent's.
+        let start = branches.get(*stage).map(|b| (b.x, b.top1));
+        let line: Vec<(f64, f64)> = start
+            .into_iter()
+            .chain(points.iter().map(|ev| (ev.x, ev.top1)))
+            .collect();
+        chart
+            .draw_series(LineSeries::new(line, color.mix(0.8).stroke_width(2)))
+            .map_err(e)?
+            .label(label)
+            .legend(move |(lx, ly)| diamond((lx + 12, ly), 6, color));
+    }
+    let offsets = dodge(
+        &evals
+            .iter()
+            .map(|ev| chart.backend_coord(&(ev.x, ev.top1)))
+            .collect::<Vec<_>>(),
+    );
+    for (ev, dx) in evals.iter().zip(offsets) {
+        let bar = ev
+            .stderr
+            .map(|se| ((ev.x, ev.top1 - se), (ev.x, ev.top1 + se)));
+        if ev.model_kind == "soup" {
+            let label = format!("{} ({}): {:.2}%", ev.model_stage, ev.eval_stage, ev.top1);
+            chart
+                .draw_series(std::iter::once(
+                    star((ev.x, ev.top1), 11, SOUP).with(bar, dx),
+                ))
+                .map_err(e)?
+                .label(label)
+                .legend(move |(lx, ly)| star((lx + 12, ly), 7, SOUP));
+        } else {
+            let color = color_of(&ev.model_stage);
+            chart
+                .draw_series(std::iter::once(
+                    diamond((ev.x, ev.top1), 7, color).with(bar, dx),
+                ))
+                .map_err(e)?;
+        }
+    }
+    Ok(())
+}
+
+/// Sideways pixel offsets that keep markers at pixel positions `at` from covering one
+/// another: runs of markers closer than [`MARKER_GAP`] in x (and in y) are spread
+/// evenly around where they belong, in the order given.
+fn dodge(at: &[BackendCoord]) -> Vec<i32> {
+    let mut order: Vec<usize> = (0..at.len()).collect();
+    order.sort_by_key(|&i| at[i].0);
+    let mut offsets = vec![0; at.len()];
+    let mut start = 0;
+    while start < order.len() {
+        let mut end = start + 1;
+        while end < order.len()
+            && (at[order[end]].0 - at[order[end - 1]].0).abs() < MARKER_GAP
+            && order[start..end]
+                .iter()
+                .any(|&j| (at[order[end]].1 - at[j].1).abs() < 2 * MARKER_GAP)
+        {
+            end += 1;
+        }
+        let mut group: Vec<usize> = order[start..end].to_vec();
+        group.sort_unstable();
+        let n = group.len() as i32;
+        for (k, &i) in group.iter().enumerate() {
+            // Centred on the group's mean position, MARKER_GAP apart.
+            let mean = group.iter().map(|&j| at[j].0).sum::<i32>() / n;
+            offsets[i] = mean - at[i].0 + (2 * k as i32 - (n - 1)) * MARKER_GAP / 2;
+        }
+        start = end;
+    }
+    offsets
 }
 
 /// Pixel offsets of a five-pointed star of outer radius `r`.
@@ -366,62 +489,107 @@ fn closed(mut points: Vec<(i32, i32)>) -> Vec<(i32, i32)> {
     points
 }
 
-/// A filled marker with a thin black outline around `at`: a plotters element that,
+/// A filled marker with a thin black outline around `at`, optionally with an error bar
+/// from `bar.0` to `bar.1` and moved `dx` pixels sideways: a plotters element that,
 /// unlike a composed one, does not depend on the backend type (legends need that).
 struct Marker<C> {
-    at: C,
-    /// Pixel offsets of the outline from `at`.
+    /// The marker's position, then the bar's ends if it has one.
+    points: Vec<C>,
+    /// Pixel offsets of the outline from the position.
     outline: Vec<(i32, i32)>,
     color: RGBColor,
+    dx: i32,
+}
+
+impl<C> Marker<C> {
+    /// This marker with an error bar (`(low, high)`) and a sideways pixel offset.
+    fn with(mut self, bar: Option<(C, C)>, dx: i32) -> Marker<C> {
+        if let Some((lo, hi)) = bar {
+            self.points.truncate(1);
+            self.points.extend([lo, hi]);
+        }
+        self.dx = dx;
+        self
+    }
 }
 
 impl<'a, C: 'a> PointCollection<'a, C> for &'a Marker<C> {
     type Point = &'a C;
-    type IntoIter = std::iter::Once<&'a C>;
+    type IntoIter = std::slice::Iter<'a, C>;
     fn point_iter(self) -> Self::IntoIter {
-        std::iter::once(&self.at)
+        self.points.iter()
     }
 }
 
 impl<C, DB: DrawingBackend> Drawable<DB> for Marker<C> {
     fn draw<I: Iterator<Item = BackendCoord>>(
         &self,
-        mut pos: I,
+        pos: I,
         backend: &mut DB,
         _: (u32, u32),
     ) -> Result<(), DrawingErrorKind<DB::ErrorType>> {
-        if let Some((x, y)) = pos.next() {
-            let points: Vec<BackendCoord> = self
-                .outline
-                .iter()
-                .map(|(dx, dy)| (x + dx, y + dy))
-                .collect();
-            backend.fill_polygon(points.clone(), &self.color.filled())?;
-            backend.draw_path(closed(points), &BLACK.stroke_width(1))?;
+        let pos: Vec<BackendCoord> = pos.map(|(x, y)| (x + self.dx, y)).collect();
+        let Some(&(x, y)) = pos.first() else {
+            return Ok(());
+        };
+        if let [_, lo, hi] = pos.as_slice() {
+            let bar = self.color.stroke_width(2);
+            backend.draw_line(*lo, *hi, &bar)?;
+            for end in [lo, hi] {
+                backend.draw_line((end.0 - 4, end.1), (end.0 + 4, end.1), &bar)?;
+            }
         }
+        let points: Vec<BackendCoord> = self
+            .outline
+            .iter()
+            .map(|(dx, dy)| (x + dx, y + dy))
+            .collect();
+        backend.fill_polygon(points.clone(), &self.color.filled())?;
+        backend.draw_path(closed(points), &BLACK.stroke_width(1))?;
         Ok(())
     }
 }
 
 fn star<C>(at: C, r: i32, color: RGBColor) -> Marker<C> {
     Marker {
-        at,
+        points: vec![at],
         outline: star_points(r),
         color,
+        dx: 0,
     }
 }
 
 fn diamond<C>(at: C, r: i32, color: RGBColor) -> Marker<C> {
     Marker {
-        at,
+        points: vec![at],
         outline: diamond_points(r),
         color,
+        dx: 0,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn overlapping_markers_are_spread_and_separate_ones_stay() {
+        // Two at the same place, one just beside them, one far away.
+        let at = [(100, 50), (100, 50), (106, 52), (300, 50)];
+        let dx = dodge(&at);
+        let placed: Vec<i32> = at.iter().zip(&dx).map(|(p, d)| p.0 + d).collect();
+        assert_eq!(dx[3], 0, "a lone marker stays where it is");
+        for i in 0..3 {
+            for j in 0..i {
+                assert!(
+                    (placed[i] - placed[j]).abs() >= MARKER_GAP - 1,
+                    "{placed:?}"
+                );
+            }
+        }
+        // Markers far apart in y do not push each other sideways.
+        assert_eq!(dodge(&[(100, 10), (100, 200)]), vec![0, 0]);
+    }
 
     #[test]
     fn sample_counts_read_like_the_card() {

@@ -87,6 +87,9 @@ pub struct EvalPoint {
     pub x: f64,
     /// Top-1 accuracy in percent.
     pub top1: f64,
+    /// Its standard error in percent points, `sqrt(p (1 - p) / n)` over the `n`
+    /// evaluated images, when the eval says how many it used.
+    pub stderr: Option<f64>,
 }
 
 /// Everything one chart shows.
@@ -99,6 +102,9 @@ pub struct RunCurves {
     /// Zero-shot top-1 in percent, logged during training.
     pub top1: Vec<Curve>,
     pub evals: Vec<EvalPoint>,
+    /// Stage -> the evaluation of the checkpoint it continued (`inputs.from`), where a
+    /// rewind's zero-shot curve branches off its parent's.
+    pub branches: BTreeMap<String, EvalPoint>,
 }
 
 impl RunCurves {
@@ -175,7 +181,33 @@ pub fn read_run(store: &Path, run_id: &str) -> anyhow::Result<RunCurves> {
         }
     }
     curves.evals = read_evals(store, &record, &final_x, &interval_ends)?;
+    curves.branches = branch_evals(&record, &curves.evals);
     Ok(curves)
+}
+
+/// For each stage that continued a checkpoint (`inputs.from`), the evaluation of that
+/// very checkpoint (same digest), if the run has one.
+fn branch_evals(record: &RunView, evals: &[EvalPoint]) -> BTreeMap<String, EvalPoint> {
+    let digest_of = |stage: &StageView, input: &str| -> Option<String> {
+        let artifacts = stage.inputs.get(input)?.get("artifacts")?;
+        artifacts.get("digest")?.as_str().map(str::to_string)
+    };
+    let mut out = BTreeMap::new();
+    for stage in &record.stages {
+        let Some(from) = digest_of(stage, "from") else {
+            continue;
+        };
+        let branch = evals.iter().find(|ev| {
+            record
+                .stage(&ev.eval_stage)
+                .and_then(|s| digest_of(s, "model"))
+                .is_some_and(|d| d == from)
+        });
+        if let Some(ev) = branch {
+            out.insert(stage.name.clone(), ev.clone());
+        }
+    }
+    out
 }
 
 /// The metrics log of `stage`: this run's, or, for a stage this run restored from the
@@ -291,6 +323,15 @@ fn top1(value: &Value) -> Option<f64> {
     None
 }
 
+/// How many images an accuracy was measured on: `zeroshot.samples` as tureen's eval
+/// writes it, or a top-level `samples`/`n`.
+fn samples(value: &Value) -> Option<f64> {
+    value
+        .get("zeroshot")
+        .and_then(|z| number(z, &["samples", "n"]))
+        .or_else(|| number(value, &["samples", "n", "num_samples"]))
+}
+
 /// Accuracies logged as fractions (all at most 1) become percent.
 fn as_percent(points: &mut [(f64, f64)]) {
     if points.iter().all(|p| p.1 <= 1.0) {
@@ -318,8 +359,13 @@ fn read_evals(
         let Some(model) = record.stage(name) else {
             continue;
         };
-        let Some(top1) = stored_top1(store, &mut opened, stage)? else {
+        let Some(accuracy) = stored_top1(store, &mut opened, stage)? else {
             continue;
+        };
+        let top1 = if accuracy.top1 <= 1.0 {
+            accuracy.top1
+        } else {
+            accuracy.top1 / 100.0
         };
         // An intermediate checkpoint sits where its interval ended; a final model (or
         // an index the logs do not cover) at the end of its stage.
@@ -334,7 +380,11 @@ fn read_evals(
             model_stage: model.name.clone(),
             model_kind: model.kind.clone(),
             x,
-            top1: if top1 <= 1.0 { top1 * 100.0 } else { top1 },
+            top1: top1 * 100.0,
+            stderr: accuracy
+                .samples
+                .filter(|n| *n >= 1.0)
+                .map(|n| 100.0 * (top1 * (1.0 - top1) / n).sqrt()),
         });
     }
     Ok(out)
@@ -355,7 +405,7 @@ fn evaluated_stage<'a>(eval: &StageView, names: &[&'a str]) -> Option<(&'a str, 
 }
 
 /// The stage a reference such as `core.checkpoints[3]` points into, if any.
-fn stage_of<'a>(reference: &str, names: &[&'a str]) -> Option<&'a str> {
+pub fn stage_of<'a>(reference: &str, names: &[&'a str]) -> Option<&'a str> {
     names
         .iter()
         .filter(|n| {
@@ -383,12 +433,19 @@ fn model_x(record: &RunView, model: &StageView, final_x: &BTreeMap<String, f64>)
     from_upstream.unwrap_or_else(|| final_x.values().copied().fold(0.0, f64::max))
 }
 
+/// A stored top-1 accuracy and the number of images it was measured on.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Accuracy {
+    top1: f64,
+    samples: Option<f64>,
+}
+
 /// The top-1 accuracy in an eval stage's stored JSON output(s).
 fn stored_top1(
     store: &Path,
     opened: &mut Option<Store>,
     stage: &StageView,
-) -> anyhow::Result<Option<f64>> {
+) -> anyhow::Result<Option<Accuracy>> {
     if opened.is_none() {
         *opened = Some(
             Store::open(store).with_context(|| format!("cannot open store {}", store.display()))?,
@@ -412,7 +469,10 @@ fn stored_top1(
                 std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
             if let Ok(value) = serde_json::from_slice::<Value>(&bytes) {
                 if let Some(x) = top1(&value) {
-                    return Ok(Some(x));
+                    return Ok(Some(Accuracy {
+                        top1: x,
+                        samples: samples(&value),
+                    }));
                 }
             }
         }
@@ -447,7 +507,11 @@ mod tests {
         let s = Store::open(store).unwrap();
         let metrics = |top1: f64| {
             let d = s
-                .add_bytes(json!({"zeroshot": {"top1": top1}}).to_string().as_bytes())
+                .add_bytes(
+                    json!({"zeroshot": {"top1": top1, "samples": 400}})
+                        .to_string()
+                        .as_bytes(),
+                )
                 .unwrap();
             json!({"metrics": {"digest": d.to_string()}})
         };
@@ -478,6 +542,8 @@ mod tests {
         // Checkpoint 1 follows interval 2: 8 steps x 8 samples.
         assert_eq!((at("mid").x, at("mid").top1), (64.0, 25.0));
         assert_eq!((at("end").x, at("end").top1), (96.0, 50.0));
+        // sqrt(0.5 x 0.5 / 400) = 2.5 points.
+        assert_eq!(at("end").stderr, Some(2.5));
     }
 
     #[test]

@@ -189,7 +189,12 @@ impl Block {
                 let y = self.fc1.forward_nhwc(&y).gelu("none");
                 let mut y = self.fc2.forward_nhwc(&y).permute([0, 3, 1, 2]);
                 if let Some(g) = &self.gamma {
-                    y *= g.view([-1, 1, 1]);
+                    // Not `*=`: tch's `MulAssign` multiplies in place, on a permuted view
+                    // that autograd needs as it was.
+                    #[allow(clippy::assign_op_pattern)]
+                    {
+                        y = y * g.view([-1, 1, 1]);
+                    }
                 }
                 y
             }
