@@ -279,7 +279,11 @@ pub struct GcReport {
 /// in `dirs`, so a run that checks thousands of files in a few directories resolves each
 /// directory once. (The entry's stamp holds the inode and device, so even a name that a
 /// renamed directory no longer resolves to can only miss, never give a wrong digest.)
-fn stat_cache_key(path: &Path, dirs: &mut HashMap<PathBuf, PathBuf>) -> Option<PathBuf> {
+fn stat_cache_key(
+    path: &Path,
+    is_link: bool,
+    dirs: &mut HashMap<PathBuf, PathBuf>,
+) -> Option<PathBuf> {
     let whole = || {
         fs::canonicalize(path)
             .or_else(|_| std::path::absolute(path))
@@ -288,7 +292,7 @@ fn stat_cache_key(path: &Path, dirs: &mut HashMap<PathBuf, PathBuf>) -> Option<P
     let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
         return whole();
     };
-    if fs::symlink_metadata(path).ok()?.file_type().is_symlink() {
+    if is_link {
         return whole();
     }
     if let Some(dir) = dirs.get(parent) {
@@ -303,6 +307,17 @@ fn stat_cache_key(path: &Path, dirs: &mut HashMap<PathBuf, PathBuf>) -> Option<P
     let key = dir.join(name);
     dirs.insert(parent.to_path_buf(), dir);
     Some(key)
+}
+
+/// What `stat` says of `path` (following a symbolic link), and whether it is one: one
+/// system call for a path that is not a link.
+fn stat(path: &Path) -> io::Result<(fs::Metadata, bool)> {
+    let meta = fs::symlink_metadata(path)?;
+    if meta.file_type().is_symlink() {
+        Ok((fs::metadata(path)?, true))
+    } else {
+        Ok((meta, false))
+    }
 }
 
 /// The stat cache and the canonical directories its keys are made from.
@@ -377,13 +392,13 @@ impl Store {
     /// copied (large files through a memory map, hashed on all threads); if the stat cache
     /// already knows the file and the object exists, nothing is copied at all.
     pub fn add_file(&self, path: &Path) -> Result<Digest> {
-        let meta = fs::metadata(path).map_err(io_err("stat", path))?;
+        let (meta, is_link) = stat(path).map_err(io_err("stat", path))?;
         if !meta.is_file() {
             return Err(StoreError::UnsupportedFileType {
                 path: path.to_path_buf(),
             });
         }
-        if let Some(digest) = self.cached_digest(path, &meta) {
+        if let Some(digest) = self.cached_digest(path, &meta, is_link) {
             if self.contains(&digest) {
                 return Ok(digest);
             }
@@ -393,7 +408,7 @@ impl Store {
         copy_hashing(&src, meta.len(), &mut temp.writer).map_err(io_err("copy", path))?;
         let digest = temp.writer.digest();
         temp.commit_as(digest)?;
-        self.remember(path, &meta, digest);
+        self.remember(path, &meta, is_link, digest);
         Ok(digest)
     }
 
@@ -585,46 +600,48 @@ impl Store {
     /// inode, device) are unchanged since it was last hashed is not read again. The file
     /// is not added to the store.
     pub fn hash_file_cached(&self, path: &Path) -> Result<Digest> {
-        let meta = fs::metadata(path).map_err(io_err("stat", path))?;
+        let (meta, is_link) = stat(path).map_err(io_err("stat", path))?;
         if !meta.is_file() {
             return Err(StoreError::UnsupportedFileType {
                 path: path.to_path_buf(),
             });
         }
-        if let Some(d) = self.cached_digest(path, &meta) {
+        if let Some(d) = self.cached_digest(path, &meta, is_link) {
             return Ok(d);
         }
         let digest = Digest::of_file(path).map_err(io_err("hash", path))?;
-        self.remember(path, &meta, digest);
+        self.remember(path, &meta, is_link, digest);
         Ok(digest)
     }
 
     /// The digest the stat cache holds for `path` as it is now (same size, times, inode),
     /// without hashing anything.
     pub fn cached_file_digest(&self, path: &Path) -> Option<Digest> {
-        let meta = fs::metadata(path).ok()?;
-        self.cached_digest(path, &meta)
+        let (meta, is_link) = stat(path).ok()?;
+        self.cached_digest(path, &meta, is_link)
     }
 
     /// Records `digest` for `path`, computed by the caller from the file as it was when
     /// `before` was taken: nothing is recorded if the file has changed since.
     pub fn remember_file_digest(&self, path: &Path, before: &fs::Metadata, digest: Digest) {
-        let Ok(now) = fs::metadata(path) else { return };
+        let Ok((now, is_link)) = stat(path) else {
+            return;
+        };
         if FileStamp::of(&now) == FileStamp::of(before) {
-            self.remember(path, &now, digest);
+            self.remember(path, &now, is_link, digest);
         }
     }
 
-    fn cached_digest(&self, path: &Path, meta: &fs::Metadata) -> Option<Digest> {
+    fn cached_digest(&self, path: &Path, meta: &fs::Metadata, is_link: bool) -> Option<Digest> {
         let mut state = self.stat.lock().ok()?;
         let StatState { cache, dirs } = &mut *state;
-        let key = stat_cache_key(path, dirs)?;
+        let key = stat_cache_key(path, is_link, dirs)?;
         cache.lookup(&self.root, &key, &FileStamp::of(meta))
     }
 
     /// Records a digest in the stat cache (if the file is settled), persisted at the next
     /// [`Store::flush_stat_cache`] (at the latest when the store is dropped).
-    fn remember(&self, path: &Path, meta: &fs::Metadata, digest: Digest) {
+    fn remember(&self, path: &Path, meta: &fs::Metadata, is_link: bool, digest: Digest) {
         let stamp = FileStamp::of(meta);
         if !stamp.is_settled() {
             return;
@@ -633,7 +650,7 @@ impl Store {
             return;
         };
         let StatState { cache, dirs } = &mut *state;
-        if let Some(key) = stat_cache_key(path, dirs) {
+        if let Some(key) = stat_cache_key(path, is_link, dirs) {
             cache.insert(key, stamp, digest);
         }
     }

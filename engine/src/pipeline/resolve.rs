@@ -293,7 +293,9 @@ fn check_outs(sink: &mut Sink, stage: &Stage, at: Pos, root: &Path, paths: &mut 
     let reads: Vec<PathBuf> = stage
         .refs()
         .filter_map(|r| match &r.target {
-            Target::File { path, .. } => Some(paths.of(path)),
+            // Followed to the end: an output may not be what a link the stage reads
+            // points to.
+            Target::File { path, .. } => Some(resolved(path)),
             Target::Output { .. } => None,
         })
         .collect();
@@ -344,12 +346,12 @@ impl Resolved {
         }
     }
 
-    /// `path` resolved as [`resolved`] does; a path that is not itself a symbolic link
-    /// is its resolved directory joined with its name.
+    /// `path` as its resolved directory joined with its name. A symbolic link as the last
+    /// component is not followed: removing an output removes the link, never what it
+    /// points to, so only the directories on the way matter.
     fn of(&mut self, path: &Path) -> PathBuf {
-        let is_link = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink());
         match (path.parent(), path.file_name()) {
-            (Some(dir), Some(name)) if !is_link && !name.is_empty() && name != ".." => {
+            (Some(dir), Some(name)) if !name.is_empty() && name != ".." => {
                 let dir = self
                     .dirs
                     .entry(dir.to_path_buf())
