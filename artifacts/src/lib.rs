@@ -10,10 +10,12 @@
 //!   ever executed) with storages memory-mapped.
 //! - [`checkpoint`]: any of those formats (and sharded safetensors) as named tensors.
 //! - [`soup`]: streaming, deterministic weighted averages of checkpoints.
+//! - [`convert`]: any checkpoint rewritten as safetensors, with provenance.
 //! - [`fsutil`]: atomic writes and fast copies shared with the engine.
 //! - [`writeback`]: early writeback of large files, so that their final `fsync` is short.
 
 pub mod checkpoint;
+pub mod convert;
 pub mod digest;
 pub mod fsutil;
 pub mod safetensors;

@@ -4,8 +4,11 @@
 
 use std::path::PathBuf;
 
+pub mod ckpt_args;
+pub mod convert;
 pub mod dag;
 pub mod data;
+pub mod inspect;
 pub mod plan;
 pub mod plot;
 pub mod replay;

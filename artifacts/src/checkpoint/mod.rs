@@ -236,8 +236,24 @@ impl Checkpoint {
             for t in file.tensors() {
                 match idx.weight_map.get(&t.name) {
                     Some(listed) if listed == shard => {}
-                    Some(listed) => return Err(invalid(index, format!("tensor {:?} is in shard {shard} but the index puts it in {listed}", t.name))),
-                    None => return Err(invalid(index, format!("shard {shard} holds tensor {:?}, which the index does not list", t.name))),
+                    Some(listed) => {
+                        return Err(invalid(
+                            index,
+                            format!(
+                                "tensor {:?} is in shard {shard} but the index puts it in {listed}",
+                                t.name
+                            ),
+                        ))
+                    }
+                    None => {
+                        return Err(invalid(
+                            index,
+                            format!(
+                                "shard {shard} holds tensor {:?}, which the index does not list",
+                                t.name
+                            ),
+                        ))
+                    }
                 }
             }
             for (k, v) in file.metadata().into_iter().flatten() {
@@ -336,10 +352,16 @@ impl Checkpoint {
     fn index(&mut self) -> Result<(), CheckpointError> {
         for (i, t) in self.tensors.iter().enumerate() {
             if t.name == "__metadata__" {
-                return Err(invalid(&self.path, "a tensor is named `__metadata__`, which safetensors reserves".into()));
+                return Err(invalid(
+                    &self.path,
+                    "a tensor is named `__metadata__`, which safetensors reserves".into(),
+                ));
             }
             if self.by_name.insert(t.name.clone(), i).is_some() {
-                return Err(invalid(&self.path, format!("tensor {:?} appears twice", t.name)));
+                return Err(invalid(
+                    &self.path,
+                    format!("tensor {:?} appears twice", t.name),
+                ));
             }
         }
         Ok(())
@@ -402,13 +424,19 @@ impl Checkpoint {
         }
         let mut tree = crate::store::Tree::new();
         for ((name, _), bytes) in self.files.iter().zip(files) {
-            tree.files.insert(name.clone(), Digest::of_slice_parallel(bytes));
+            tree.files
+                .insert(name.clone(), Digest::of_slice_parallel(bytes));
         }
         Digest::of_bytes(&tree.to_bytes())
     }
 
     fn file_bytes(&self, part: usize) -> &[u8] {
         self.parts[part].bytes()
+    }
+
+    /// The files read, relative to the checkpoint (one, or the index and the shards).
+    pub fn files(&self) -> impl Iterator<Item = &str> {
+        self.files.iter().map(|(name, _)| name.as_str())
     }
 
     /// Bytes of all tensor data.
@@ -432,7 +460,10 @@ fn refuse_torch_options(
     if opts.key.is_some() {
         return Err(invalid(
             path,
-            format!("is {}: --key picks a state dict inside a torch.save file", format.name()),
+            format!(
+                "is {}: --key picks a state dict inside a torch.save file",
+                format.name()
+            ),
         ));
     }
     Ok(())
@@ -445,7 +476,11 @@ fn file_name(path: &Path) -> String {
 }
 
 fn names(paths: &[PathBuf]) -> String {
-    paths.iter().map(|p| file_name(p)).collect::<Vec<_>>().join(", ")
+    paths
+        .iter()
+        .map(|p| file_name(p))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn files_ending_with(dir: &Path, suffix: &str) -> Result<Vec<PathBuf>, CheckpointError> {

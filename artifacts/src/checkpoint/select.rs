@@ -80,14 +80,13 @@ pub(crate) fn select(file: &TorchFile, opts: &OpenOptions) -> Result<Selection, 
         .as_ref()
         .map_or_else(|| "the saved object".to_string(), |k| format!("`{k}`"));
     let mut tensors = state_dict(dict).map_err(|m| format!("{here} {m}"))?;
-    let stripped_prefix = (!opts.keep_prefix
-        && tensors.iter().all(|(n, _)| n.starts_with(DDP_PREFIX)))
-    .then(|| {
-        for (n, _) in &mut tensors {
-            n.drain(..DDP_PREFIX.len());
-        }
-        DDP_PREFIX.to_string()
-    });
+    let stripped_prefix =
+        (!opts.keep_prefix && tensors.iter().all(|(n, _)| n.starts_with(DDP_PREFIX))).then(|| {
+            for (n, _) in &mut tensors {
+                n.drain(..DDP_PREFIX.len());
+            }
+            DDP_PREFIX.to_string()
+        });
     // What else a training checkpoint holds (epoch, name, optimizer...).
     let first = key.as_ref().map(|k| k.0[0].as_str());
     let others = match (first, root.entries()) {
@@ -145,7 +144,10 @@ fn follow<'a>(root: Node<'a>, path: &StateDictPath) -> Result<Node<'a>, String> 
             format!("`{so_far}`")
         };
         let next = match node.items() {
-            Some(items) => part.parse::<usize>().ok().and_then(|j| items.get(j).copied()),
+            Some(items) => part
+                .parse::<usize>()
+                .ok()
+                .and_then(|j| items.get(j).copied()),
             None => node.get(part),
         };
         node = next.ok_or_else(|| {

@@ -83,7 +83,10 @@ fn key_paths_pick_and_explain() {
     let p = torch_file(dir.path(), "m.pt", &[t("w", 0, &[6], &[1])], Some("ema"));
     // `ema` is not searched by default: the error lists what is there.
     let e = open(&p).unwrap_err().to_string();
-    assert!(e.contains("no state dict") && e.contains("\"ema\" (a dict of 1 entries)"), "{e}");
+    assert!(
+        e.contains("no state dict") && e.contains("\"ema\" (a dict of 1 entries)"),
+        "{e}"
+    );
     let with = |key: &str| {
         Checkpoint::open(
             &p,
@@ -95,7 +98,10 @@ fn key_paths_pick_and_explain() {
     };
     assert!(with("ema").unwrap().get("w").is_some());
     let e = with("ema.x").unwrap_err().to_string();
-    assert!(e.contains("`ema` (a dict of 1 entries) has no entry `x`"), "{e}");
+    assert!(
+        e.contains("`ema` (a dict of 1 entries) has no entry `x`"),
+        "{e}"
+    );
     let e = with("epoch").unwrap_err().to_string();
     assert!(e.contains("`epoch` is 1, not a dict of tensors"), "{e}");
     assert!("a..b".parse::<StateDictPath>().is_err());
@@ -121,9 +127,15 @@ fn safetensors_files_and_model_directories_are_recognised_by_content() {
         keep_prefix: false,
     };
     let e = Checkpoint::open(&p, &key).unwrap_err().to_string();
-    assert!(e.contains("--key picks a state dict inside a torch.save file"), "{e}");
+    assert!(
+        e.contains("--key picks a state dict inside a torch.save file"),
+        "{e}"
+    );
     let e = open(dir.path()).unwrap_err().to_string();
-    assert!(e.contains("is a directory without model.safetensors"), "{e}");
+    assert!(
+        e.contains("is a directory without model.safetensors"),
+        "{e}"
+    );
 }
 
 fn specs(names: &[&str]) -> Vec<TensorSpec> {
@@ -145,9 +157,7 @@ fn write_sharded(dest: &Path, names: &[&str], max: u64) {
             .iter()
             .find(|s| s.layout().index_of(n).is_some())
             .unwrap();
-        shard
-            .write_tensor(n, &f32s(&[i as f32; 4]))
-            .unwrap();
+        shard.write_tensor(n, &f32s(&[i as f32; 4])).unwrap();
     }
     w.finish().unwrap();
 }
@@ -190,7 +200,10 @@ fn an_index_that_disagrees_with_its_shards_is_an_error() {
     let text = std::fs::read_to_string(&index).unwrap();
     std::fs::write(&index, text.replace("\"b\"", "\"z\"")).unwrap();
     let e = open(&d).unwrap_err().to_string();
-    assert!(e.contains("holds tensor \"b\", which the index does not list"), "{e}");
+    assert!(
+        e.contains("holds tensor \"b\", which the index does not list"),
+        "{e}"
+    );
     std::fs::write(&index, text.replace("00002-of", "00009-of")).unwrap();
     let e = open(&d).unwrap_err().to_string();
     assert!(e.contains("model-00009-of-00002.safetensors"), "{e}");

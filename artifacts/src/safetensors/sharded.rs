@@ -166,7 +166,9 @@ impl ShardedWriter {
             }
             let path = writer.temp.join(&name);
             let layout = Layout::new(&path, specs, metadata)?;
-            writer.writers.push(SafetensorsWriter::create(&path, layout)?);
+            writer
+                .writers
+                .push(SafetensorsWriter::create(&path, layout)?);
         }
         Ok(writer)
     }
@@ -198,7 +200,8 @@ impl ShardedWriter {
         fsutil::write_atomic(&index_path, &bytes).map_err(io("write", &index_path))?;
         // An empty directory at the destination (checked at creation) gives way.
         if self.dest.is_dir() {
-            std::fs::remove_dir(&self.dest).map_err(io("replace the empty directory", &self.dest))?;
+            std::fs::remove_dir(&self.dest)
+                .map_err(io("replace the empty directory", &self.dest))?;
         }
         super::writer::publish(&self.temp, &self.dest, durable)?;
         self.finished = true;

@@ -195,9 +195,7 @@ impl SafetensorsWriter {
             durable: true,
             finished: false,
         };
-        writer
-            .reserve()
-            .map_err(io("reserve space for", dest))?;
+        writer.reserve().map_err(io("reserve space for", dest))?;
         let mut head = Vec::with_capacity(8 + writer.layout.header.len());
         head.extend_from_slice(&(writer.layout.header.len() as u64).to_le_bytes());
         head.extend_from_slice(&writer.layout.header);

@@ -33,12 +33,19 @@ impl Archive {
         sniff(bytes)?;
         let mut zip = zip::ZipArchive::new(Cursor::new(bytes))
             .map_err(|e| TorchProblem::Zip(format!("not a readable zip archive: {e}")))?;
+        if zip.file_names().any(is_torchscript_entry) {
+            return Err(TorchProblem::Unsupported(
+                "a TorchScript archive (torch.jit.save) is not supported; load it in Python and torch.save its state_dict()".into(),
+            ));
+        }
         let mut prefix: Option<String> = None;
         let mut entries = HashMap::new();
         for i in 0..zip.len() {
-            let entry = zip
-                .by_index_raw(i)
-                .map_err(|e| TorchProblem::Zip(format!("entry {i}: {e}")))?;
+            let entry = zip.by_index_raw(i).map_err(|e| {
+                TorchProblem::Zip(format!(
+                    "entry {i}: cannot read its local header (wrong offsets in the zip directory, or a truncated file): {e}"
+                ))
+            })?;
             let full = entry.name().to_string();
             if entry.is_dir() {
                 continue;
@@ -94,15 +101,8 @@ impl Archive {
         self.entries.get(name).cloned()
     }
 
-    /// Refuses TorchScript archives and anything but little-endian `torch.save` files.
+    /// Refuses anything but little-endian `torch.save` files.
     fn check_kind(&self, bytes: &[u8]) -> Result<(), TorchProblem> {
-        if self.entries.contains_key("constants.pkl")
-            || self.entries.keys().any(|k| k.starts_with("code/"))
-        {
-            return Err(TorchProblem::Unsupported(
-                "a TorchScript archive (torch.jit.save) is not supported; load it in Python and torch.save its state_dict()".into(),
-            ));
-        }
         if !self.entries.contains_key("data.pkl") {
             return Err(TorchProblem::Zip(format!(
                 "no {}/data.pkl entry: a zip file, but not one written by torch.save",
@@ -120,6 +120,12 @@ impl Archive {
         }
         Ok(())
     }
+}
+
+/// TorchScript archives hold their code and constants beside the data.
+fn is_torchscript_entry(name: &str) -> bool {
+    let rest = name.split_once('/').map_or(name, |(_, r)| r);
+    rest == "constants.pkl" || rest.starts_with("code/")
 }
 
 /// `start..start+len` if it lies within a file of `file_len` bytes.
@@ -144,7 +150,8 @@ fn sniff(bytes: &[u8]) -> Result<(), TorchProblem> {
             ));
         }
         return Err(TorchProblem::Unsupported(
-            "a bare pickle file, not a torch.save zip archive; pickles are never executed here".into(),
+            "a bare pickle file, not a torch.save zip archive; pickles are never executed here"
+                .into(),
         ));
     }
     Err(TorchProblem::Zip(

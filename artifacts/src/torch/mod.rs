@@ -271,9 +271,11 @@ impl<'a> Node<'a> {
     pub fn entries(&self) -> Option<impl Iterator<Item = (Node<'a>, Node<'a>)> + 'a> {
         let pickle = self.pickle;
         match self.value() {
-            Value::Dict(d) => Some(d.entries.iter().map(move |&(k, v)| {
-                (Node { pickle, id: k }, Node { pickle, id: v })
-            })),
+            Value::Dict(d) => Some(
+                d.entries
+                    .iter()
+                    .map(move |&(k, v)| (Node { pickle, id: k }, Node { pickle, id: v })),
+            ),
             _ => None,
         }
     }
@@ -356,12 +358,14 @@ impl<'a> Node<'a> {
             Value::Dict(d) => format!("a dict of {} entries", d.entries.len()),
             Value::List(v) => format!("a list of {}", v.len()),
             Value::Tuple(v) => format!("a tuple of {}", v.len()),
-            other => self.scalar_text().unwrap_or_else(|| other.kind().to_string()),
+            other => self
+                .scalar_text()
+                .unwrap_or_else(|| other.kind().to_string()),
         }
     }
 }
 
 #[cfg(test)]
-pub(crate) mod testutil;
-#[cfg(test)]
 mod tests;
+#[cfg(test)]
+pub(crate) mod testutil;

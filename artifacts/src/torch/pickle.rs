@@ -634,9 +634,8 @@ impl<'a> Vm<'a> {
                     numel: *numel as u64,
                 })
             }
-            _ => self.err(
-                "a persistent id must be ('storage', <torch.*Storage>, key, location, numel)",
-            ),
+            _ => self
+                .err("a persistent id must be ('storage', <torch.*Storage>, key, location, numel)"),
         }
     }
 
@@ -650,7 +649,9 @@ impl<'a> Vm<'a> {
         };
         let arg = |i: usize| args.get(i).map(|&id| &self.values[id as usize]);
         match g {
-            Global::OrderedDict if args.is_empty() => Ok(Reduced::New(Value::Dict(Dict::default()))),
+            Global::OrderedDict if args.is_empty() => {
+                Ok(Reduced::New(Value::Dict(Dict::default())))
+            }
             Global::OrderedDict => self.err("OrderedDict(...) with arguments is not supported"),
             Global::TorchSize => match arg(0) {
                 Some(Value::Tuple(_)) if args.len() == 1 => Ok(Reduced::Existing(args[0])),
@@ -675,7 +676,10 @@ impl<'a> Vm<'a> {
         }
         let v = |i: usize| &self.values[args[i] as usize];
         if !matches!(v(0), Value::Storage(_)) {
-            return self.err(format!("_rebuild_tensor_v2: the storage is {}", v(0).kind()));
+            return self.err(format!(
+                "_rebuild_tensor_v2: the storage is {}",
+                v(0).kind()
+            ));
         }
         let Value::Int(offset) = *v(1) else {
             return self.err("_rebuild_tensor_v2: the offset must be an int");
@@ -727,7 +731,7 @@ fn describe_opcode(op: u8) -> String {
         b'P' => "PERSID (text)",
         b'p' | b'g' => "PUT/GET (text, protocol 0)",
         b'I' | b'L' | b'F' | b'S' | b'V' => "a protocol-0 text opcode",
-        0x8f | 0x90 | 0x91 => "a set opcode",
+        0x8f..=0x91 => "a set opcode",
         0x96..=0x98 => "an out-of-band buffer opcode",
         _ => "",
     };

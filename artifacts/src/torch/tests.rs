@@ -49,12 +49,18 @@ fn reads_a_state_dict_with_views_sharing_a_storage() {
     let root = f.root();
     assert_eq!(root.get("epoch").and_then(|n| n.as_int()), Some(1));
     let sd = root.get("state_dict").unwrap();
-    let names: Vec<&str> = sd.entries().unwrap().map(|(k, _)| k.as_str().unwrap()).collect();
+    let names: Vec<&str> = sd
+        .entries()
+        .unwrap()
+        .map(|(k, _)| k.as_str().unwrap())
+        .collect();
     assert_eq!(names, ["w", "tail"]);
     let t = sd.get("tail").unwrap().as_tensor().unwrap();
     let v = f.view("tail", t).unwrap();
     assert_eq!(f.contiguous_bytes(&v).unwrap(), &f32s(&[4.0, 5.0])[..]);
-    let w = f.view("w", sd.get("w").unwrap().as_tensor().unwrap()).unwrap();
+    let w = f
+        .view("w", sd.get("w").unwrap().as_tensor().unwrap())
+        .unwrap();
     assert_eq!(f.contiguous_bytes(&w).unwrap(), &data[..]);
 }
 
@@ -77,9 +83,16 @@ fn the_planted_command_of_a_malicious_pickle_never_runs() {
 fn a_storage_shorter_than_declared_or_missing_is_an_error() {
     let dir = tempfile::tempdir().unwrap();
     let pkl = pickle(&[W], None);
-    let p = write(dir.path(), "short.pt", &file(&pkl, &[("0", &f32s(&[1.0; 5]))]));
+    let p = write(
+        dir.path(),
+        "short.pt",
+        &file(&pkl, &[("0", &f32s(&[1.0; 5]))]),
+    );
     let e = problem(&p).to_string();
-    assert!(e.contains("declares 6 elements of F32") && e.contains("20 bytes"), "{e}");
+    assert!(
+        e.contains("declares 6 elements of F32") && e.contains("20 bytes"),
+        "{e}"
+    );
     let p = write(dir.path(), "none.pt", &file(&pkl, &[]));
     assert!(problem(&p).to_string().contains("no entry archive/data/0"));
 }
@@ -95,11 +108,18 @@ fn a_tensor_reaching_past_its_storage_is_named() {
         ..W
     };
     let pkl = pickle(&[bad], None);
-    let p = write(dir.path(), "extent.pt", &file(&pkl, &[("0", &f32s(&[0.0; 6]))]));
+    let p = write(
+        dir.path(),
+        "extent.pt",
+        &file(&pkl, &[("0", &f32s(&[0.0; 6]))]),
+    );
     let f = TorchFile::open(&p).unwrap();
     let t = f.root().get("bad").unwrap().as_tensor().unwrap();
     let e = f.view("bad", t).unwrap_err().to_string();
-    assert!(e.starts_with("tensor bad:") && e.contains("reach element 6"), "{e}");
+    assert!(
+        e.starts_with("tensor bad:") && e.contains("reach element 6"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -162,13 +182,20 @@ fn legacy_files_bare_pickles_and_torchscript_are_named() {
     assert!(problem(&p).to_string().contains("bare pickle"));
     let ts = archive(
         "model",
-        &[("data.pkl", b"\x80\x02N."), ("constants.pkl", b"\x80\x02)."), ("code/m.py", b"")],
+        &[
+            ("data.pkl", b"\x80\x02N."),
+            ("constants.pkl", b"\x80\x02)."),
+            ("code/m.py", b""),
+        ],
     );
     let p = write(dir.path(), "script.pt", &ts);
     assert!(problem(&p).to_string().contains("TorchScript"));
     let p = write(dir.path(), "text.pt", b"hello");
     assert!(problem(&p).to_string().contains("zip archive"));
-    let big = archive("archive", &[("data.pkl", b"\x80\x02N."), ("byteorder", b"big")]);
+    let big = archive(
+        "archive",
+        &[("data.pkl", b"\x80\x02N."), ("byteorder", b"big")],
+    );
     let p = write(dir.path(), "big.pt", &big);
     assert!(problem(&p).to_string().contains("little-endian"));
 }

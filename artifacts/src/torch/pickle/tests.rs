@@ -70,7 +70,11 @@ fn a_global_outside_the_allow_list_is_refused_by_name() {
     let e = run(b).unwrap_err();
     assert!(e.what.contains("`os.system` is not allowed"), "{e}");
     assert_eq!(e.offset, 2);
-    for (m, n) in [("builtins", "eval"), ("torch", "load"), ("numpy", "ndarray")] {
+    for (m, n) in [
+        ("builtins", "eval"),
+        ("torch", "load"),
+        ("numpy", "ndarray"),
+    ] {
         let mut bytes = vec![0x80, 2, b'c'];
         bytes.extend(format!("{m}\n{n}\n.").as_bytes());
         let e = run(&bytes).unwrap_err();
@@ -125,7 +129,10 @@ fn lengths_are_checked_before_anything_is_allocated() {
     assert!(run(&b).unwrap_err().what.contains("remain"));
     let e = run(b"\x80\x02B\xff\xff\xff\xff").unwrap_err();
     assert!(e.what.contains("remain"), "{e}");
-    assert!(run(b"\x80\x02\x8a\x10").unwrap_err().what.contains("remain"));
+    assert!(run(b"\x80\x02\x8a\x10")
+        .unwrap_err()
+        .what
+        .contains("remain"));
 }
 
 #[test]
@@ -161,7 +168,10 @@ fn a_tensor_is_rebuilt_from_its_persistent_storage() {
     let Value::Tensor(t) = root(&p) else {
         panic!("{:?}", root(&p))
     };
-    assert_eq!((t.offset, &t.shape[..], &t.stride[..]), (1, &[2, 2][..], &[2, 1][..]));
+    assert_eq!(
+        (t.offset, &t.shape[..], &t.stride[..]),
+        (1, &[2, 2][..], &[2, 1][..])
+    );
     assert_eq!(
         p.value(t.storage),
         &Value::Storage(Storage {
