@@ -9,9 +9,8 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{ok, tureen};
+use common::{assert_same_tensors, ok, tureen};
 
-use tureen_artifacts::checkpoint::{Checkpoint, OpenOptions};
 use tureen_artifacts::safetensors::SafetensorsFile;
 
 fn fixtures(tag: &str) -> PathBuf {
@@ -52,20 +51,6 @@ fn entries(dir: &Path) -> Vec<String> {
     v
 }
 
-/// Tensor data of every tensor of `a` equals that of `b`.
-fn same_tensors(a: &Path, b: &Path) {
-    let a = Checkpoint::open(a, &OpenOptions::default()).unwrap();
-    let b = Checkpoint::open(b, &OpenOptions::default()).unwrap();
-    assert_eq!(a.tensors().len(), b.tensors().len());
-    for t in b.tensors() {
-        let at = a
-            .get(&t.name)
-            .unwrap_or_else(|| panic!("{} missing", t.name));
-        assert_eq!((at.dtype, &at.shape), (t.dtype, &t.shape), "{}", t.name);
-        assert!(a.data(at) == b.data(t), "{} differs", t.name);
-    }
-}
-
 #[test]
 fn a_soup_of_pt_bin_and_safetensors_matches_torch_bitwise_in_every_dtype() {
     let dir = tempfile::tempdir().unwrap();
@@ -93,7 +78,7 @@ fn a_soup_of_pt_bin_and_safetensors_matches_torch_bitwise_in_every_dtype() {
         );
         // With provenance, the same tensors; the ingredients are named by digest.
         ok(&tureen(dir.path(), &args));
-        same_tensors(&out, &fixtures(tag).join("ref_w235.safetensors"));
+        assert_same_tensors(&out, &fixtures(tag).join("ref_w235.safetensors"));
         let meta = SafetensorsFile::open(&out)
             .unwrap()
             .metadata()
@@ -106,7 +91,7 @@ fn a_soup_of_pt_bin_and_safetensors_matches_torch_bitwise_in_every_dtype() {
             dir.path(),
             &["soup", s(&a), s(&b), s(&c), "-o", s(&uniform)],
         ));
-        same_tensors(&uniform, &fixtures(tag).join("ref_uniform.safetensors"));
+        assert_same_tensors(&uniform, &fixtures(tag).join("ref_uniform.safetensors"));
     }
 }
 
@@ -225,7 +210,7 @@ fn convert_and_inspect_read_every_format() {
     for input in [&a, &b, &c, &sharded, &index] {
         let out = dir.path().join("c.safetensors");
         ok(&tureen(dir.path(), &["convert", s(input), "-o", s(&out)]));
-        same_tensors(&out, input);
+        assert_same_tensors(&out, input);
         let meta = SafetensorsFile::open(&out)
             .unwrap()
             .metadata()
@@ -283,7 +268,7 @@ fn sharded_soups_are_written_and_read_like_mergekit_s() {
             "2KB",
         ],
     ));
-    same_tensors(&out, &fixtures("f16").join("ref_w235.safetensors"));
+    assert_same_tensors(&out, &fixtures("f16").join("ref_w235.safetensors"));
     let index: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.join("model.safetensors.index.json")).unwrap())
             .unwrap();
@@ -296,7 +281,7 @@ fn sharded_soups_are_written_and_read_like_mergekit_s() {
         dir.path(),
         &["soup", s(&out), s(&idx), "-o", s(&again)],
     ));
-    same_tensors(&again, &fixtures("f16").join("ref_w235.safetensors"));
+    assert_same_tensors(&again, &fixtures("f16").join("ref_w235.safetensors"));
     // A sharded output never lands on an existing non-empty directory.
     let e = fails(&tureen(
         dir.path(),
