@@ -99,7 +99,11 @@ impl OpenClipParams {
     pub fn from_params(params: &Map<String, Value>) -> Result<OpenClipParams, String> {
         let p: OpenClipParams = serde_json::from_value(Value::Object(params.clone()))
             .map_err(|e| format!("params: {e}"))?;
-        for (name, v) in [("batch_size", p.batch_size), ("epochs", p.epochs), ("train_num_samples", p.train_num_samples)] {
+        for (name, v) in [
+            ("batch_size", p.batch_size),
+            ("epochs", p.epochs),
+            ("train_num_samples", p.train_num_samples),
+        ] {
             if v == 0 {
                 return Err(format!("params.{name}: must be at least 1"));
             }
@@ -109,7 +113,9 @@ impl OpenClipParams {
         }
         p.open_clip_config()?;
         for (k, v) in &p.aug_cfg {
-            aug_value(v).ok_or_else(|| format!("params.aug_cfg.{k}: expected a number, string, bool or list of numbers"))?;
+            aug_value(v).ok_or_else(|| {
+                format!("params.aug_cfg.{k}: expected a number, string, bool or list of numbers")
+            })?;
         }
         Ok(p)
     }
@@ -185,7 +191,10 @@ impl OpenClipParams {
         if !self.aug_cfg.is_empty() {
             a.push("--aug-cfg".into());
             for (k, v) in &self.aug_cfg {
-                a.push(format!("{k}={}", aug_value(v).expect("checked by from_params")));
+                a.push(format!(
+                    "{k}={}",
+                    aug_value(v).expect("checked by from_params")
+                ));
             }
         }
         a.extend(self.extra_args.iter().cloned());
@@ -255,7 +264,10 @@ impl StageKind for OpenClipKind {
             ));
         }
         if needs_data_input(&p.train_data) && !decl.input_names.contains(&"data") {
-            return Err("inputs.data: required (the dataset directory `params.train_data` is relative to)".into());
+            return Err(
+                "inputs.data: required (the dataset directory `params.train_data` is relative to)"
+                    .into(),
+            );
         }
         Ok(())
     }
@@ -280,7 +292,9 @@ impl StageKind for OpenClipKind {
         let p = OpenClipParams::from_params(ctx.params).map_err(anyhow::Error::msg)?;
         let base = match ctx.inputs.get("data") {
             Some(InputValue::One(a)) => Some(a.path.clone()),
-            Some(InputValue::Series(_)) => anyhow::bail!("inputs.data: expected one dataset directory, got a series"),
+            Some(InputValue::Series(_)) => {
+                anyhow::bail!("inputs.data: expected one dataset directory, got a series")
+            }
             None => None,
         };
         let train_data = resolve_shards(&p.train_data, base.as_deref())?;
@@ -295,7 +309,9 @@ impl StageKind for OpenClipKind {
         let checkpoints = logs.join(RUN_NAME).join("checkpoints");
         let resumed = watch::restore_latest(&checkpoints, &ctx.journal.committed())?;
         if resumed > 0 {
-            ctx.log.line(&format!("resuming open_clip from committed epoch {resumed}"));
+            ctx.log.line(&format!(
+                "resuming open_clip from committed epoch {resumed}"
+            ));
         }
         let mut watcher = watch::Watcher::new(&checkpoints, resumed);
         let mut command = trainer_command(ctx, &p, &train_data, &model_dir, &logs)?;
@@ -337,7 +353,11 @@ fn trainer_command(
     let launch = launch(&System, ctx.gpus.len())?;
     let python = python_program(p.python.as_deref(), ctx.workspace);
     let mut argv: Vec<String> = launch.prefix.clone();
-    argv.extend([python.display().to_string(), "-m".into(), "open_clip_train.main".into()]);
+    argv.extend([
+        python.display().to_string(),
+        "-m".into(),
+        "open_clip_train.main".into(),
+    ]);
     argv.extend(p.args(train_data, model_dir, logs));
     ctx.log.line(&format!("$ {}", argv.join(" ")));
     let mut command = std::process::Command::new(&argv[0]);
@@ -377,7 +397,9 @@ mod tests {
             "lr": 1e-3,
             "model": "convnext_atto_64",
         });
-        v.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        v.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
         v.as_object().unwrap().clone()
     }
 
@@ -390,7 +412,11 @@ mod tests {
             "seed": 3, "warmup": 10,
         })))
         .unwrap();
-        let a = p.args("/d/train/{000000..000003}.tar", Path::new("/w/model"), Path::new("/w/logs"));
+        let a = p.args(
+            "/d/train/{000000..000003}.tar",
+            Path::new("/w/model"),
+            Path::new("/w/logs"),
+        );
         let text = a.join(" ");
         for part in [
             "--train-data /d/train/{000000..000003}.tar --dataset-type webdataset",
@@ -412,7 +438,10 @@ mod tests {
     fn the_model_config_is_open_clip_s_model_cfg() {
         let p = OpenClipParams::from_params(&params(serde_json::json!({}))).unwrap();
         let cfg = p.open_clip_config().unwrap();
-        assert_eq!(cfg["model_cfg"]["vision_cfg"]["timm_model_name"], "convnext_atto");
+        assert_eq!(
+            cfg["model_cfg"]["vision_cfg"]["timm_model_name"],
+            "convnext_atto"
+        );
         assert_eq!(cfg["model_cfg"]["vision_cfg"]["image_size"], 64);
     }
 
@@ -422,8 +451,14 @@ mod tests {
             (serde_json::json!({"epochs": 0}), "params.epochs"),
             (serde_json::json!({"lr": -1.0}), "params.lr"),
             (serde_json::json!({"model": "nope"}), "params.model"),
-            (serde_json::json!({"aug_cfg": {"scale": {"a": 1}}}), "params.aug_cfg.scale"),
-            (serde_json::json!({"learning_rate": 1.0}), "unknown field `learning_rate`"),
+            (
+                serde_json::json!({"aug_cfg": {"scale": {"a": 1}}}),
+                "params.aug_cfg.scale",
+            ),
+            (
+                serde_json::json!({"learning_rate": 1.0}),
+                "unknown field `learning_rate`",
+            ),
         ] {
             let e = OpenClipParams::from_params(&params(extra)).unwrap_err();
             assert!(e.contains(expect), "{e}");
@@ -439,7 +474,10 @@ mod tests {
         );
         assert!(resolve_shards("a.tar", None).is_err());
         assert!(!needs_data_input("/abs/x.tar::pipe:curl y"));
-        assert_eq!(python_program(Some(".venv/bin/python"), Path::new("/p")), Path::new("/p/.venv/bin/python"));
+        assert_eq!(
+            python_program(Some(".venv/bin/python"), Path::new("/p")),
+            Path::new("/p/.venv/bin/python")
+        );
         assert_eq!(python_program(None, Path::new("/p")), Path::new("python3"));
     }
 }

@@ -132,7 +132,9 @@ fn options(params: &Map<String, Value>) -> Result<SoupOptions, String> {
         opts.source.key = Some(key);
     }
     if let Some(v) = params.get("keep_prefix") {
-        opts.source.keep_prefix = v.as_bool().ok_or("params.keep_prefix: expected true or false")?;
+        opts.source.keep_prefix = v
+            .as_bool()
+            .ok_or("params.keep_prefix: expected true or false")?;
     }
     Ok(opts)
 }

@@ -71,7 +71,9 @@ pub fn launch(env: &dyn Environment, gpus: usize) -> anyhow::Result<Launch> {
     let nodelist = env
         .var("SLURM_JOB_NODELIST")
         .or_else(|| env.var("SLURM_NODELIST"))
-        .ok_or_else(|| anyhow::anyhow!("inside Slurm job {job} but SLURM_JOB_NODELIST is not set"))?;
+        .ok_or_else(|| {
+            anyhow::anyhow!("inside Slurm job {job} but SLURM_JOB_NODELIST is not set")
+        })?;
     let master = env
         .hostnames(&nodelist)?
         .into_iter()
@@ -99,8 +101,9 @@ pub fn launch(env: &dyn Environment, gpus: usize) -> anyhow::Result<Launch> {
 /// consecutive jobs; other ids are hashed).
 pub fn master_port(job: &str) -> u16 {
     let n: u64 = job.parse().unwrap_or_else(|_| {
-        job.bytes()
-            .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3))
+        job.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+        })
     });
     20000 + (n % 30000) as u16
 }
@@ -137,12 +140,22 @@ mod tests {
         let l = launch(&env, 8).unwrap();
         assert_eq!(
             l.prefix,
-            ["srun", "--overlap", "--nodes=1", "--ntasks=8", "--ntasks-per-node=8", "--kill-on-bad-exit=1"]
+            [
+                "srun",
+                "--overlap",
+                "--nodes=1",
+                "--ntasks=8",
+                "--ntasks-per-node=8",
+                "--kill-on-bad-exit=1"
+            ]
         );
         assert_eq!(l.env["MASTER_ADDR"], "gpu07");
         assert_eq!(l.env["MASTER_PORT"], (20000 + 123456 % 30000).to_string());
         // CPU only: still one task under srun.
-        assert!(launch(&env, 0).unwrap().prefix.contains(&"--ntasks=1".to_string()));
+        assert!(launch(&env, 0)
+            .unwrap()
+            .prefix
+            .contains(&"--ntasks=1".to_string()));
     }
 
     #[test]

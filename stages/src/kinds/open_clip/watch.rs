@@ -65,7 +65,8 @@ impl Watcher {
                 .journal
                 .commit(&path)
                 .with_context(|| format!("committing {}", path.display()))?;
-            ctx.log.line(&format!("checkpoint epoch {epoch}: {}", artifact.digest));
+            ctx.log
+                .line(&format!("checkpoint epoch {epoch}: {}", artifact.digest));
             self.committed.push(artifact.digest);
             self.last = epoch;
         }
@@ -109,9 +110,8 @@ pub fn restore_latest(dir: &Path, committed: &[Artifact]) -> anyhow::Result<u64>
         .get("epoch")
         .and_then(|n| n.as_int())
         .filter(|&e| e > 0)
-        .with_context(|| {
-            format!("committed checkpoint {} has no epoch number", last.digest)
-        })? as u64;
+        .with_context(|| format!("committed checkpoint {} has no epoch number", last.digest))?
+        as u64;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let link = dir.join(format!("epoch_{epoch}.pt"));
     std::os::unix::fs::symlink(&last.path, &link)

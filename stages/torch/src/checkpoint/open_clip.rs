@@ -66,7 +66,8 @@ impl OpenClipCheckpoint {
             .map(|t| (t.name.clone(), t.shape.len()))
             .collect();
         let weights = tensor_file::tensors_of(&ckpt)?.tensors;
-        let file = TorchFile::open(path).map_err(tureen_artifacts::checkpoint::CheckpointError::from)?;
+        let file =
+            TorchFile::open(path).map_err(tureen_artifacts::checkpoint::CheckpointError::from)?;
         let root = file.root();
         let state = |message: String| CheckpointError::State {
             path: path.to_path_buf(),
@@ -76,10 +77,13 @@ impl OpenClipCheckpoint {
             .get("epoch")
             .and_then(|n| n.as_int())
             .filter(|&e| e >= 0)
-            .ok_or_else(|| state("no `epoch` (an int): not an open_clip training checkpoint".into()))?
-            as u64;
+            .ok_or_else(|| {
+                state("no `epoch` (an int): not an open_clip training checkpoint".into())
+            })? as u64;
         let optimizer = match root.get("optimizer") {
-            Some(opt) => read_optimizer(&file, opt, &order).map_err(|m| state(format!("optimizer: {m}")))?,
+            Some(opt) => {
+                read_optimizer(&file, opt, &order).map_err(|m| state(format!("optimizer: {m}")))?
+            }
             None => None,
         };
         Ok(OpenClipCheckpoint {
@@ -90,12 +94,15 @@ impl OpenClipCheckpoint {
     }
 }
 
+/// A trainable parameter's name and number of dims.
+type Param = (String, usize);
+
 /// The moments of `order` (trainable names with their dims, in state-dict order).
 /// `Ok(None)` for an optimizer that never stepped (no state at all).
 fn read_optimizer(
     file: &TorchFile,
     opt: Node<'_>,
-    order: &[(String, usize)],
+    order: &[Param],
 ) -> Result<Option<OpenClipOptimizer>, String> {
     let groups = opt
         .get("param_groups")
@@ -105,7 +112,7 @@ fn read_optimizer(
     if state.entries().is_some_and(|mut e| e.next().is_none()) {
         return Ok(None);
     }
-    let (no_decay, decay): (Vec<&(String, usize)>, Vec<&(String, usize)>) = order
+    let (no_decay, decay): (Vec<&Param>, Vec<&Param>) = order
         .iter()
         .partition(|(name, dims)| excluded_from_decay(name, *dims));
     let [g0, g1] = groups.as_slice() else {
@@ -137,7 +144,10 @@ fn read_optimizer(
                 let t = s
                     .get(key)
                     .ok_or_else(|| format!("parameter {id} ({name}) has no `{key}`"))?;
-                moments.insert(format!("{key}.{name}"), tensor(file, t, &format!("state.{id}.{key}"))?);
+                moments.insert(
+                    format!("{key}.{name}"),
+                    tensor(file, t, &format!("state.{id}.{key}"))?,
+                );
             }
             steps.push(step_count(file, s, id)?);
         }
@@ -162,7 +172,9 @@ fn group_config(group: Node<'_>) -> Result<AdamWConfig, String> {
     };
     for flag in ["amsgrad", "maximize"] {
         if group.get(flag).and_then(|v| v.as_bool()) == Some(true) {
-            return Err(format!("`{flag}` is set; tureen's AdamW implements neither variant"));
+            return Err(format!(
+                "`{flag}` is set; tureen's AdamW implements neither variant"
+            ));
         }
     }
     let betas: Vec<f64> = group
@@ -187,13 +199,18 @@ fn param_ids(group: Node<'_>) -> Result<Vec<i64>, String> {
         .and_then(|p| p.items())
         .ok_or("a parameter group has no `params` list")?
         .iter()
-        .map(|p| p.as_int().ok_or_else(|| "`params` must hold ints".to_string()))
+        .map(|p| {
+            p.as_int()
+                .ok_or_else(|| "`params` must hold ints".to_string())
+        })
         .collect()
 }
 
 /// `step` is a 0-dim float tensor since torch 1.12 (a number before).
 fn step_count(file: &TorchFile, s: Node<'_>, id: i64) -> Result<u64, String> {
-    let step = s.get("step").ok_or_else(|| format!("parameter {id} has no `step`"))?;
+    let step = s
+        .get("step")
+        .ok_or_else(|| format!("parameter {id} has no `step`"))?;
     let value = match step.as_f64() {
         Some(v) => v,
         None => tensor(file, step, &format!("state.{id}.step"))?.double_value(&[]),
