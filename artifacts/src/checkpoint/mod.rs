@@ -123,7 +123,9 @@ impl Entry {
 /// Where tensor bytes live.
 enum Part {
     Safetensors(SafetensorsFile),
-    Torch(TorchFile),
+    /// A `torch.save` file's map (its pickle is not kept: a soup of 2.4 GB `.pt` files
+    /// then holds no more private memory than one of safetensors).
+    Map(memmap2::Mmap),
     /// Gathered non-contiguous `torch.save` views.
     Owned(Vec<u8>),
 }
@@ -132,7 +134,7 @@ impl Part {
     fn bytes(&self) -> &[u8] {
         match self {
             Part::Safetensors(f) => f.bytes(),
-            Part::Torch(f) => f.bytes(),
+            Part::Map(m) => m,
             Part::Owned(v) => v,
         }
     }
@@ -274,7 +276,8 @@ impl Checkpoint {
 
     fn open_torch(path: &Path, opts: &OpenOptions) -> Result<Checkpoint, CheckpointError> {
         let file = TorchFile::open(path)?;
-        let selection = select::select(&file, opts).map_err(|message| invalid(path, message))?;
+        let mut selection =
+            select::select(&file, opts).map_err(|message| invalid(path, message))?;
         let mut ckpt = Checkpoint::new(path, Format::Torch);
         let mut owned = Vec::new();
         let mut gathered = 0u64;
@@ -306,8 +309,10 @@ impl Checkpoint {
             });
         }
         ckpt.files.push((file_name(path), 0));
-        ckpt.parts.push(Part::Torch(file));
+        ckpt.parts.push(Part::Map(file.into_map()));
         ckpt.parts.extend(owned.into_iter().map(Part::Owned));
+        // The entries say all there is to say about the tensors now.
+        selection.tensors = Vec::new();
         ckpt.selection = Some(selection);
         ckpt.index()?;
         Ok(ckpt)

@@ -51,7 +51,8 @@ pub struct Selection {
     pub key: Option<StateDictPath>,
     /// The prefix stripped from every name, if any.
     pub stripped_prefix: Option<String>,
-    /// Name (after stripping) and tensor, in state-dict order.
+    /// Name (after stripping) and tensor, in state-dict order (emptied once a
+    /// [`super::Checkpoint`] has made its entries from them).
     pub tensors: Vec<(String, Tensor)>,
     /// The saved object's other top-level entries: key and a short rendering (`3`,
     /// `"epoch_3"`, `a dict of 2 entries`), e.g. open_clip's `epoch` and `name`.

@@ -151,6 +151,12 @@ impl TorchFile {
         &self.map
     }
 
+    /// The memory map alone, for a reader that has taken what it needs from the pickle
+    /// (its value tree is freed).
+    pub fn into_map(self) -> memmap2::Mmap {
+        self.map
+    }
+
     /// The folder the archive's entries sit in.
     pub fn prefix(&self) -> &str {
         &self.archive.prefix

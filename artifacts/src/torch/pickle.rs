@@ -181,6 +181,7 @@ pub(crate) fn interpret(bytes: &[u8]) -> Result<Pickle, PickleError> {
         stack: Vec::new(),
         marks: Vec::new(),
         memo: HashMap::new(),
+        shared: HashMap::new(),
     };
     let root = vm.run()?;
     Ok(Pickle {
@@ -197,6 +198,19 @@ struct Vm<'a> {
     stack: Vec<Id>,
     marks: Vec<usize>,
     memo: HashMap<u32, Id>,
+    /// One value each for the immutable constants torch's pickler repeats per tensor
+    /// (`False`, `None`, `()`, small ints): sharing them is what Python does too, and
+    /// keeps the arena small.
+    shared: HashMap<Shared, Id>,
+}
+
+/// An immutable value that is created once and shared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Shared {
+    None,
+    Bool(bool),
+    EmptyTuple,
+    Int(i64),
 }
 
 type Step<T> = Result<T, PickleError>;
@@ -267,6 +281,25 @@ impl<'a> Vm<'a> {
 
     fn push(&mut self, v: Value) -> Step<()> {
         let id = self.alloc(v)?;
+        self.stack.push(id);
+        Ok(())
+    }
+
+    /// Pushes the one shared instance of an immutable constant.
+    fn push_shared(&mut self, c: Shared) -> Step<()> {
+        let id = match self.shared.get(&c) {
+            Some(&id) => id,
+            None => {
+                let id = self.alloc(match c {
+                    Shared::None => Value::None,
+                    Shared::Bool(b) => Value::Bool(b),
+                    Shared::EmptyTuple => Value::Tuple(Vec::new()),
+                    Shared::Int(i) => Value::Int(i),
+                })?;
+                self.shared.insert(c, id);
+                id
+            }
+        };
         self.stack.push(id);
         Ok(())
     }
@@ -429,12 +462,12 @@ impl<'a> Vm<'a> {
                 let id = self.top()?;
                 self.stack.push(id);
             }
-            b'N' => self.push(Value::None)?,
-            0x88 => self.push(Value::Bool(true))?,
-            0x89 => self.push(Value::Bool(false))?,
+            b'N' => self.push_shared(Shared::None)?,
+            0x88 => self.push_shared(Shared::Bool(true))?,
+            0x89 => self.push_shared(Shared::Bool(false))?,
             b'K' => {
                 let v = self.byte()?;
-                self.push(Value::Int(v.into()))?
+                self.push_shared(Shared::Int(v.into()))?
             }
             b'M' => {
                 let v = self.u16()?;
@@ -499,7 +532,7 @@ impl<'a> Vm<'a> {
 
     fn containers_and_calls(&mut self, op: u8) -> Step<()> {
         match op {
-            b')' => self.push(Value::Tuple(Vec::new()))?,
+            b')' => self.push_shared(Shared::EmptyTuple)?,
             b']' => self.push(Value::List(Vec::new()))?,
             b'}' => self.push(Value::Dict(Dict::default()))?,
             b't' => {

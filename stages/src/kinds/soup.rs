@@ -302,3 +302,26 @@ fn checkpoint_file(path: &std::path::Path) -> anyhow::Result<PathBuf> {
     std::fs::metadata(path).with_context(|| format!("checkpoint {}", path.display()))?;
     Ok(path.to_path_buf())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn torch_save_ingredients_take_a_key_path_and_prefix_policy() {
+        let p = serde_json::json!({"key": "model.ema", "keep_prefix": true});
+        let opts = options(p.as_object().unwrap()).unwrap();
+        assert_eq!(opts.source.key.unwrap().to_string(), "model.ema");
+        assert!(opts.source.keep_prefix);
+        for (bad, expect) in [
+            (serde_json::json!({"key": "a..b"}), "params.key"),
+            (
+                serde_json::json!({"keep_prefix": "yes"}),
+                "params.keep_prefix",
+            ),
+        ] {
+            let e = options(bad.as_object().unwrap()).unwrap_err();
+            assert!(e.contains(expect), "{e}");
+        }
+    }
+}

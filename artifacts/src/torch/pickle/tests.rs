@@ -52,6 +52,17 @@ fn builds_dicts_lists_and_scalars() {
 }
 
 #[test]
+fn immutable_constants_are_shared() {
+    let p = run(b"\x80\x02(\x89\x89NN))K\x07K\x07t.").unwrap();
+    let Value::Tuple(items) = root(&p) else {
+        panic!()
+    };
+    assert_eq!(items.len(), 8);
+    assert!(items.chunks(2).all(|pair| pair[0] == pair[1]));
+    assert_eq!(p.values.len(), 5, "four constants and the tuple");
+}
+
+#[test]
 fn memo_shares_values_instead_of_copying_them() {
     // l = [1]; [l, l, l] through BINPUT/BINGET: one list in the arena, referenced thrice.
     let b = b"\x80\x02](K\x01eq\x00h\x00h\x00\x87.";
@@ -115,10 +126,19 @@ fn huge_memo_indices_allocate_nothing_and_unknown_ones_fail() {
 
 #[test]
 fn a_pickle_bomb_of_values_is_stopped_at_the_limit() {
+    // Mutable values (lists) each get their own slot...
     let mut b = vec![0x80, 2];
-    b.extend(std::iter::repeat_n(b')', MAX_VALUES + 1));
+    b.extend(std::iter::repeat_n(b']', MAX_VALUES + 1));
     let e = run(&b).unwrap_err();
-    assert!(e.what.contains("pickle bomb"), "{e}");
+    assert!(
+        e.what.contains("more than") && e.what.contains("pickle bomb"),
+        "{e}"
+    );
+    // ...immutable ones are shared, and the stack holding them is bounded too.
+    let mut b = vec![0x80, 2];
+    b.extend(std::iter::repeat_n(b')', MAX_VALUES + 2));
+    let e = run(&b).unwrap_err();
+    assert!(e.what.contains("a stack of more than"), "{e}");
 }
 
 #[test]
