@@ -167,6 +167,14 @@ pub fn set_mode(path: &Path, mode: u32) -> io::Result<()> {
     fs::set_permissions(path, fs::Permissions::from_mode(mode))
 }
 
+/// Creates a named pipe (tests of the refusal of non-regular files).
+#[cfg(test)]
+pub(crate) fn make_fifo(path: &Path) {
+    let c = std::ffi::CString::new(path.to_str().expect("UTF-8 test path")).expect("no NUL");
+    // SAFETY: a plain syscall on a NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -185,9 +193,7 @@ mod tests {
     fn open_regular_refuses_fifos_and_devices_without_blocking() {
         let dir = tempfile::tempdir().unwrap();
         let fifo = dir.path().join("pipe");
-        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
-        // SAFETY: a plain syscall on a NUL-terminated path.
-        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+        make_fifo(&fifo);
         let err = open_regular(&fifo).unwrap_err();
         assert!(err.to_string().contains("named pipe"), "{err}");
         let err = open_regular(Path::new("/dev/null")).unwrap_err();

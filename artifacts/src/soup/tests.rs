@@ -341,9 +341,7 @@ fn weights_that_vanish_in_float32_are_refused() {
 fn an_output_that_is_not_a_regular_file_is_never_replaced() {
     let dir = tempfile::tempdir().unwrap();
     let fifo = dir.path().join("fifo");
-    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
-    // SAFETY: a plain syscall on a NUL-terminated path.
-    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+    crate::fsutil::make_fifo(&fifo);
     let (ins, _) = torch_fixtures("f32");
     for dest in [fifo.as_path(), dir.path()] {
         let err = soup_files(&ins, None, dest, &no_metadata(), None).unwrap_err();

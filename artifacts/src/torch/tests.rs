@@ -204,9 +204,7 @@ fn legacy_files_bare_pickles_and_torchscript_are_named() {
 fn a_fifo_is_refused_without_blocking() {
     let dir = tempfile::tempdir().unwrap();
     let fifo = dir.path().join("ckpt.pt");
-    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
-    // SAFETY: a plain syscall on a NUL-terminated path.
-    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+    crate::fsutil::make_fifo(&fifo);
     let e = TorchFile::open(&fifo).unwrap_err().to_string();
     assert!(e.contains("named pipe"), "{e}");
 }
