@@ -27,6 +27,20 @@ if [ ! -f "$stamp" ]; then
     touch "$stamp"
 fi
 
+# What `python -m open_clip_train.main` imports beyond open_clip (the `open_clip` stage
+# kind and its tests run it): webdataset in open_clip's pinned range, braceexpand, pandas.
+# A second stamp holding this list makes an existing cached venv get them too (and get
+# them again whenever the list changes), without redoing the torch install.
+TRAIN_PACKAGES="webdataset<=0.2.86 braceexpand pandas"
+train_stamp=$venv/.tureen-open-clip-train
+if [ "$(cat "$train_stamp" 2>/dev/null)" != "$TRAIN_PACKAGES" ] \
+    || ! "$venv/bin/python" -c 'import webdataset, braceexpand, pandas' 2>/dev/null; then
+    echo "setup-venv: installing $TRAIN_PACKAGES into $venv" >&2
+    # shellcheck disable=SC2086 # one word per requirement
+    "$venv/bin/python" -m pip install --quiet $TRAIN_PACKAGES
+    echo "$TRAIN_PACKAGES" > "$train_stamp"
+fi
+
 # A stable path to the torch package for tch's build (`LIBTORCH` in .cargo/config.toml),
 # whatever Python minor version the venv has.
 torch_dir=$("$venv/bin/python" -c 'import torch, os; print(os.path.dirname(torch.__file__))')

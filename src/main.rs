@@ -21,6 +21,10 @@ struct Cli {
 enum Command {
     /// Average checkpoints into a soup (uniform or weighted).
     Soup(cmd::soup::Args),
+    /// Rewrite a checkpoint (torch.save, sharded or single safetensors) as safetensors.
+    Convert(cmd::convert::Args),
+    /// Describe a checkpoint: format, tensors, dtypes, parameters, metadata.
+    Inspect(cmd::inspect::Args),
     /// Inspect and maintain the content-addressed store.
     #[command(subcommand)]
     Store(cmd::store::StoreCommand),
@@ -68,6 +72,8 @@ fn main() -> ExitCode {
     cmd::init_logging(&cli.global);
     let result = match cli.command {
         Command::Soup(args) => cmd::soup::run(args, &cli.global),
+        Command::Convert(args) => cmd::convert::run(args, &cli.global),
+        Command::Inspect(args) => cmd::inspect::run(args, &cli.global),
         Command::Store(command) => cmd::store::run(command, &cli.global),
         Command::Run(args) => cmd::run::run(args, &cli.global),
         Command::Dag(args) => cmd::dag::run(args, &cli.global),
@@ -110,6 +116,7 @@ impl Command {
                 | Command::Logs(_)
                 | Command::Completions(_)
                 | Command::Man(_)
+                | Command::Inspect(_)
         )
     }
 }

@@ -9,26 +9,14 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+mod common;
+
 use tch::{Device, Kind, Tensor};
 use tureen_torch::checkpoint::{self, tensor_file};
 use tureen_torch::model::{clip_loss, Clip, ClipConfig, ProjKind};
 
 fn python() -> Option<PathBuf> {
-    let py = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
-    if py.exists() {
-        return Some(py);
-    }
-    if std::env::var("TUREEN_SKIP_PARITY").as_deref() == Ok("1") {
-        eprintln!(
-            "skipping open_clip parity: {} is missing and TUREEN_SKIP_PARITY=1",
-            py.display()
-        );
-        return None;
-    }
-    panic!(
-        "open_clip parity needs {} (run scripts/setup-venv.sh), or set TUREEN_SKIP_PARITY=1 to skip",
-        py.display()
-    );
+    common::venv_python("open_clip parity")
 }
 
 fn script() -> PathBuf {

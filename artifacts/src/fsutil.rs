@@ -139,6 +139,48 @@ pub fn reflink(src: &File, dst: &File) -> io::Result<bool> {
     }
 }
 
+/// Opens `path` for reading only if it is a regular file, without ever blocking: a
+/// FIFO opened for reading would wait for a writer forever, and a device may have side
+/// effects. The file is opened non-blocking (which regular files ignore) and checked
+/// with `fstat` on the open descriptor, so a path swapped between check and use cannot
+/// slip through. Anything else is an `InvalidInput` error saying what the path is.
+pub fn open_regular(path: &Path) -> io::Result<File> {
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)?;
+    let kind = file.metadata()?.file_type();
+    if kind.is_file() {
+        return Ok(file);
+    }
+    Err(io::Error::new(
+        io::ErrorKind::InvalidInput,
+        format!("is {}, not a regular file", describe_file_type(kind)),
+    ))
+}
+
+/// "a directory", "a named pipe (FIFO)", ... for error messages.
+pub fn describe_file_type(kind: fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if kind.is_dir() {
+        "a directory"
+    } else if kind.is_symlink() {
+        "a symbolic link"
+    } else if kind.is_fifo() {
+        "a named pipe (FIFO)"
+    } else if kind.is_char_device() {
+        "a character device"
+    } else if kind.is_block_device() {
+        "a block device"
+    } else if kind.is_socket() {
+        "a socket"
+    } else if kind.is_file() {
+        "a regular file"
+    } else {
+        "a special file"
+    }
+}
+
 /// Whether this process runs as root, for whom read-only permission bits protect nothing.
 pub fn running_as_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
@@ -149,6 +191,14 @@ pub fn running_as_root() -> bool {
 pub fn set_mode(path: &Path, mode: u32) -> io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     fs::set_permissions(path, fs::Permissions::from_mode(mode))
+}
+
+/// Creates a named pipe (tests of the refusal of non-regular files).
+#[cfg(test)]
+pub(crate) fn make_fifo(path: &Path) {
+    let c = std::ffi::CString::new(path.to_str().expect("UTF-8 test path")).expect("no NUL");
+    // SAFETY: a plain syscall on a NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
 }
 
 #[cfg(test)]
@@ -163,6 +213,22 @@ mod tests {
         write_atomic(&p, b"two").unwrap();
         assert_eq!(fs::read(&p).unwrap(), b"two");
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn open_regular_refuses_fifos_and_devices_without_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("pipe");
+        make_fifo(&fifo);
+        let err = open_regular(&fifo).unwrap_err();
+        assert!(err.to_string().contains("named pipe"), "{err}");
+        let err = open_regular(Path::new("/dev/null")).unwrap_err();
+        assert!(err.to_string().contains("character device"), "{err}");
+        let err = open_regular(dir.path()).unwrap_err();
+        assert!(err.to_string().contains("directory"), "{err}");
+        let file = dir.path().join("f");
+        fs::write(&file, b"x").unwrap();
+        assert!(open_regular(&file).is_ok());
     }
 
     #[test]

@@ -6,16 +6,23 @@
 //! - [`Digest`]: a BLAKE3 hash, written `blake3:<hex>`.
 //! - [`Store`]: the content-addressed object store (`.tureen/`).
 //! - [`safetensors`]: validated reading over memory maps; streaming, atomic writing.
+//! - [`torch`]: `torch.save` files, read by an allow-list pickle interpreter (nothing is
+//!   ever executed) with storages memory-mapped.
+//! - [`checkpoint`]: any of those formats (and sharded safetensors) as named tensors.
 //! - [`soup`]: streaming, deterministic weighted averages of checkpoints.
+//! - [`convert`]: any checkpoint rewritten as safetensors, with provenance.
 //! - [`fsutil`]: atomic writes and fast copies shared with the engine.
 //! - [`writeback`]: early writeback of large files, so that their final `fsync` is short.
 
 #![warn(missing_docs)]
 
+pub mod checkpoint;
+pub mod convert;
 pub mod digest;
 pub mod fsutil;
 pub mod safetensors;
 pub mod store;
+pub mod torch;
 pub mod writeback;
 
 pub use digest::{Digest, ParseDigestError};

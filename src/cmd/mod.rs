@@ -4,12 +4,15 @@
 
 use std::path::{Path, PathBuf};
 
+pub mod ckpt_args;
 pub mod completions;
+pub mod convert;
 pub mod dag;
 pub mod data;
 pub mod diff;
 pub mod discover;
 pub mod init;
+pub mod inspect;
 pub mod logs;
 pub mod output;
 pub mod plan;

@@ -11,11 +11,14 @@ use tureen_artifacts::soup::config::SoupConfig;
 use tureen_artifacts::soup::{soup_files, Accumulate, IntPolicy, KeyPolicy, SoupOptions};
 use tureen_artifacts::Store;
 
+use super::ckpt_args::OutputPath;
 use super::Global;
 
-/// Average checkpoints (safetensors) into a soup.
+/// Average checkpoints into a soup.
 ///
-/// Numerics: float32 accumulation with one fused multiply-add per input in the order given,
+/// Inputs are any mix of .safetensors files, sharded checkpoints (a directory or its
+/// *.safetensors.index.json), checkpoint directories (model.safetensors) and torch.save
+/// files (.pt, .pth, .bin; read without executing their pickles). Numerics: float32 accumulation with one fused multiply-add per input in the order given,
 /// one division by the float32 sum of the weights, one round-to-nearest-even to the output
 /// dtype; bit-identical to mergekit 0.1.5 `linear` (and, for uniform weights, to a plain
 /// float32 sum divided by N). With `--store DIR` (or TUREEN_STORE) the output is also added
@@ -23,19 +26,27 @@ use super::Global;
 /// that of an existing `.tureen` in the current directory, when it knows them.
 #[derive(clap::Args, Debug)]
 #[command(
-    after_help = "Examples:\n  tureen soup a.safetensors b.safetensors c.safetensors -o soup.safetensors\n  tureen soup a.safetensors b.safetensors -o soup.safetensors --weights 0.3,0.7 --out-dtype bf16\n  tureen soup --config soup.yaml -o soup.safetensors   # mergekit linear config"
+    after_help = "Examples:\n  tureen soup a.safetensors b.safetensors c.safetensors -o soup.safetensors\n  tureen soup a.safetensors b.safetensors -o soup.safetensors --weights 0.3,0.7 --out-dtype bf16\n  tureen soup epoch_31.pt epoch_32.pt hf-model/ -o soup.safetensors   # any mix of formats\n  tureen soup a.pt b.pt -o out_dir/ --out-shard-size 5GB   # shards + model.safetensors.index.json\n  tureen soup --config soup.yaml -o soup.safetensors   # mergekit linear config"
 )]
 pub struct Args {
-    /// Input checkpoints (.safetensors), in accumulation order.
+    /// Input checkpoints (any format, see above), in accumulation order.
     #[arg(
         value_name = "CHECKPOINT",
         required_unless_present = "config",
         conflicts_with = "config"
     )]
     pub inputs: Vec<PathBuf>,
-    /// Output file (written to a temp file and renamed when complete).
+    /// Output file (written to a temp file and renamed when complete). A directory (or a
+    /// path ending in `/`) means DIR/model.safetensors; with --out-shard-size, the
+    /// directory of shards (new or empty).
     #[arg(short, long, value_name = "FILE")]
     pub output: PathBuf,
+    #[command(flatten)]
+    pub source: super::ckpt_args::SourceArgs,
+    /// Write shards of at most SIZE of tensor data each (5GB, 500M, 2GiB...) and
+    /// model.safetensors.index.json, as mergekit does.
+    #[arg(long, value_name = "SIZE", value_parser = super::ckpt_args::parse_size)]
+    pub out_shard_size: Option<u64>,
     /// One weight per input, comma-separated (default: uniform). Divided by their sum.
     #[arg(
         long,
@@ -140,6 +151,8 @@ pub fn run(args: Args, global: &Global) -> anyhow::Result<ExitCode> {
         },
         provenance: !args.no_metadata,
         fsync: !args.no_fsync,
+        source: args.source.options(),
+        out_shard_size: args.out_shard_size,
         ..SoupOptions::default()
     };
     let (inputs, weights) = match &args.config {
@@ -159,9 +172,15 @@ pub fn run(args: Args, global: &Global) -> anyhow::Result<ExitCode> {
     if args.out_dtype.is_some() {
         opts.out_dtype = args.out_dtype;
     }
-    if inputs.is_empty() {
-        bail!("no input checkpoints given");
+    match inputs.len() {
+        0 => bail!("no input checkpoints given"),
+        1 => bail!(
+            "only one checkpoint given ({}): a soup averages two or more; to rewrite one checkpoint as safetensors use `tureen convert`",
+            inputs[0].display()
+        ),
+        _ => {}
     }
+    let output = OutputPath::resolve(&args.output, args.out_shard_size.is_some())?;
 
     // `--store` (or TUREEN_STORE) given explicitly: the soup goes into the store too.
     let store = match &global.store {
@@ -182,12 +201,15 @@ pub fn run(args: Args, global: &Global) -> anyhow::Result<ExitCode> {
         }
     };
     let digest_cache = store.as_ref().or(here.as_ref());
-    let stamps: Vec<Option<std::fs::Metadata>> =
-        inputs.iter().map(|p| std::fs::metadata(p).ok()).collect();
+    let stamps: Vec<Option<std::fs::Metadata>> = inputs
+        .iter()
+        .map(|p| std::fs::metadata(p).ok().filter(|m| is_one_file(p, m)))
+        .collect();
     if let (Some(cache), true) = (digest_cache, opts.provenance) {
         opts.input_digests = inputs
             .iter()
-            .map(|p| cache.cached_file_digest(p))
+            .zip(&stamps)
+            .map(|(p, stamp)| stamp.as_ref().and_then(|_| cache.cached_file_digest(p)))
             .collect::<Option<Vec<_>>>();
     }
 
@@ -216,7 +238,7 @@ pub fn run(args: Args, global: &Global) -> anyhow::Result<ExitCode> {
     let result = soup_files(
         &inputs,
         weights.as_deref(),
-        &args.output,
+        &output.path,
         &opts,
         Some(&on_progress),
     );
@@ -224,6 +246,7 @@ pub fn run(args: Args, global: &Global) -> anyhow::Result<ExitCode> {
         bar.finish_and_clear();
     }
     let report = result?;
+    let output = output.keep();
     let elapsed = started.elapsed();
     if let Some(cache) = digest_cache {
         for ((path, before), digest) in inputs.iter().zip(&stamps).zip(&report.input_digests) {
@@ -234,17 +257,16 @@ pub fn run(args: Args, global: &Global) -> anyhow::Result<ExitCode> {
     }
 
     let stored = match &store {
-        Some(store) => Some(
-            store
-                .add_file(&args.output)
-                .with_context(|| format!("adding {} to the store", args.output.display()))?,
-        ),
+        Some(store) if output.is_dir() => Some(store.add_dir(&output)),
+        Some(store) => Some(store.add_file(&output)),
         None => None,
-    };
+    }
+    .transpose()
+    .with_context(|| format!("adding {} to the store", output.display()))?;
     if !global.quiet {
         println!(
             "{}: {} tensors averaged, {} copied, {} in {:.2}s ({})",
-            args.output.display(),
+            output.display(),
             report.averaged,
             report.copied,
             super::store::human_bytes(report.output_bytes),
@@ -267,5 +289,19 @@ pub fn run(args: Args, global: &Global) -> anyhow::Result<ExitCode> {
             println!("stored as {d}");
         }
     }
+    if !report.non_finite_inherited.is_empty() {
+        eprintln!(
+            "warning: {} tensor(s) hold infinities or NaNs because an input does ({}); they are averaged as IEEE arithmetic says",
+            report.non_finite_inherited.len(),
+            report.non_finite_inherited.iter().take(5).cloned().collect::<Vec<_>>().join(", ")
+        );
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Whether the stat cache may hold `path`'s digest: a regular file that is the whole
+/// checkpoint. A shard index is one file, but its digest covers its shards, whose
+/// changes would not change the index's stamp.
+fn is_one_file(path: &std::path::Path, meta: &std::fs::Metadata) -> bool {
+    meta.is_file() && !path.to_string_lossy().ends_with(".json")
 }

@@ -7,27 +7,30 @@
 
 mod dtype;
 mod reader;
+pub mod sharded;
 mod writer;
 
 use std::path::PathBuf;
 
 pub use dtype::{Dtype, UnknownDtype, ALL_DTYPES};
 pub use reader::{SafetensorsFile, TensorInfo, MAX_HEADER_LEN};
+pub use sharded::{shard_name, split_into_shards, ShardIndex, ShardedWriter, INDEX_FILE};
 pub use writer::{write_file, Layout, SafetensorsWriter, TensorSpec};
 
 /// A safetensors file that cannot be read or written.
 #[derive(Debug, thiserror::Error)]
 pub enum SafetensorsError {
-    /// An I/O error on the named file.
-    #[error("cannot {action} {}: {source}", path.display())]
+    /// An I/O error on the named file (the path the caller gave, never a temp file).
+    /// The OS error is part of the message, not a separate source, so that it is
+    /// printed once.
+    #[error("cannot {action} {}: {error}", path.display())]
     Io {
         /// What was being done.
         action: &'static str,
         /// The file.
         path: PathBuf,
         /// The underlying error.
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The file is not a valid safetensors file.
     #[error("{}: {problem}", path.display())]
@@ -37,6 +40,21 @@ pub enum SafetensorsError {
         /// What is wrong.
         problem: Problem,
     },
+}
+
+impl SafetensorsError {
+    /// A closure turning an `io::Error` into [`SafetensorsError::Io`] for `path`.
+    pub(crate) fn io(
+        action: &'static str,
+        path: &std::path::Path,
+    ) -> impl FnOnce(std::io::Error) -> SafetensorsError {
+        let path = path.to_path_buf();
+        move |error| SafetensorsError::Io {
+            action,
+            path,
+            error,
+        }
+    }
 }
 
 /// What is wrong with a safetensors file.
@@ -105,6 +123,12 @@ pub enum Problem {
         start: u64,
         /// End of the hole.
         end: u64,
+    },
+    /// The output path is something a file must not replace.
+    #[error("{what}")]
+    Output {
+        /// What the path is, and why it is refused.
+        what: String,
     },
     /// The data section is longer than the tensors.
     #[error("the data section is {data_len} bytes but the tensors cover only {covered}")]

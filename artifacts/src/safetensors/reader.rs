@@ -9,7 +9,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
-use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use serde::de::{self, MapAccess, Visitor};
@@ -70,15 +69,9 @@ impl SafetensorsFile {
     /// (and the tensor, where there is one).
     pub fn open(path: impl AsRef<Path>) -> Result<SafetensorsFile, SafetensorsError> {
         let path = path.as_ref();
-        let io = |action: &'static str| {
-            let path = path.to_path_buf();
-            move |source| SafetensorsError::Io {
-                action,
-                path,
-                source,
-            }
-        };
-        let file = File::open(path).map_err(io("open"))?;
+        let io = |action| SafetensorsError::io(action, path);
+        // Never blocks on a FIFO and never reads a device: refused before any read.
+        let file = crate::fsutil::open_regular(path).map_err(io("open"))?;
         let len = file.metadata().map_err(io("stat"))?.len();
         let invalid = |problem| SafetensorsError::Invalid {
             path: path.to_path_buf(),

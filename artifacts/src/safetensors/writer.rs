@@ -171,23 +171,20 @@ pub struct SafetensorsWriter {
 
 impl SafetensorsWriter {
     /// Creates the temp file next to `dest`, reserves the full size (so a full disk fails
-    /// now, not halfway) and writes the header.
+    /// now, not halfway) and writes the header. `dest` must be missing or a regular file
+    /// (which is replaced when the writer finishes): a device, FIFO, directory or
+    /// symlink is refused, because renaming over it would replace it (as root, even
+    /// `/dev/full`). I/O errors name `dest`, never the temp file.
     pub fn create(dest: &Path, layout: Layout) -> Result<SafetensorsWriter, SafetensorsError> {
+        check_replaceable(dest)?;
         let dir = fsutil::parent_dir(dest);
         let stem = dest
             .file_name()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_default();
         let temp = fsutil::unique_temp_path(dir, &stem);
-        let io = |action: &'static str, path: &Path| {
-            let path = path.to_path_buf();
-            move |source| SafetensorsError::Io {
-                action,
-                path,
-                source,
-            }
-        };
-        let file = fsutil::create_new(&temp).map_err(io("create", &temp))?;
+        let io = SafetensorsError::io;
+        let file = fsutil::create_new(&temp).map_err(io("write", dest))?;
         let writer = SafetensorsWriter {
             file,
             written: layout.tensors.iter().map(|_| AtomicU64::new(0)).collect(),
@@ -198,16 +195,14 @@ impl SafetensorsWriter {
             durable: true,
             finished: false,
         };
-        writer
-            .reserve()
-            .map_err(io("reserve space for", &writer.temp))?;
+        writer.reserve().map_err(io("reserve space for", dest))?;
         let mut head = Vec::with_capacity(8 + writer.layout.header.len());
         head.extend_from_slice(&(writer.layout.header.len() as u64).to_le_bytes());
         head.extend_from_slice(&writer.layout.header);
         writer
             .file
             .write_all_at(&head, 0)
-            .map_err(io("write", &writer.temp))?;
+            .map_err(io("write", dest))?;
         writer.writeback.wrote(&writer.file, 0, head.len() as u64);
         Ok(writer)
     }
@@ -237,6 +232,11 @@ impl SafetensorsWriter {
     #[cfg(test)]
     pub(crate) fn writeback_windows_started(&self) -> (usize, usize) {
         (self.writeback.windows_started(), self.writeback.windows())
+    }
+
+    /// Whether `finish` will fsync (see [`SafetensorsWriter::set_durable`]).
+    pub fn is_durable(&self) -> bool {
+        self.durable
     }
 
     /// The layout being written.
@@ -274,11 +274,7 @@ impl SafetensorsWriter {
         }
         self.file
             .write_all_at(bytes, at)
-            .map_err(|source| SafetensorsError::Io {
-                action: "write",
-                path: self.temp.clone(),
-                source,
-            })?;
+            .map_err(SafetensorsError::io("write", &self.dest))?;
         self.written[index].fetch_add(bytes.len() as u64, Ordering::Relaxed);
         if self.durable {
             self.writeback.wrote(&self.file, at, bytes.len() as u64);
@@ -341,11 +337,7 @@ impl SafetensorsWriter {
         }
         self.file
             .write_all_at(&layout.header, 8)
-            .map_err(|source| SafetensorsError::Io {
-                action: "write",
-                path: self.temp.clone(),
-                source,
-            })?;
+            .map_err(SafetensorsError::io("write", &self.dest))?;
         self.layout = layout;
         Ok(())
     }
@@ -364,27 +356,16 @@ impl SafetensorsWriter {
                 });
             }
         }
-        let io = |action: &'static str, path: &Path| {
-            let path = path.to_path_buf();
-            move |source| SafetensorsError::Io {
-                action,
-                path,
-                source,
-            }
-        };
+        let io = SafetensorsError::io;
         if self.durable {
             // A writeback error seen early would not be reported again by fsync.
             if let Some(e) = self.writeback.take_error() {
-                return Err(io("write back", &self.temp)(e));
+                return Err(io("write back", &self.dest)(e));
             }
-            self.file.sync_all().map_err(io("fsync", &self.temp))?;
+            self.file.sync_all().map_err(io("fsync", &self.dest))?;
         }
-        std::fs::rename(&self.temp, &self.dest).map_err(io("rename into place", &self.dest))?;
+        publish(&self.temp, &self.dest, self.durable)?;
         self.finished = true;
-        if self.durable {
-            let dir = fsutil::parent_dir(&self.dest);
-            fsutil::sync_dir(dir).map_err(io("fsync", dir))?;
-        }
         Ok(())
     }
 }
@@ -394,6 +375,33 @@ impl Drop for SafetensorsWriter {
         if !self.finished {
             let _ = std::fs::remove_file(&self.temp);
         }
+    }
+}
+
+/// Renames a completed `temp` (file or directory) to `dest` and, when `durable`, fsyncs
+/// the directory so the rename survives a crash.
+pub(super) fn publish(temp: &Path, dest: &Path, durable: bool) -> Result<(), SafetensorsError> {
+    std::fs::rename(temp, dest).map_err(SafetensorsError::io("rename into place", dest))?;
+    if durable {
+        let dir = fsutil::parent_dir(dest);
+        fsutil::sync_dir(dir).map_err(SafetensorsError::io("fsync", dir))?;
+    }
+    Ok(())
+}
+
+/// Refuses a destination that exists and is not a regular file.
+fn check_replaceable(dest: &Path) -> Result<(), SafetensorsError> {
+    match std::fs::symlink_metadata(dest) {
+        Ok(m) if !m.is_file() => Err(SafetensorsError::Invalid {
+            path: dest.to_path_buf(),
+            problem: super::Problem::Output {
+                what: format!(
+                    "is {}, not a regular file: refusing to replace it with the output",
+                    fsutil::describe_file_type(m.file_type())
+                ),
+            },
+        }),
+        _ => Ok(()),
     }
 }
 

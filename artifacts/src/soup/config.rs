@@ -12,7 +12,8 @@
 //! parameters: {normalize: true}   # optional; a top-level weight is a default per model
 //! ```
 //!
-//! `model:` is a `.safetensors` file or a directory holding `model.safetensors`. Relative
+//! `model:` is a checkpoint file (`.safetensors`, or a `torch.save` file) or a directory
+//! (holding `model.safetensors`, or a sharded checkpoint with its index). Relative
 //! paths are resolved against the current directory (as mergekit does) and, if nothing is
 //! there, against the config file's directory. Keys that only matter for Hugging Face
 //! models (`base_model`, `tokenizer_source`, `tokenizer`, `chat_template`, `name`) are
@@ -283,18 +284,10 @@ fn resolve_model(model: &str, base_dir: &Path) -> Result<PathBuf, String> {
         vec![given.clone(), base_dir.join(&given)]
     };
     for c in &candidates {
-        if c.is_file() {
+        // Files and directories alike are opened by `Checkpoint::open`, which says
+        // what is wrong with one it cannot read.
+        if c.exists() {
             return Ok(c.clone());
-        }
-        if c.is_dir() {
-            let single = c.join("model.safetensors");
-            if single.is_file() {
-                return Ok(single);
-            }
-            return Err(format!(
-                "{} is a directory without model.safetensors (sharded checkpoints are not supported; point to a .safetensors file)",
-                c.display()
-            ));
         }
     }
     Err(format!(

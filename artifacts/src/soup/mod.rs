@@ -20,18 +20,20 @@
 
 pub mod config;
 mod kernel;
+pub(crate) mod output;
+pub(crate) mod plan;
+mod provenance;
+pub(crate) mod run;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use rayon::prelude::*;
 
-use crate::safetensors::{
-    Dtype, Layout, SafetensorsError, SafetensorsFile, SafetensorsWriter, TensorSpec,
-};
+use crate::checkpoint::{Checkpoint, CheckpointError, OpenOptions};
+use crate::safetensors::{Dtype, SafetensorsError};
 use crate::Digest;
-use kernel::{Accum, FloatJob};
+use output::Output;
 
 /// Which tensor names the soup contains when the inputs disagree.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -104,6 +106,11 @@ pub struct SoupOptions {
     pub fsync: bool,
     /// Elements per parallel work item (a tuning knob; results do not depend on it).
     pub chunk_elems: usize,
+    /// How `torch.save` inputs are read (where the state dict is, DDP prefix).
+    pub source: OpenOptions,
+    /// Write a sharded checkpoint (a directory of shards of at most this many bytes of
+    /// tensor data, and `model.safetensors.index.json`) instead of one file.
+    pub out_shard_size: Option<u64>,
 }
 
 impl Default for SoupOptions {
@@ -121,6 +128,8 @@ impl Default for SoupOptions {
             input_labels: None,
             fsync: true,
             chunk_elems: 1 << 18,
+            source: OpenOptions::default(),
+            out_shard_size: None,
         }
     }
 }
@@ -144,14 +153,23 @@ pub struct SoupReport {
     pub output_bytes: u64,
     /// The numerics mode, as recorded in the metadata.
     pub numerics: String,
+    /// Tensors with infinities or NaNs in the result where an input already had them.
+    pub non_finite_inherited: Vec<String>,
 }
 
 /// Why a soup could not be made. Every variant names the files and tensors involved.
 #[derive(Debug, thiserror::Error)]
 pub enum SoupError {
-    /// An input or the output is not a valid safetensors file or cannot be read/written.
+    /// The output cannot be written (or a safetensors input read).
     #[error(transparent)]
     Safetensors(#[from] SafetensorsError),
+    /// An input checkpoint cannot be read.
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    /// Results that are not finite although every input was: the weights or values
+    /// overflow the accumulator or the output dtype.
+    #[error("the soup of tensor(s) {0} has infinities or NaNs where every input is finite (the weighted sum overflows float32 or the output dtype); nothing was written")]
+    NonFinite(String),
     /// No inputs.
     #[error("a soup needs at least one input checkpoint")]
     NoInputs,
@@ -199,28 +217,14 @@ pub enum SoupError {
     },
 }
 
-/// Lists at most this many offending tensors in one error message.
-const MAX_LISTED: usize = 20;
-
-/// One output tensor and how to produce it.
-enum Plan {
-    Average {
-        inputs: Vec<usize>,
-        in_dtype: Dtype,
-        out_dtype: Dtype,
-        numel: u64,
-        wide: bool,
-    },
-    Copy {
-        input: usize,
-        nbytes: u64,
-    },
-}
-
 /// Makes a soup of `inputs` into `output`.
 ///
+/// * `inputs`: checkpoints in any format [`Checkpoint::open`] reads (`.safetensors`,
+///   sharded directories or indexes, `torch.save` files), mixed freely; `opts.source`
+///   says how to read `torch.save` files.
 /// * `weights`: one finite weight per input (any scale: they are divided by their sum), or
 ///   `None` for a uniform average. With `opts.normalize` the sum must not be zero.
+/// * `output`: a safetensors file, or with `opts.out_shard_size` a directory of shards.
 /// * `progress`: called from worker threads with (bytes of output done, total bytes).
 ///
 /// On error nothing is left at `output` (a pre-existing file there is untouched).
@@ -238,204 +242,76 @@ pub fn soup_files(
         Some(w) => w.to_vec(),
         None => vec![1.0; inputs.len()],
     };
-    check_weights(&weights, inputs.len(), opts.normalize)?;
-    check_options(opts)?;
-    if let Some(d) = &opts.input_digests {
-        if d.len() != inputs.len() {
-            return Err(SoupError::Options(format!(
-                "{} input digests given for {} inputs",
-                d.len(),
-                inputs.len()
-            )));
-        }
-    }
+    check_weights(&weights, inputs.len(), opts)?;
+    check_options(opts, inputs.len())?;
 
-    let files: Vec<SafetensorsFile> = inputs
+    let files: Vec<Checkpoint> = inputs
         .iter()
-        .map(SafetensorsFile::open)
+        .map(|p| Checkpoint::open(p, &opts.source))
         .collect::<Result<_, _>>()?;
-    let (plans, mut report) = plan(&files, opts)?;
-
-    let numerics = numerics_label(opts);
-    report.numerics = numerics.clone();
+    let (plans, mut report) = plan::plan(&files, opts)?;
+    report.numerics = provenance::numerics_label(opts);
     report.weights = weights.clone();
+
+    // Digests not known yet are placeholders in the header, filled in once the inputs
+    // are hashed (alongside the averaging).
     let hash_inputs = opts.provenance && opts.input_digests.is_none();
     let placeholder = vec![Digest::from_bytes([0; 32]); files.len()];
-    let digests_for_header = opts.input_digests.as_ref().unwrap_or(&placeholder);
-    let metadata = opts
-        .provenance
-        .then(|| provenance(inputs, digests_for_header, &weights, &numerics, opts));
-
-    let specs: Vec<TensorSpec> = plans
-        .iter()
-        .map(|(name, plan)| {
-            let first = match plan {
-                Plan::Average { inputs, .. } => inputs[0],
-                Plan::Copy { input, .. } => *input,
-            };
-            let info = files[first].get(name).expect("planned tensors exist");
-            let dtype = match plan {
-                Plan::Average { out_dtype, .. } => *out_dtype,
-                Plan::Copy { .. } => info.dtype,
-            };
-            TensorSpec {
-                name: name.clone(),
-                dtype,
-                shape: info.shape.clone(),
-            }
-        })
-        .collect();
-    let layout = Layout::new(output, specs, metadata.as_ref())?;
-    let total = layout.total_len();
-    let mut writer = SafetensorsWriter::create(output, layout)?;
-    writer.set_durable(opts.fsync);
-
-    // Where each plan's tensor goes: its index in the layout and its offset in the file.
-    let placement: Vec<(usize, u64)> = {
-        let starts: Vec<u64> = writer.layout().tensors().map(|(_, b, _)| b).collect();
-        plans
-            .iter()
-            .map(|(name, _)| {
-                let index = writer
-                    .layout()
-                    .index_of(name)
-                    .expect("planned tensors are in the layout");
-                (index, starts[index])
-            })
-            .collect()
+    let header_digests = opts.input_digests.as_ref().unwrap_or(&placeholder);
+    let meta = |digests: &[Digest]| {
+        provenance::provenance(inputs, digests, &weights, &report.numerics, opts)
     };
-
-    // Work items: (plan index, element or byte range). Chunks are independent, so any
-    // schedule gives the same bytes. They are listed in output file order: each rayon
-    // thread works through a contiguous run of them, so the output fills window by window
-    // and the writer can send finished windows to disk while the rest is computed.
-    let chunk = opts.chunk_elems.max(1) as u64;
-    let mut items: Vec<(usize, u64, u64)> = Vec::new();
-    let mut file_order: Vec<usize> = (0..plans.len()).collect();
-    file_order.sort_by_key(|&i| placement[i].1);
-    for i in file_order {
-        let plan = &plans[i].1;
-        let len = match plan {
-            Plan::Average { numel, .. } => *numel,
-            Plan::Copy { nbytes, .. } => *nbytes,
-        };
-        let step = match plan {
-            Plan::Average { .. } => chunk,
-            Plan::Copy { .. } => chunk * 4,
-        };
-        let mut start = 0;
-        while start < len {
-            let end = (start + step).min(len);
-            items.push((i, start, end));
-            start = end;
-        }
-    }
-    let done = AtomicU64::new(0);
-    let written = &writer;
-    let run_items = || {
-        items
-            .par_iter()
-            .try_for_each_init(Vec::<u8>::new, |buf, &(i, start, end)| {
-                let (name, plan) = &plans[i];
-                let index = placement[i].0;
-                let bytes = match plan {
-                    Plan::Copy { input, .. } => {
-                        let f = &files[*input];
-                        let data = f.data(f.get(name).expect("planned"));
-                        written.write_at(index, start, &data[start as usize..end as usize])?;
-                        end - start
-                    }
-                    Plan::Average {
-                        inputs: which,
-                        in_dtype,
-                        out_dtype,
-                        wide,
-                        ..
-                    } => {
-                        let in_size = in_dtype.size() as u64;
-                        let slices: Vec<&[u8]> = which
-                            .iter()
-                            .map(|&k| {
-                                let f = &files[k];
-                                &f.data(f.get(name).expect("planned"))
-                                    [(start * in_size) as usize..(end * in_size) as usize]
-                            })
-                            .collect();
-                        let w: Vec<f64> = which.iter().map(|&k| weights[k]).collect();
-                        buf.resize(((end - start) as usize) * out_dtype.size(), 0);
-                        if *wide {
-                            average::<f64>(&slices, &w, *in_dtype, *out_dtype, opts, buf);
-                        } else {
-                            average::<f32>(&slices, &w, *in_dtype, *out_dtype, opts, buf);
-                        }
-                        written.write_at(index, start * out_dtype.size() as u64, buf)?;
-                        buf.len() as u64
-                    }
-                };
-                let so_far = done.fetch_add(bytes, Ordering::Relaxed) + bytes;
-                if let Some(p) = progress {
-                    p(so_far, total);
-                }
-                Ok::<(), SafetensorsError>(())
-            })
+    let metadata = opts.provenance.then(|| meta(header_digests));
+    let mut out = Output::create(
+        output,
+        plan::specs(&plans, &files),
+        metadata.as_ref(),
+        opts.out_shard_size,
+        opts.fsync,
+    )?;
+    let job = run::Job {
+        files: &files,
+        plans: &plans,
+        weights: &weights,
+        opts,
     };
     let hash = || -> Vec<Digest> {
-        if hash_inputs {
-            files
-                .par_iter()
-                .map(|f| Digest::of_slice_parallel(f.bytes()))
-                .collect()
-        } else {
-            opts.input_digests.clone().unwrap_or_default()
+        match &opts.input_digests {
+            Some(known) => known.clone(),
+            None if hash_inputs => files.par_iter().map(Checkpoint::digest).collect(),
+            None => Vec::new(),
         }
     };
-    let (digests, result) = rayon::join(hash, run_items);
-    result?;
-    if hash_inputs {
-        let meta = provenance(inputs, &digests, &weights, &numerics, opts);
-        writer.replace_metadata(&meta)?;
+    let (digests, outcome) = rayon::join(hash, || run::execute(&job, &out, progress));
+    let non_finite = outcome?;
+    if !non_finite.new.is_empty() {
+        let names: Vec<&str> = non_finite.new.iter().map(String::as_str).collect();
+        return Err(SoupError::NonFinite(plan::list(&names)));
     }
-    report.output_bytes = total;
+    if hash_inputs {
+        out.replace_metadata(&meta(&digests))?;
+    }
+    report.non_finite_inherited = non_finite.inherited;
+    report.output_bytes = out.total_len();
     report.input_digests = digests;
-    writer.finish()?;
+    out.finish()?;
     Ok(report)
 }
 
-/// Averages one chunk with accumulator type `A`.
-fn average<A: Accum>(
-    slices: &[&[u8]],
-    weights: &[f64],
-    in_dtype: Dtype,
-    out_dtype: Dtype,
-    opts: &SoupOptions,
-    out: &mut [u8],
-) {
-    let w: Vec<A> = weights.iter().map(|&x| A::from_f64(x)).collect();
-    // The denominator is the sum of the weights in the accumulator type, left to right.
-    // (fma(x, 1, acc) is exactly one rounded addition.)
-    let den = opts.normalize.then(|| {
-        w.iter()
-            .fold(A::ZERO, |acc, &x| A::fma(x, A::from_f64(1.0), acc))
-    });
-    let job = FloatJob {
-        inputs: slices,
-        weights: &w,
-        in_dtype,
-        cast: opts.input_cast.filter(|&c| c != in_dtype),
-        den,
-        out_dtype,
-        clamp_f32: opts.accumulate == Accumulate::F64,
-    };
-    kernel::run(&job, out);
-}
-
-fn check_weights(weights: &[f64], n: usize, normalize: bool) -> Result<(), SoupError> {
+/// Weights are checked in the precision the soup computes in: float32 (mergekit's
+/// arithmetic), unless accumulating in float64. Each weight is rounded to that type (the
+/// usual relative error of 2^-24); a non-zero weight that would be subnormal, zero or
+/// infinite there is refused, as is a sum of weights that would be, since the result
+/// would be garbage. Only the ratios of the weights matter, so scaling them all up fixes
+/// it.
+fn check_weights(weights: &[f64], n: usize, opts: &SoupOptions) -> Result<(), SoupError> {
     if weights.len() != n {
         return Err(SoupError::Weights(format!(
             "{} weights given for {n} input checkpoints",
             weights.len()
         )));
     }
+    let in_f32 = opts.accumulate == Accumulate::F32;
     for (i, w) in weights.iter().enumerate() {
         if !w.is_finite() {
             return Err(SoupError::Weights(format!(
@@ -444,18 +320,28 @@ fn check_weights(weights: &[f64], n: usize, normalize: bool) -> Result<(), SoupE
                 i + 1
             )));
         }
+        let w32 = *w as f32;
+        if in_f32 && *w != 0.0 && !w32.is_normal() {
+            return Err(SoupError::Weights(format!(
+                "weight {} ({w}) becomes {w32:e} in float32, the precision the soup computes in, and loses its value; only the ratios of the weights matter, so scale them all together",
+                i + 1
+            )));
+        }
     }
-    if normalize {
+    if opts.normalize {
         let sum32: f32 = weights.iter().map(|&w| w as f32).sum();
         let sum64: f64 = weights.iter().sum();
         if sum32 == 0.0 || sum64 == 0.0 || !sum32.is_finite() {
             return Err(SoupError::Weights(format!("weights {weights:?} sum to {sum32}; the soup divides by their sum, which must be finite and non-zero")));
         }
+        if in_f32 && !sum32.is_normal() {
+            return Err(SoupError::Weights(format!("weights {weights:?} sum to {sum32:e} in float32, too small to divide by without losing precision; scale them all together")));
+        }
     }
     Ok(())
 }
 
-fn check_options(opts: &SoupOptions) -> Result<(), SoupError> {
+fn check_options(opts: &SoupOptions, inputs: usize) -> Result<(), SoupError> {
     for (what, d) in [
         ("output dtype", opts.out_dtype),
         ("input cast dtype", opts.input_cast),
@@ -468,226 +354,20 @@ fn check_options(opts: &SoupOptions) -> Result<(), SoupError> {
             }
         }
     }
-    Ok(())
-}
-
-/// Resolves tensor names, checks compatibility, and decides how to produce each tensor.
-fn plan(
-    files: &[SafetensorsFile],
-    opts: &SoupOptions,
-) -> Result<(Vec<(String, Plan)>, SoupReport), SoupError> {
-    let mut report = SoupReport::default();
-    let all: BTreeSet<&str> = files
-        .iter()
-        .flat_map(|f| f.tensors().iter().map(|t| t.name.as_str()))
-        .collect();
-    if opts.keys == KeyPolicy::Strict {
-        let mut lines = Vec::new();
-        for f in files {
-            let missing: Vec<&str> = all.iter().copied().filter(|n| f.get(n).is_none()).collect();
-            if !missing.is_empty() {
-                lines.push(format!(
-                    "  {} lacks {} tensor(s): {}",
-                    f.path().display(),
-                    missing.len(),
-                    list(&missing)
-                ));
-            }
-        }
-        if !lines.is_empty() {
-            return Err(SoupError::KeyMismatch(lines.join("\n")));
+    if let Some(d) = &opts.input_digests {
+        if d.len() != inputs {
+            return Err(SoupError::Options(format!(
+                "{} input digests given for {inputs} inputs",
+                d.len()
+            )));
         }
     }
-    let mut plans = Vec::new();
-    let mut problems = Vec::new();
-    for name in all {
-        let present: Vec<usize> = (0..files.len())
-            .filter(|&i| files[i].get(name).is_some())
-            .collect();
-        if present.len() < files.len() {
-            match opts.keys {
-                KeyPolicy::Intersection => {
-                    report.dropped.push(name.to_string());
-                    continue;
-                }
-                KeyPolicy::Union => report.partial.push(name.to_string()),
-                KeyPolicy::Strict => unreachable!("checked above"),
-            }
-        }
-        let first = files[present[0]].get(name).expect("present");
-        let mut ok = true;
-        for &i in &present[1..] {
-            let t = files[i].get(name).expect("present");
-            if t.shape != first.shape || t.dtype != first.dtype {
-                problems.push(format!(
-                    "  {name:?}: {} {:?} in {} but {} {:?} in {}",
-                    first.dtype,
-                    first.shape,
-                    files[present[0]].path().display(),
-                    t.dtype,
-                    t.shape,
-                    files[i].path().display()
-                ));
-                ok = false;
-                break;
-            }
-        }
-        if !ok {
-            continue;
-        }
-        if first.dtype.is_averageable_float() {
-            let wide = opts.accumulate == Accumulate::F64
-                || first.dtype == Dtype::F64
-                || opts.input_cast == Some(Dtype::F64);
-            let default_out = match opts.accumulate {
-                Accumulate::F64 => Dtype::F32,
-                Accumulate::F32 => opts.input_cast.unwrap_or(first.dtype),
-            };
-            plans.push((
-                name.to_string(),
-                Plan::Average {
-                    inputs: present,
-                    in_dtype: first.dtype,
-                    out_dtype: opts.out_dtype.unwrap_or(default_out),
-                    numel: first.numel(),
-                    wide,
-                },
-            ));
-            report.averaged += 1;
-            continue;
-        }
-        let source = &files[present[0]];
-        match opts.int_policy {
-            IntPolicy::Error => {
-                return Err(SoupError::IntForbidden {
-                    tensor: name.to_string(),
-                    dtype: first.dtype,
-                    path: source.path().to_path_buf(),
-                })
-            }
-            IntPolicy::RequireEqual => {
-                let reference = source.data(first);
-                for &i in &present[1..] {
-                    let other = &files[i];
-                    if other.data(other.get(name).expect("present")) != reference {
-                        return Err(SoupError::IntMismatch {
-                            tensor: name.to_string(),
-                            dtype: first.dtype,
-                            first: source.path().to_path_buf(),
-                            other: other.path().to_path_buf(),
-                        });
-                    }
-                }
-            }
-            IntPolicy::First => {}
-        }
-        plans.push((
-            name.to_string(),
-            Plan::Copy {
-                input: present[0],
-                nbytes: first.nbytes(),
-            },
+    if opts.out_shard_size == Some(0) {
+        return Err(SoupError::Options(
+            "the shard size must be at least 1 byte".into(),
         ));
-        report.copied += 1;
     }
-    if !problems.is_empty() {
-        let n = problems.len();
-        let mut text = problems
-            .into_iter()
-            .take(MAX_LISTED)
-            .collect::<Vec<_>>()
-            .join("\n");
-        if n > MAX_LISTED {
-            text.push_str(&format!("\n  ... and {} more", n - MAX_LISTED));
-        }
-        return Err(SoupError::Incompatible(text));
-    }
-    Ok((plans, report))
-}
-
-fn list(names: &[&str]) -> String {
-    let mut s = names
-        .iter()
-        .take(MAX_LISTED)
-        .map(|n| format!("{n:?}"))
-        .collect::<Vec<_>>()
-        .join(", ");
-    if names.len() > MAX_LISTED {
-        s.push_str(&format!(", ... and {} more", names.len() - MAX_LISTED));
-    }
-    s
-}
-
-/// The numerics mode as recorded in the output's metadata.
-fn numerics_label(opts: &SoupOptions) -> String {
-    let mut s = match opts.accumulate {
-        Accumulate::F32 => "f32-fma-sequential".to_string(),
-        Accumulate::F64 => "f64-fma-sequential".to_string(),
-    };
-    if let Some(c) = opts.input_cast {
-        s.push_str(&format!(",inputs-cast-to-{c}"));
-    }
-    s.push_str(if opts.normalize {
-        ",divide-by-weight-sum"
-    } else {
-        ",no-normalize"
-    });
-    if opts.accumulate == Accumulate::F64 {
-        s.push_str(",clamp-f32");
-    }
-    s.push_str(",round-nearest-even-once");
-    s
-}
-
-fn provenance(
-    inputs: &[PathBuf],
-    digests: &[Digest],
-    weights: &[f64],
-    numerics: &str,
-    opts: &SoupOptions,
-) -> BTreeMap<String, String> {
-    let mut m = opts.extra_metadata.clone();
-    m.insert("format".into(), "pt".into());
-    let labels: Vec<String> = match &opts.input_labels {
-        Some(labels) => labels.clone(),
-        None => inputs.iter().map(|p| p.display().to_string()).collect(),
-    };
-    let ingredients: Vec<serde_json::Value> = labels
-        .iter()
-        .zip(digests)
-        .zip(weights)
-        .map(|((label, d), w)| serde_json::json!({"file": label, "blake3": d.to_string(), "weight": w}))
-        .collect();
-    m.insert(
-        "tureen.soup.ingredients".into(),
-        serde_json::Value::Array(ingredients).to_string(),
-    );
-    m.insert(
-        "tureen.soup.weights".into(),
-        serde_json::to_string(weights).expect("finite floats serialize"),
-    );
-    m.insert("tureen.soup.numerics".into(), numerics.to_string());
-    m.insert(
-        "tureen.soup.out_dtype".into(),
-        opts.out_dtype
-            .map(|d| d.to_string())
-            .unwrap_or_else(|| "input".into()),
-    );
-    m.insert(
-        "tureen.soup.keys".into(),
-        format!("{:?}", opts.keys).to_lowercase(),
-    );
-    m.insert(
-        "tureen.soup.int_policy".into(),
-        match opts.int_policy {
-            IntPolicy::RequireEqual => "require-equal",
-            IntPolicy::First => "first",
-            IntPolicy::Error => "error",
-        }
-        .into(),
-    );
-    m.insert("tureen.version".into(), env!("CARGO_PKG_VERSION").into());
-    m
+    Ok(())
 }
 
 #[cfg(test)]

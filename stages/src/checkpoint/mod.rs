@@ -20,7 +20,7 @@ mod train_state;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use tureen_artifacts::safetensors::SafetensorsFile;
+use tureen_artifacts::checkpoint::{Checkpoint, OpenOptions};
 use tureen_artifacts::soup::SoupOptions;
 
 use crate::model::ClipConfig;
@@ -65,8 +65,6 @@ pub enum CheckpointError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{path}: not a valid safetensors file: {message}")]
-    Format { path: PathBuf, message: String },
     #[error("{path}: tensor `{tensor}`: {message}")]
     Tensor {
         path: PathBuf,
@@ -79,13 +77,17 @@ pub enum CheckpointError {
     State { path: PathBuf, message: String },
     #[error(transparent)]
     Safetensors(#[from] tureen_artifacts::safetensors::SafetensorsError),
+    /// A checkpoint of any format that cannot be read.
+    #[error(transparent)]
+    Source(#[from] tureen_artifacts::checkpoint::CheckpointError),
 }
 
-/// The `__metadata__` of a safetensors file (empty when it has none). The header is
-/// validated in full first, so a truncated or lying file is an error here.
+/// The `__metadata__` of a checkpoint (empty when it has none, as `torch.save` files
+/// never do). The file is validated in full first, so a truncated or lying file is an
+/// error here.
 pub fn read_metadata(path: &Path) -> Result<BTreeMap<String, String>, CheckpointError> {
-    let file = SafetensorsFile::open(path)?;
-    Ok(file.metadata().cloned().unwrap_or_default())
+    let ckpt = Checkpoint::open(path, &OpenOptions::default())?;
+    Ok(ckpt.metadata().clone())
 }
 
 /// The model config embedded in a weights file, if it has one.

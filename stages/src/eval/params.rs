@@ -84,11 +84,13 @@ impl EvalParams {
     }
 }
 
-/// The weights file of a model input: the file itself, or `model.safetensors` inside a
-/// training-checkpoint directory.
+/// The weights of a model input: `model.safetensors` inside a training-checkpoint
+/// directory, else the path itself (a file of any checkpoint format, e.g. open_clip's
+/// `epoch_N.pt`, or a sharded directory), which is opened by content.
 pub fn weights_path(path: &Path) -> PathBuf {
-    if path.is_dir() {
-        path.join(crate::checkpoint::MODEL_FILE)
+    let inner = path.join(crate::checkpoint::MODEL_FILE);
+    if path.is_dir() && inner.is_file() {
+        inner
     } else {
         path.to_path_buf()
     }

@@ -254,22 +254,9 @@ impl StageWork for CommandKind {
                 .collect::<Vec<_>>()
                 .join(","),
         );
-        command
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        command.process_group(0);
-        // SAFETY: prctl is async-signal-safe; it asks the kernel to kill the child if
-        // this thread's process dies (e.g. `kill -9 tureen`), so no orphan keeps
-        // writing outputs behind a later run's back.
-        unsafe {
-            command.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
+        supervised(&mut command);
         let mut child = command.spawn().context("cannot start /bin/sh")?;
-        let status = supervise(&mut child, ctx)?;
+        let status = supervise(&mut child, ctx, &mut |_| Ok(()))?;
 
         if !status.success() {
             if let Some(sig) = status.signal() {
@@ -289,11 +276,33 @@ impl StageWork for CommandKind {
     }
 }
 
+/// Prepares a child for [`supervise`]: no stdin, stdout and stderr piped to the log,
+/// its own process group, and death with this process.
+pub(crate) fn supervised(command: &mut Command) {
+    command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    command.process_group(0);
+    // SAFETY: prctl is async-signal-safe; it asks the kernel to kill the child if
+    // this thread's process dies (e.g. `kill -9 tureen`), so no orphan keeps
+    // writing outputs behind a later run's back.
+    unsafe {
+        command.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+}
+
 /// Forwards output lines to the log until the child exits; on cancel, stops its
-/// process group (SIGTERM, then SIGKILL after [`GRACE`]).
-fn supervise(
+/// process group (SIGTERM, then SIGKILL after [`GRACE`]). `tick` runs every poll
+/// (about every 20 ms) while the child runs, e.g. to commit what it has written; an
+/// error from it stops the child's group and is returned.
+pub(crate) fn supervise(
     child: &mut Child,
     ctx: &mut StageContext<'_>,
+    tick: &mut dyn FnMut(&mut StageContext<'_>) -> anyhow::Result<()>,
 ) -> anyhow::Result<std::process::ExitStatus> {
     let (tx, rx) = mpsc::channel::<Option<String>>();
     let mut readers = 0;
@@ -316,6 +325,12 @@ fn supervise(
         }
         if let Some(status) = child.try_wait().context("waiting for the command")? {
             break status;
+        }
+        if let Err(e) = tick(ctx) {
+            // SAFETY: signalling the child's own process group.
+            unsafe { libc::kill(-pgid, libc::SIGKILL) };
+            let _ = child.wait();
+            return Err(e);
         }
         if ctx.cancel.load(Ordering::Relaxed) {
             match term_sent {

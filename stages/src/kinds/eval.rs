@@ -3,14 +3,14 @@
 //! ```yaml
 //! eval_soup:
 //!   kind: eval
-//!   inputs: {model: soup.soup}          # a weights file or a training-checkpoint directory
+//!   inputs: {model: soup.soup}          # a weights file (safetensors, torch.save .pt) or a checkpoint directory
 //!   params:
 //!     data: imagenet/val                # image folder (one folder per class) or shards
 //!     classnames: data/imagenet-classnames.txt
 //!     templates: data/imagenet-templates.txt
 //!     retrieval: coco/{000000..000004}.tar   # optional: shards with one caption per line
 //!     tokenizer: {kind: bpe, vocab: bpe_simple_vocab_16e6.txt.gz}   # default: byte
-//!     model: convnext_atto_64           # optional: default is the checkpoint's own config
+//!     model: convnext_atto_64           # default: the checkpoint's own config (required for a .pt)
 //!     batch_size: 64                    # default 64
 //!     workers: 2                        # decode threads, default 2
 //!     device: auto                      # auto | cpu | cuda, default auto

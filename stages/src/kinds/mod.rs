@@ -10,6 +10,7 @@
 
 pub mod command;
 pub mod eval;
+pub mod open_clip;
 pub mod rewind;
 pub mod soup;
 pub mod train;
@@ -28,4 +29,5 @@ pub fn register_all(registry: &mut KindRegistry) {
     registry.register(Arc::new(eval::EvalKind));
     registry.register(Arc::new(train::TrainKind));
     registry.register(Arc::new(rewind::RewindKind));
+    registry.register_with_work(Arc::new(open_clip::OpenClipKind));
 }

@@ -9,6 +9,13 @@
 //! checkpoint; only the lr follows the new schedule. `checkpoints` holds the intervals
 //! trained here (k+1..intervals).
 //!
+//! `from` may also be an open_clip `epoch_N.pt` (the `checkpoints` of an `open_clip`
+//! stage): weights from its state dict, AdamW's moments from its `optimizer` state
+//! mapped to parameter names through open_clip's parameter groups (see
+//! `tureen_torch::checkpoint::open_clip`); `model:` is then required. `optimizer:
+//! fresh` starts AdamW from zero moments with this stage's `beta1`, `beta2`, `eps` and
+//! `weight_decay` instead (required for a checkpoint without optimizer state).
+//!
 //! ```yaml
 //! rewind:
 //!   kind: rewind

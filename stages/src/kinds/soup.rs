@@ -11,10 +11,14 @@
 //!     out_dtype: bfloat16       # optional: float32, float16, bfloat16, float64
 //!     accumulate: f32           # f32 (mergekit-exact, default) or f64 (timm)
 //!     keys: strict              # strict (default), intersection, union
+//!     key: state_dict           # torch.save inputs: where the state dict is (default: found)
+//!     keep_prefix: false        # torch.save inputs: keep a DDP `module.` prefix
 //! ```
 //!
-//! Every checkpoint is a `.safetensors` file or a directory holding `model.safetensors`
-//! (the `checkpoints` series of a train stage). The one output, `soup`, is a
+//! Every checkpoint is in any format `tureen_artifacts::checkpoint` reads: a
+//! `.safetensors` file, a directory holding `model.safetensors` (the `checkpoints`
+//! series of a train stage), a sharded checkpoint, or a `torch.save` file (the
+//! `checkpoints` of an `open_clip` stage). The one output, `soup`, is a
 //! safetensors file made by `tureen_artifacts::soup::soup_files` (numerics documented
 //! there). `method: greedy` sorts the checkpoints by held-out zero-shot top-1 and adds
 //! each one only if the soup's score does not drop (`tureen_torch::eval::greedy`, run in
@@ -51,6 +55,8 @@ const PARAMS: &[&str] = &[
     "accumulate",
     "keys",
     "heldout",
+    "key",
+    "keep_prefix",
 ];
 
 /// How the checkpoints are combined.
@@ -134,6 +140,23 @@ fn options(params: &Map<String, Value>) -> Result<SoupOptions, ParamError> {
                 ))
             }
         };
+    }
+    if let Some(v) = params.get("key") {
+        let key = v
+            .as_str()
+            .and_then(|k| k.parse().ok())
+            .ok_or_else(|| {
+                ParamError::param(
+                    "key",
+                    "expected a key path (dict keys joined by dots, e.g. state_dict)",
+                )
+            })?;
+        opts.source.key = Some(key);
+    }
+    if let Some(v) = params.get("keep_prefix") {
+        opts.source.keep_prefix = v
+            .as_bool()
+            .ok_or_else(|| ParamError::param("keep_prefix", "expected true or false"))?;
     }
     Ok(opts)
 }
@@ -312,17 +335,36 @@ impl SoupInputs {
     }
 }
 
-/// A checkpoint is a safetensors file, or a directory holding `model.safetensors`.
+/// A checkpoint directory's weights file (`model.safetensors`), or the path itself
+/// (a file of any format, or a sharded directory), which the soup opens by content.
 fn checkpoint_file(path: &std::path::Path) -> anyhow::Result<PathBuf> {
-    if path.is_dir() {
-        let inner = path.join("model.safetensors");
-        anyhow::ensure!(
-            inner.is_file(),
-            "{} is a directory without model.safetensors",
-            path.display()
-        );
+    let inner = path.join(tureen_artifacts::checkpoint::MODEL_FILE);
+    if path.is_dir() && inner.is_file() {
         return Ok(inner);
     }
     std::fs::metadata(path).with_context(|| format!("checkpoint {}", path.display()))?;
     Ok(path.to_path_buf())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn torch_save_ingredients_take_a_key_path_and_prefix_policy() {
+        let p = serde_json::json!({"key": "model.ema", "keep_prefix": true});
+        let opts = options(p.as_object().unwrap()).unwrap();
+        assert_eq!(opts.source.key.unwrap().to_string(), "model.ema");
+        assert!(opts.source.keep_prefix);
+        for (bad, expect) in [
+            (serde_json::json!({"key": "a..b"}), "params.key"),
+            (
+                serde_json::json!({"keep_prefix": "yes"}),
+                "params.keep_prefix",
+            ),
+        ] {
+            let e = options(bad.as_object().unwrap()).unwrap_err();
+            assert!(e.to_string().contains(expect), "{e}");
+        }
+    }
 }

@@ -46,6 +46,10 @@ pub struct TrainParams {
     pub log_every: u64,
     #[serde(default)]
     pub step_rounding: StepRounding,
+    /// Rewind only: `checkpoint` (default: AdamW's moments, step and hyper-parameters
+    /// come from the checkpoint) or `fresh` (zero moments, step 0, this stage's betas,
+    /// eps and weight decay; needed for a checkpoint without optimizer state).
+    pub optimizer: Option<String>,
 }
 
 fn default_device() -> String {
@@ -75,7 +79,22 @@ impl TrainParams {
                 "required (a preset such as convnext_atto_64, or a config)",
             ));
         }
-        if mode == Mode::Rewind {
+        match (mode, p.optimizer.as_deref()) {
+            (_, None) | (Mode::Rewind, Some("checkpoint" | "fresh")) => {}
+            (Mode::Train, Some(_)) => {
+                return Err(ParamError::param(
+                    "optimizer",
+                    "only a rewind takes `optimizer` (checkpoint or fresh)",
+                ))
+            }
+            (Mode::Rewind, Some(other)) => {
+                return Err(ParamError::param(
+                    "optimizer",
+                    format!("expected `checkpoint` (AdamW state from the checkpoint) or `fresh`, got `{other}`"),
+                ))
+            }
+        }
+        if mode == Mode::Rewind && !p.fresh_optimizer() {
             for (name, v) in [
                 ("beta1", p.beta1),
                 ("beta2", p.beta2),
@@ -85,7 +104,7 @@ impl TrainParams {
                 if v.is_some() {
                     return Err(ParamError::param(
                         name,
-                        "a rewind takes AdamW's betas, eps and weight decay from the checkpoint",
+                        "a rewind takes AdamW's betas, eps and weight decay from the checkpoint (unless `optimizer: fresh`)",
                     ));
                 }
             }
@@ -99,6 +118,11 @@ impl TrainParams {
             return Err(ParamError::param("threads", "must be at least 1"));
         }
         Ok(p)
+    }
+
+    /// Whether a rewind starts AdamW afresh (`optimizer: fresh`).
+    pub fn fresh_optimizer(&self) -> bool {
+        self.optimizer.as_deref() == Some("fresh")
     }
 
     /// The webdataset to read, or `None` for `data: synthetic`.

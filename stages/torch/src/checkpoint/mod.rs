@@ -16,6 +16,8 @@
 //! Tensors are written contiguous, from the CPU, one at a time, atomically (temp file,
 //! fsync, rename).
 
+pub mod open_clip;
+pub mod rewind;
 pub mod tensor_file;
 mod train_checkpoint;
 
@@ -114,8 +116,9 @@ pub fn copy_into(
     Ok(())
 }
 
-/// Loads a weights file into the store's variables (strict, see [`copy_into`]). Returns
-/// the config embedded in the file, if any.
+/// Loads a weights file (any checkpoint format, see [`tensor_file::read`]) into the
+/// store's variables (strict, see [`copy_into`]). Returns the config embedded in the
+/// file, if any.
 pub fn load_weights(vs: &VarStore, path: &Path) -> Result<Option<ClipConfig>, CheckpointError> {
     let file = tensor_file::read(path)?;
     let cfg = config_from_metadata(path, &file.metadata)?;
@@ -135,7 +138,7 @@ pub fn load_model(
         None => read_config(path)?.ok_or_else(|| CheckpointError::State {
             path: path.to_path_buf(),
             message: format!(
-                "no model config in __metadata__.{CONFIG_KEY}; pass the model config explicitly"
+                "no model config in __metadata__.{CONFIG_KEY} (a torch.save checkpoint carries none); give it as params.model"
             ),
         })?,
     };

@@ -1,17 +1,21 @@
-//! Named tensors to and from safetensors files, with string metadata.
+//! Named tensors to and from checkpoint files, with string metadata.
 //!
 //! Writes go through `tureen_artifacts`' streaming safetensors writer: atomic (temp file
 //! in the same directory, fsync, rename), deterministic bytes, one tensor at a time
-//! copied from wherever it lives (a CUDA tensor is on the CPU only while it is written). Reads memory-map the file and validate it before any tensor is
-//! built.
+//! copied from wherever it lives (a CUDA tensor is on the CPU only while it is written).
+//! Reads go through `tureen_artifacts::checkpoint` (the workspace's one reader of
+//! safetensors, sharded safetensors and `torch.save` files): the file is memory-mapped
+//! and validated before any tensor is built. Dtypes are `tureen_artifacts`' [`Dtype`],
+//! mapped to tch kinds by [`kind_of`] and [`dtype_of`].
 
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use safetensors::tensor::{Dtype, SafeTensors};
 use tch::{Device, Kind, Tensor};
+use tureen_artifacts::checkpoint::{Checkpoint, OpenOptions};
+use tureen_artifacts::safetensors::{Dtype, Layout, SafetensorsWriter, TensorSpec};
 
 use super::CheckpointError;
 
@@ -32,7 +36,7 @@ pub fn dtype_of(kind: Kind) -> Option<Dtype> {
     })
 }
 
-/// The tch kind of a safetensors dtype (unsigned 16/32/64-bit have none).
+/// The tch kind of a dtype (unsigned 16/32/64-bit and 8-bit floats have none here).
 pub fn kind_of(dtype: Dtype) -> Option<Kind> {
     Some(match dtype {
         Dtype::BOOL => Kind::Bool,
@@ -49,27 +53,6 @@ pub fn kind_of(dtype: Dtype) -> Option<Kind> {
     })
 }
 
-/// The store's (helper A's) dtype for a safetensors dtype.
-fn artifact_dtype(d: Dtype) -> tureen_artifacts::safetensors::Dtype {
-    use tureen_artifacts::safetensors::Dtype as A;
-    match d {
-        Dtype::BOOL => A::BOOL,
-        Dtype::U8 => A::U8,
-        Dtype::I8 => A::I8,
-        Dtype::I16 => A::I16,
-        Dtype::U16 => A::U16,
-        Dtype::F16 => A::F16,
-        Dtype::BF16 => A::BF16,
-        Dtype::I32 => A::I32,
-        Dtype::U32 => A::U32,
-        Dtype::F32 => A::F32,
-        Dtype::F64 => A::F64,
-        Dtype::I64 => A::I64,
-        Dtype::U64 => A::U64,
-        _ => A::U8,
-    }
-}
-
 /// Writes `tensors` (name -> tensor) with `metadata` to `path` atomically, through the
 /// artifacts crate's streaming writer: the header is deterministic (sorted metadata,
 /// tensors in safetensors' canonical order), so the same tensors give the same bytes,
@@ -79,7 +62,6 @@ pub fn write(
     tensors: &BTreeMap<String, Tensor>,
     metadata: &BTreeMap<String, String>,
 ) -> Result<(), CheckpointError> {
-    use tureen_artifacts::safetensors::{Layout, SafetensorsWriter, TensorSpec};
     let mut specs = Vec::with_capacity(tensors.len());
     for (name, t) in tensors {
         let dtype = dtype_of(t.kind()).ok_or_else(|| CheckpointError::Tensor {
@@ -89,29 +71,25 @@ pub fn write(
         })?;
         specs.push(TensorSpec {
             name: name.clone(),
-            dtype: artifact_dtype(dtype),
+            dtype,
             shape: t.size().iter().map(|&d| d as u64).collect(),
         });
     }
-    let format = |e: tureen_artifacts::safetensors::SafetensorsError| CheckpointError::Format {
-        path: path.to_path_buf(),
-        message: e.to_string(),
-    };
     let meta = if metadata.is_empty() {
         None
     } else {
         Some(metadata)
     };
-    let layout = Layout::new(path, specs, meta).map_err(format)?;
-    let writer = SafetensorsWriter::create(path, layout).map_err(format)?;
+    let layout = Layout::new(path, specs, meta)?;
+    let writer = SafetensorsWriter::create(path, layout)?;
     for (name, t) in tensors {
         let cpu = t.to_device(Device::Cpu).contiguous();
         let numel = cpu.numel();
         let mut bytes = vec![0u8; numel * cpu.kind().elt_size_in_bytes()];
         cpu.copy_data_u8(&mut bytes, numel);
-        writer.write_tensor(name, &bytes).map_err(format)?;
+        writer.write_tensor(name, &bytes)?;
     }
-    writer.finish().map_err(format)
+    Ok(writer.finish()?)
 }
 
 /// Runs `write` against a temp path next to `path`, fsyncs, then renames over `path`.
@@ -161,53 +139,47 @@ pub fn write_bytes(path: &Path, bytes: &[u8]) -> Result<(), CheckpointError> {
     })
 }
 
-/// A safetensors file read into tch tensors (on the CPU), with its metadata.
+/// A checkpoint read into tch tensors (on the CPU), with its metadata.
 #[derive(Debug)]
 pub struct TensorFile {
     pub tensors: BTreeMap<String, Tensor>,
     pub metadata: BTreeMap<String, String>,
 }
 
-/// Reads and validates a whole safetensors file.
+/// Reads and validates a whole checkpoint: a safetensors file, or any other format
+/// `tureen_artifacts::checkpoint` reads (a `torch.save` file's state dict found as
+/// [`OpenOptions::default`] finds it, a sharded checkpoint).
 pub fn read(path: &Path) -> Result<TensorFile, CheckpointError> {
-    let file = File::open(path).map_err(|e| CheckpointError::Io {
-        path: path.to_path_buf(),
-        source: e,
-    })?;
-    // Safety: checkpoints in the store are read-only files; nothing truncates them while
-    // mapped.
-    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| CheckpointError::Io {
-        path: path.to_path_buf(),
-        source: e,
-    })?;
-    let format = |message: String| CheckpointError::Format {
-        path: path.to_path_buf(),
-        message,
-    };
-    let (_, header) = SafeTensors::read_metadata(&map).map_err(|e| format(e.to_string()))?;
-    let st = SafeTensors::deserialize(&map).map_err(|e| format(e.to_string()))?;
-    let metadata = header
-        .metadata()
-        .clone()
-        .unwrap_or_default()
-        .into_iter()
-        .collect();
+    read_with(path, &OpenOptions::default())
+}
+
+/// [`read`] with explicit options for `torch.save` files.
+pub fn read_with(path: &Path, opts: &OpenOptions) -> Result<TensorFile, CheckpointError> {
+    tensors_of(&Checkpoint::open(path, opts)?)
+}
+
+/// A CPU tensor holding a copy of `bytes` (little-endian elements of `dtype`).
+pub fn tensor_from_bytes(bytes: &[u8], dtype: Dtype, shape: &[u64]) -> Result<Tensor, String> {
+    let kind = kind_of(dtype).ok_or_else(|| format!("dtype {dtype} is not supported"))?;
+    let shape: Vec<i64> = shape.iter().map(|&d| d as i64).collect();
+    Tensor::f_from_data_size(bytes, &shape, kind).map_err(|e| e.to_string())
+}
+
+/// Every tensor of an open checkpoint, copied into tch tensors.
+pub fn tensors_of(ckpt: &Checkpoint) -> Result<TensorFile, CheckpointError> {
+    let path = ckpt.path();
     let mut tensors = BTreeMap::new();
-    for (name, view) in st.tensors() {
-        let kind = kind_of(view.dtype()).ok_or_else(|| CheckpointError::Tensor {
+    for entry in ckpt.tensors() {
+        let bad = |message: String| CheckpointError::Tensor {
             path: path.to_path_buf(),
-            tensor: name.clone(),
-            message: format!("dtype {:?} is not supported", view.dtype()),
-        })?;
-        let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
-        let t = Tensor::f_from_data_size(view.data(), &shape, kind).map_err(|e| {
-            CheckpointError::Tensor {
-                path: path.to_path_buf(),
-                tensor: name.clone(),
-                message: e.to_string(),
-            }
-        })?;
-        tensors.insert(name, t);
+            tensor: entry.name.clone(),
+            message,
+        };
+        let t = tensor_from_bytes(ckpt.data(entry), entry.dtype, &entry.shape).map_err(bad)?;
+        tensors.insert(entry.name.clone(), t);
     }
-    Ok(TensorFile { tensors, metadata })
+    Ok(TensorFile {
+        tensors,
+        metadata: ckpt.metadata().clone(),
+    })
 }

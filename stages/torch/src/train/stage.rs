@@ -14,7 +14,7 @@ use tureen_stages::train::{Mode, TrainConfig, TrainParams};
 
 use super::data::{DataSource, LoaderSource, SyntheticSource};
 use super::trainer::{resolve_device, Start, TrainError, TrainHooks, Trainer};
-use crate::checkpoint::{TrainState, MODEL_FILE};
+use crate::checkpoint::MODEL_FILE;
 use crate::model::config_from_json;
 
 struct ContextHooks<'c, 'a> {
@@ -84,13 +84,14 @@ pub fn run(ctx: &mut StageContext<'_>, mode: Mode) -> anyhow::Result<BTreeMap<St
             ));
             Start::Resume(last.path.clone())
         }
+        (None, Some(dir)) if p.fresh_optimizer() => Start::RewindFresh(dir.clone()),
         (None, Some(dir)) => Start::Rewind(dir.clone()),
         (None, None) => Start::Fresh,
     };
 
     let model = match (&p.model, &from) {
         (Some(m), _) => config_from_json(m).map_err(|e| anyhow::anyhow!("params.{e}"))?,
-        (None, Some(dir)) => TrainState::read(dir)?.model,
+        (None, Some(dir)) => crate::checkpoint::rewind::model_config(dir)?,
         (None, None) => anyhow::bail!("params.model: required"),
     };
     let config = p.config(model);

@@ -23,8 +23,12 @@ pub enum Start {
     Resume(PathBuf),
     /// Start from another run's checkpoint with this config: the schedule is
     /// recomputed for the new batch size and entered at `interval * steps_per_interval`;
-    /// AdamW betas, eps and weight decay come from the checkpoint.
+    /// AdamW betas, eps and weight decay come from the checkpoint. The checkpoint may
+    /// also be an open_clip `epoch_N.pt` (see `checkpoint::open_clip`).
     Rewind(PathBuf),
+    /// Like `Rewind` from the checkpoint's weights only: AdamW starts from zero moments
+    /// with this stage's hyper-parameters (`optimizer: fresh`).
+    RewindFresh(PathBuf),
 }
 
 /// Errors of a training run.
@@ -192,11 +196,15 @@ impl Trainer {
             Start::Fresh => {}
             Start::Resume(dir) => trainer.restore(dir, false)?,
             Start::Rewind(dir) => trainer.restore(dir, true)?,
+            Start::RewindFresh(from) => checkpoint::rewind::fresh(&mut trainer, from)?,
         }
         Ok(trainer)
     }
 
     fn restore(&mut self, dir: &Path, rewind: bool) -> Result<(), TrainError> {
+        if rewind && checkpoint::open_clip::is_torch_save(dir) {
+            return checkpoint::rewind::from_torch_save(self, dir, false);
+        }
         let ckpt = TrainState::read(dir)?;
         let incompatible = |message: String| TrainError::Incompatible {
             path: dir.to_path_buf(),
