@@ -26,7 +26,12 @@ use crate::kind::{
     Artifact, InputValue, KindRegistry, OutputShape, Produced, StageContext, StageLog,
 };
 use crate::lock::KeyLock;
+use crate::rank::Rank;
 use crate::record::now_rfc3339;
+
+mod follower;
+
+pub use follower::rank_path;
 
 /// Everything needed to execute one stage, serializable (the `stage-exec` job file).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -150,6 +155,23 @@ pub fn execute(
     cancel: &AtomicBool,
     observer: &mut (dyn FnMut(JobEvent) + Send),
 ) -> anyhow::Result<JobResult> {
+    execute_as(job, registry, Rank::SOLE, cancel, observer)
+}
+
+/// [`execute`] as one of several processes running a data-parallel stage together
+/// (`rank`, from the launcher's variables). Rank 0 does what [`execute`] does, with one
+/// attempt when there are several ranks (a failed rank fails them all; retrying is
+/// relaunching them, which resumes from the journal). The other ranks run the kind
+/// without lock, cache or ingest, reading the journal rank 0 commits to
+/// ([`follower::execute`]). For kinds that are not [`crate::kind::StageKind::data_parallel`]
+/// the rank is ignored.
+pub fn execute_as(
+    job: &StageJob,
+    registry: &KindRegistry,
+    rank: Rank,
+    cancel: &AtomicBool,
+    observer: &mut (dyn FnMut(JobEvent) + Send),
+) -> anyhow::Result<JobResult> {
     let started = now_rfc3339();
     let clock = Instant::now();
     let store = Store::open(&job.store)?;
@@ -175,6 +197,11 @@ pub fn execute(
         seconds: clock.elapsed().as_secs_f64(),
         resumed_from,
     };
+    let rank = if kind.data_parallel() { rank } else { Rank::SOLE };
+    if !rank.is_leader() {
+        return follower::execute(job, &store, kind.as_ref(), rank, cancel, observer, finish);
+    }
+    let attempts = if rank.world > 1 { 1 } else { job.attempts.max(1) };
 
     let lock_path = store
         .root()
@@ -207,17 +234,20 @@ pub fn execute(
     let mut log = FileLog::open(job, observer)?;
     let mut last_error = None;
     let mut resumed_from = 0;
-    for attempt in 1..=job.attempts.max(1) {
+    for attempt in 1..=attempts {
         if cancel.load(Ordering::Relaxed) {
             break;
         }
         log.observer_event(JobEvent::Attempt(attempt));
         log.line(&format!(
-            "== tureen: stage {} attempt {attempt}/{} (key {}) at {}",
+            "== tureen: stage {} attempt {attempt}/{attempts} (key {}) at {}{}",
             job.stage,
-            job.attempts.max(1),
             job.key,
-            now_rfc3339()
+            now_rfc3339(),
+            match rank.world {
+                1 => String::new(),
+                w => format!(", rank 0 of {w}"),
+            }
         ));
         let work_dir = store.tmp_dir().join(format!(
             "work-{}-{}-{attempt}",
@@ -246,6 +276,7 @@ pub fn execute(
                 journal: &mut journal,
                 gpus: &job.gpus,
                 cancel,
+                rank,
             };
             match std::panic::catch_unwind(AssertUnwindSafe(|| kind.run(&mut ctx))) {
                 Ok(r) => r,
@@ -300,7 +331,7 @@ pub fn execute(
             JobStatus::Cancelled,
             BTreeMap::new(),
             Some(last_error.unwrap_or_else(|| "interrupted".into())),
-            job.attempts,
+            attempts,
             resumed_from,
         ));
     }
@@ -308,12 +339,12 @@ pub fn execute(
         JobStatus::Failed,
         BTreeMap::new(),
         last_error,
-        job.attempts,
+        attempts,
         resumed_from,
     ))
 }
 
-fn resolve_inputs(store: &Store, job: &StageJob) -> anyhow::Result<BTreeMap<String, InputValue>> {
+pub(crate) fn resolve_inputs(store: &Store, job: &StageJob) -> anyhow::Result<BTreeMap<String, InputValue>> {
     let one = |a: &JobArtifact| -> anyhow::Result<Artifact> {
         let path = match &a.path {
             Some(p) => p.clone(),
@@ -432,7 +463,7 @@ fn store_one(
 
 /// The stage's log file (plus metrics as JSON lines and TensorBoard events), echoing
 /// lines to the observer for the progress display.
-struct FileLog<'o> {
+pub(crate) struct FileLog<'o> {
     file: LineWriter<File>,
     metrics_path: PathBuf,
     metrics: Option<File>,
@@ -443,7 +474,7 @@ struct FileLog<'o> {
 }
 
 impl<'o> FileLog<'o> {
-    fn open(
+    pub(crate) fn open(
         job: &StageJob,
         observer: &'o mut (dyn FnMut(JobEvent) + Send),
     ) -> anyhow::Result<FileLog<'o>> {
@@ -467,7 +498,7 @@ impl<'o> FileLog<'o> {
         (self.observer)(e);
     }
 
-    fn flush(&mut self) {
+    pub(crate) fn flush(&mut self) {
         let _ = self.file.flush();
         if let Some(tb) = self.tensorboard.as_mut() {
             let _ = tb.flush();

@@ -13,6 +13,8 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
+pub use crate::rank::Rank;
+
 /// A content digest as written everywhere in tureen: `blake3:<64 hex digits>`.
 pub type Digest = String;
 
@@ -116,6 +118,10 @@ pub struct StageContext<'a> {
     /// Set when the user interrupts (SIGINT) or the run is cancelled; long stages
     /// check it between steps and return an error.
     pub cancel: &'a AtomicBool,
+    /// This process's place among the stage's processes ([`Rank::SOLE`] unless the kind
+    /// is [`StageKind::data_parallel`] and a launcher started several). Only rank 0's
+    /// journal commits; the others read it.
+    pub rank: Rank,
 }
 
 /// A kind of stage: `command`, `soup`, `train`, `rewind`, `eval`, ...
@@ -168,6 +174,14 @@ pub trait StageKind: Send + Sync {
     /// Slurm. `None` (the default): the stage runs in the engine's own process.
     fn worker(&self, _decl: &StageDecl<'_>) -> Option<&'static str> {
         None
+    }
+
+    /// Whether several processes (ranks, started by a launcher such as torchrun or
+    /// `srun`) run one stage of this kind together. Then only rank 0 locks, caches,
+    /// commits and ingests; the others run the kind and leave the store alone. `false`
+    /// (the default): every process runs the stage as a whole, serialised by its lock.
+    fn data_parallel(&self) -> bool {
+        false
     }
 
     /// Do the work. Returns one [`Produced`] per declared output.

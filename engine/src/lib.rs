@@ -10,6 +10,7 @@ pub mod kind;
 pub mod pipeline;
 pub mod slurm;
 pub mod plan;
+pub mod rank;
 pub mod subst;
 pub mod tensorboard;
 pub mod cache;

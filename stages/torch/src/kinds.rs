@@ -82,6 +82,10 @@ impl StageKind for WithTorch {
         self.declaration.estimate(decl, inputs)
     }
 
+    fn data_parallel(&self) -> bool {
+        self.declaration.data_parallel()
+    }
+
     fn run(&self, ctx: &mut StageContext<'_>) -> anyhow::Result<BTreeMap<String, Produced>> {
         (self.work)(self.declaration.as_ref(), ctx)
     }

@@ -1,0 +1,173 @@
+//! A data-parallel stage's ranks other than 0: they resolve the same inputs, read the
+//! journal rank 0 commits to (so they resume where it resumes), run the kind, and finish
+//! without touching the lock, the action cache or the store's objects. Their log is
+//! their own (`<stage>.rank<r>.log` beside the stage's log).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tureen_artifacts::Store;
+
+use super::{resolve_inputs, FileLog, JobEvent, JobResult, JobStatus, StageJob};
+use crate::cache::{self, OutputRecord};
+use crate::journal::StoreJournal;
+use crate::kind::{Artifact, CheckpointJournal, StageContext, StageKind, StageLog};
+use crate::rank::Rank;
+
+/// How often a follower looks whether the key got cached meanwhile.
+const CACHE_POLL: Duration = Duration::from_millis(250);
+
+/// `path` with `.rank<r>` before its extension: `core.log` -> `core.rank1.log`.
+pub fn rank_path(path: &Path, rank: Rank) -> PathBuf {
+    match path.extension() {
+        Some(ext) => path.with_extension(format!("rank{}.{}", rank.rank, ext.to_string_lossy())),
+        None => path.with_extension(format!("rank{}", rank.rank)),
+    }
+}
+
+/// The journal as a rank other than 0 sees it: what rank 0 committed, and no commits.
+struct ReadOnlyJournal<'s> {
+    inner: StoreJournal<'s>,
+    rank: Rank,
+}
+
+impl CheckpointJournal for ReadOnlyJournal<'_> {
+    fn commit(&mut self, path: &Path) -> anyhow::Result<Artifact> {
+        anyhow::bail!(
+            "{}: only rank 0 commits ({} was not stored)",
+            self.rank,
+            path.display()
+        )
+    }
+
+    fn committed(&self) -> Vec<Artifact> {
+        self.inner.committed()
+    }
+}
+
+/// Runs `kind` for `job` as `rank` (not 0). The kind sees a cancel that is also set
+/// when the key appears in the action cache: then rank 0 found the stage done (or
+/// another run finished it) and will not join, so waiting for it would only time out.
+pub(super) fn execute(
+    job: &StageJob,
+    store: &Store,
+    kind: &dyn StageKind,
+    rank: Rank,
+    cancel: &AtomicBool,
+    observer: &mut (dyn FnMut(JobEvent) + Send),
+    finish: impl Fn(JobStatus, BTreeMap<String, OutputRecord>, Option<String>, u32, usize) -> JobResult,
+) -> anyhow::Result<JobResult> {
+    let inputs = resolve_inputs(store, job)?;
+    let mut own = job.clone();
+    own.log = rank_path(&job.log, rank);
+    own.metrics = rank_path(&job.metrics, rank);
+    own.tensorboard = None;
+    if let Some(dir) = own.log.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let mut log = FileLog::open(&own, observer)?;
+    log.line(&format!(
+        "== tureen: stage {} {rank} (key {}) at {}",
+        job.stage,
+        job.key,
+        crate::record::now_rfc3339()
+    ));
+    let work_dir = store.tmp_dir().join(format!(
+        "work-{}-{}-rank{}",
+        &job.key.to_hex()[..16],
+        std::process::id(),
+        rank.rank
+    ));
+    let _ = std::fs::remove_dir_all(&work_dir);
+    std::fs::create_dir_all(&work_dir)
+        .with_context(|| format!("cannot create {}", work_dir.display()))?;
+    let mut journal = ReadOnlyJournal {
+        inner: StoreJournal::open(store, &job.key, &job.stage),
+        rank,
+    };
+    let resumed_from = journal.committed().len();
+
+    let stop = AtomicBool::new(false);
+    let finished = AtomicBool::new(false);
+    let outcome = std::thread::scope(|scope| {
+        scope.spawn(|| {
+            while !finished.load(Ordering::Relaxed) {
+                if cancel.load(Ordering::Relaxed) || cache::lookup(store, &job.key).is_some() {
+                    stop.store(true, Ordering::Relaxed);
+                }
+                std::thread::sleep(CACHE_POLL);
+            }
+        });
+        let mut ctx = StageContext {
+            stage: &job.stage,
+            params: &job.params,
+            inputs: &inputs,
+            work_dir: &work_dir,
+            workspace: &job.workspace,
+            env: &job.env,
+            log: &mut log,
+            journal: &mut journal,
+            gpus: &job.gpus,
+            cancel: &stop,
+            rank,
+        };
+        let outcome =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| kind.run(&mut ctx)));
+        finished.store(true, Ordering::Relaxed);
+        outcome
+    });
+    let _ = std::fs::remove_dir_all(&work_dir);
+    let outcome = match outcome {
+        Ok(r) => r.map(|_| ()),
+        Err(_) => Err(anyhow::anyhow!("the {} kind panicked", job.kind)),
+    };
+    let result = match outcome {
+        Ok(()) => {
+            log.line(&format!("== tureen: stage {} {rank} finished", job.stage));
+            finish(JobStatus::Ran, BTreeMap::new(), None, 1, resumed_from)
+        }
+        Err(e) => match cache::lookup(store, &job.key) {
+            Some(entry) => {
+                log.line("== tureen: the stage is in the action cache; stopped");
+                finish(JobStatus::Cached, entry.outputs, None, 0, resumed_from)
+            }
+            None => {
+                let msg = format!("{e:#}");
+                log.line(&format!("== tureen: {rank} failed: {msg}"));
+                let status = match cancel.load(Ordering::Relaxed) {
+                    true => JobStatus::Cancelled,
+                    false => JobStatus::Failed,
+                };
+                finish(status, BTreeMap::new(), Some(msg), 1, resumed_from)
+            }
+        },
+    };
+    log.flush();
+    Ok(result)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rank_paths_sit_beside_the_stage_files() {
+        let r = Rank {
+            rank: 3,
+            world: 4,
+            local: 1,
+        };
+        assert_eq!(
+            rank_path(Path::new("/runs/r1/core.log"), r),
+            Path::new("/runs/r1/core.rank3.log")
+        );
+        assert_eq!(
+            rank_path(Path::new("/runs/r1/core.metrics.jsonl"), r),
+            Path::new("/runs/r1/core.metrics.rank3.jsonl")
+        );
+        assert_eq!(rank_path(Path::new("job"), r), Path::new("job.rank3"));
+    }
+}
