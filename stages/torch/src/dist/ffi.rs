@@ -107,6 +107,14 @@ extern "C" {
         n: c_int,
         err: *mut *mut c_char,
     ) -> c_int;
+    pub fn tureen_backward_capture(
+        outputs: *const *mut C_tensor,
+        grads: *const *mut C_tensor,
+        n: c_int,
+        input: *mut C_tensor,
+        captured: *mut *mut C_tensor,
+        err: *mut *mut c_char,
+    ) -> c_int;
 }
 
 /// Takes and frees the message a failed call left in `err`.

@@ -212,7 +212,7 @@ mod tests {
     #[test]
     fn under_slurm_the_first_node_serves_on_a_port_from_the_job_id() {
         let r = from(&[("SLURM_JOB_ID", "123456"), ("SLURM_JOB_NODELIST", "node[07-08]")]);
-        assert_eq!(r.unwrap().store, tcp("node07", 15000 + 123456 % 15000));
+        assert_eq!(r.unwrap().store, tcp("node07", (15000 + 123456u64 % 15000) as u16));
         let r = from(&[
             ("SLURM_JOB_ID", "1"),
             ("SLURM_JOB_NODELIST", "node[07-08]"),

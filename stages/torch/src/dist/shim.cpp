@@ -235,4 +235,33 @@ int tureen_backward(at::Tensor** outputs, at::Tensor** grads, int n, char** err)
   });
 }
 
+// As tureen_backward, and also returns the gradient that reached `input` (a leaf) as
+// autograd delivered it, before it is accumulated into input.grad (which imposes the
+// input's memory layout): what the layer below `input` receives in an uninterrupted
+// backward pass, strides included, so chained calls reproduce its arithmetic exactly.
+int tureen_backward_capture(at::Tensor** outputs, at::Tensor** grads, int n,
+                            at::Tensor* input, at::Tensor** captured, char** err) {
+  return guarded(err, [&] {
+    std::vector<at::Tensor> os, gs;
+    for (int i = 0; i < n; ++i) {
+      os.push_back(*outputs[i]);
+      gs.push_back(*grads[i]);
+    }
+    auto seen = std::make_shared<at::Tensor>();
+    auto hook = input->register_hook([seen](const at::Tensor& g) {
+      *seen = g;
+      return at::Tensor();
+    });
+    try {
+      torch::autograd::backward(os, gs);
+    } catch (...) {
+      input->remove_hook(hook);
+      throw;
+    }
+    input->remove_hook(hook);
+    if (!seen->defined()) throw std::runtime_error("no gradient reached the input");
+    *captured = new at::Tensor(*seen);
+  });
+}
+
 }  // extern "C"
