@@ -53,7 +53,11 @@ fn with_ranks<T: Send>(
                 let (identity, body) = (&identity, &body);
                 s.spawn(move || {
                     let opts = options(&identity(r), Duration::from_secs(10));
-                    body(ProcessGroup::join(&rendezvous(r, world, port), &opts, &|| false))
+                    body(ProcessGroup::join(
+                        &rendezvous(r, world, port),
+                        &opts,
+                        &|| false,
+                    ))
                 })
             })
             .collect();
@@ -67,26 +71,40 @@ fn values(t: &Tensor) -> Vec<f32> {
 
 #[test]
 fn collectives_sum_gather_scatter_and_broadcast_across_ranks() {
-    let results = with_ranks(2, |_| "job".into(), |group| {
-        let g = group.unwrap();
-        let r = g.rank().rank as f32;
-        let t = Tensor::from_slice(&[1.0 + r, 10.0 * (r + 1.0)]);
-        g.all_reduce_sum(&[&t]).unwrap();
-        let gathered = g.all_gather(&Tensor::from_slice(&[r, r + 0.5])).unwrap();
-        let scattered = g
-            .reduce_scatter_sum(&Tensor::from_slice(&[1.0f32, 2.0, 3.0, 4.0]).view([2, 2]))
-            .unwrap();
-        let b = Tensor::from_slice(&[r + 7.0]);
-        g.broadcast(&b, 1).unwrap();
-        g.barrier().unwrap();
-        let agreed = g.all_gather_i64(&[g.rank().rank as i64 * 3]).unwrap();
-        (values(&t), values(&gathered), values(&scattered), values(&b), agreed)
-    });
+    let results = with_ranks(
+        2,
+        |_| "job".into(),
+        |group| {
+            let g = group.unwrap();
+            let r = g.rank().rank as f32;
+            let t = Tensor::from_slice(&[1.0 + r, 10.0 * (r + 1.0)]);
+            g.all_reduce_sum(&[&t]).unwrap();
+            let gathered = g.all_gather(&Tensor::from_slice(&[r, r + 0.5])).unwrap();
+            let scattered = g
+                .reduce_scatter_sum(&Tensor::from_slice(&[1.0f32, 2.0, 3.0, 4.0]).view([2, 2]))
+                .unwrap();
+            let b = Tensor::from_slice(&[r + 7.0]);
+            g.broadcast(&b, 1).unwrap();
+            g.barrier().unwrap();
+            let agreed = g.all_gather_i64(&[g.rank().rank as i64 * 3]).unwrap();
+            (
+                values(&t),
+                values(&gathered),
+                values(&scattered),
+                values(&b),
+                agreed,
+            )
+        },
+    );
     for (rank, (sum, gathered, scattered, b, agreed)) in results.into_iter().enumerate() {
         assert_eq!(sum, vec![3.0, 30.0]);
         assert_eq!(gathered, vec![0.0, 0.5, 1.0, 1.5]);
         // Rank r gets row r of the sum of [[1, 2], [3, 4]] over two ranks.
-        let row = if rank == 0 { vec![2.0, 4.0] } else { vec![6.0, 8.0] };
+        let row = if rank == 0 {
+            vec![2.0, 4.0]
+        } else {
+            vec![6.0, 8.0]
+        };
         assert_eq!(scattered, row);
         assert_eq!(b, vec![8.0], "rank 1's value everywhere");
         assert_eq!(agreed, vec![0, 3]);
@@ -95,22 +113,29 @@ fn collectives_sum_gather_scatter_and_broadcast_across_ranks() {
 
 #[test]
 fn gradient_buckets_sum_every_gradient_and_the_extras() {
-    let results = with_ranks(2, |_| "job".into(), |group| {
-        let g = group.unwrap();
-        let r = g.rank().rank as f64;
-        let grads: Vec<Tensor> = (0..5)
-            .map(|i| Tensor::full([3, i + 1], r + i as f64, (Kind::Float, Device::Cpu)))
-            .collect();
-        // 16 bytes per bucket: several buckets, one gradient larger than a bucket.
-        let mut buckets = GradBuckets::new(&grads, 2, 16).unwrap();
-        let extras = buckets.all_reduce(&g, &grads, &[r + 0.25, 1.0]).unwrap();
-        let sums: Vec<Vec<f32>> = grads.iter().map(values).collect();
-        (sums, extras)
-    });
+    let results = with_ranks(
+        2,
+        |_| "job".into(),
+        |group| {
+            let g = group.unwrap();
+            let r = g.rank().rank as f64;
+            let grads: Vec<Tensor> = (0..5)
+                .map(|i| Tensor::full([3, i + 1], r + i as f64, (Kind::Float, Device::Cpu)))
+                .collect();
+            // 16 bytes per bucket: several buckets, one gradient larger than a bucket.
+            let mut buckets = GradBuckets::new(&grads, 2, 16).unwrap();
+            let extras = buckets.all_reduce(&g, &grads, &[r + 0.25, 1.0]).unwrap();
+            let sums: Vec<Vec<f32>> = grads.iter().map(values).collect();
+            (sums, extras)
+        },
+    );
     for (sums, extras) in results {
         for (i, s) in sums.iter().enumerate() {
             assert_eq!(s.len(), 3 * (i + 1));
-            assert!(s.iter().all(|&v| v == (2 * i + 1) as f32), "gradient {i}: {s:?}");
+            assert!(
+                s.iter().all(|&v| v == (2 * i + 1) as f32),
+                "gradient {i}: {s:?}"
+            );
         }
         assert_eq!(extras, vec![1.5, 2.0]);
     }
@@ -118,18 +143,22 @@ fn gradient_buckets_sum_every_gradient_and_the_extras() {
 
 #[test]
 fn a_peer_that_stops_fails_the_next_collective_naming_it() {
-    let results = with_ranks(2, |_| "job".into(), |group| {
-        let g = group.unwrap();
-        g.barrier().unwrap();
-        if g.rank().rank == 1 {
-            drop(g); // closes its connections and ends its heartbeat
-            return None;
-        }
-        let start = Instant::now();
-        let t = Tensor::ones([4], (Kind::Float, Device::Cpu));
-        let err = g.all_reduce_sum(&[&t]).unwrap_err();
-        Some((err, start.elapsed()))
-    });
+    let results = with_ranks(
+        2,
+        |_| "job".into(),
+        |group| {
+            let g = group.unwrap();
+            g.barrier().unwrap();
+            if g.rank().rank == 1 {
+                drop(g); // closes its connections and ends its heartbeat
+                return None;
+            }
+            let start = Instant::now();
+            let t = Tensor::ones([4], (Kind::Float, Device::Cpu));
+            let err = g.all_reduce_sum(&[&t]).unwrap_err();
+            Some((err, start.elapsed()))
+        },
+    );
     let (err, took) = results.into_iter().flatten().next().unwrap();
     let text = err.to_string();
     match &err {
@@ -160,7 +189,11 @@ fn a_rank_that_never_comes_fails_the_rendezvous_in_bounded_time() {
     assert!(text.contains("rank 1 of 2"), "{text}");
     assert!(text.contains(&format!("127.0.0.1:{port}")), "{text}");
     assert!(text.contains("MASTER_ADDR"), "{text}");
-    assert!(start.elapsed() < Duration::from_secs(8), "{:?}", start.elapsed());
+    assert!(
+        start.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        start.elapsed()
+    );
     // Rank 0 alone: serves, and names the rank that did not arrive.
     let err = ProcessGroup::join(&rendezvous(0, 2, port), &opts, &|| false)
         .err()
@@ -170,7 +203,11 @@ fn a_rank_that_never_comes_fails_the_rendezvous_in_bounded_time() {
 
 #[test]
 fn ranks_started_with_different_jobs_are_refused() {
-    let results = with_ranks(2, |r| format!("key-{r}"), |group| group.err().map(|e| e.to_string()));
+    let results = with_ranks(
+        2,
+        |r| format!("key-{r}"),
+        |group| group.err().map(|e| e.to_string()),
+    );
     let rank1 = results[1].as_ref().expect("rank 1 refuses");
     assert!(rank1.contains("rank 0 runs `key-0`"), "{rank1}");
     let rank0 = results[0].as_ref().expect("rank 0 refuses");

@@ -10,6 +10,8 @@
 //! - A rewind from a 2-rank run's checkpoint trains at 1 and at 3 ranks on the same
 //!   recomputed schedule.
 
+mod torch_common;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -20,39 +22,11 @@ use tureen_artifacts::Store;
 use tureen_engine::cache::OutputRecord;
 use tureen_engine::job::{JobArtifact, JobInput, JobOutput, JobResult, JobStatus, StageJob};
 use tureen_engine::key::{Fingerprint, InputDigests};
-use tureen_torch::model::{ClipConfig, MlpKind, ProjKind, TextConfig, VisionConfig};
+use tureen_torch::model::MlpKind;
 
 /// A CLIP small enough that 3 ranks train it in seconds on 2 cores.
 fn tiny_model() -> Value {
-    let cfg = ClipConfig {
-        embed_dim: 16,
-        vision: VisionConfig {
-            timm_model_name: None,
-            depths: vec![1, 1],
-            dims: vec![8, 16],
-            mlp: MlpKind::Conv1x1,
-            mlp_ratio: 2,
-            kernel_size: 3,
-            ls_init_value: Some(0.5),
-            norm_eps: 1e-6,
-            drop_path: 0.2,
-            image_size: 16,
-            patch_size: 4,
-            proj: ProjKind::Linear,
-            proj_bias: false,
-        },
-        text: TextConfig {
-            context_length: 8,
-            vocab_size: 64,
-            width: 16,
-            heads: 2,
-            layers: 1,
-            mlp_ratio: 2,
-            norm_eps: 1e-5,
-        },
-        init_logit_scale: (1.0f64 / 0.07).ln(),
-    };
-    serde_json::to_value(cfg).unwrap()
+    serde_json::to_value(torch_common::tiny_clip(1, 1, MlpKind::Conv1x1, 2, 0.2)).unwrap()
 }
 
 /// A `train` stage on synthetic data: `intervals` of 3 steps at batch 12.
@@ -85,7 +59,12 @@ struct Job {
 }
 
 impl Job {
-    fn new(dir: &Path, kind: &str, params: Map<String, Value>, inputs: BTreeMap<String, JobInput>) -> Job {
+    fn new(
+        dir: &Path,
+        kind: &str,
+        params: Map<String, Value>,
+        inputs: BTreeMap<String, JobInput>,
+    ) -> Job {
         Job::in_store(dir, &dir.join("store"), kind, params, inputs)
     }
 
@@ -102,7 +81,9 @@ impl Job {
             .map(|(k, v)| {
                 let d = match v {
                     JobInput::One(a) => InputDigests::One(a.digest),
-                    JobInput::Series(s) => InputDigests::Series(s.iter().map(|a| a.digest).collect()),
+                    JobInput::Series(s) => {
+                        InputDigests::Series(s.iter().map(|a| a.digest).collect())
+                    }
                 };
                 (k.clone(), d)
             })
@@ -125,8 +106,14 @@ impl Job {
             params,
             inputs,
             outputs: vec![
-                JobOutput { name: "checkpoints".into(), series: true },
-                JobOutput { name: "final".into(), series: false },
+                JobOutput {
+                    name: "checkpoints".into(),
+                    series: true,
+                },
+                JobOutput {
+                    name: "final".into(),
+                    series: false,
+                },
             ],
             store: store.to_path_buf(),
             workspace: dir.to_path_buf(),
@@ -159,7 +146,15 @@ impl Job {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
-        for v in ["RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "SLURM_NTASKS", "SLURM_JOB_ID"] {
+        for v in [
+            "RANK",
+            "WORLD_SIZE",
+            "LOCAL_RANK",
+            "MASTER_ADDR",
+            "MASTER_PORT",
+            "SLURM_NTASKS",
+            "SLURM_JOB_ID",
+        ] {
             cmd.env_remove(v);
         }
         if world > 1 {
@@ -202,7 +197,13 @@ impl Job {
 
     /// The bytes of every checkpoint's weights and of `final`.
     fn weights(&self, result: &JobResult) -> (Vec<Vec<u8>>, Vec<u8>) {
-        assert_eq!(result.status, JobStatus::Ran, "{:?}\n{}", result.error, self.log(0));
+        assert_eq!(
+            result.status,
+            JobStatus::Ran,
+            "{:?}\n{}",
+            result.error,
+            self.log(0)
+        );
         let store = Store::open(&self.store).unwrap();
         let checkpoints = result.outputs["checkpoints"]
             .artifacts()
@@ -235,7 +236,11 @@ impl Job {
     /// The committed checkpoints of a train result, as the `from` input of a rewind.
     fn checkpoint_input(&self, result: &JobResult, index: usize) -> JobInput {
         let a = &result.outputs["checkpoints"].artifacts()[index];
-        JobInput::One(JobArtifact { digest: a.digest, tree: true, path: None })
+        JobInput::One(JobArtifact {
+            digest: a.digest,
+            tree: true,
+            path: None,
+        })
     }
 }
 
@@ -274,14 +279,27 @@ fn tensors(bytes: &[u8]) -> BTreeMap<String, tch::Tensor> {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("m.safetensors");
     std::fs::write(&path, bytes).unwrap();
-    tch::Tensor::read_safetensors(&path).unwrap().into_iter().collect()
+    tch::Tensor::read_safetensors(&path)
+        .unwrap()
+        .into_iter()
+        .collect()
 }
 
 #[test]
 fn two_ranks_equal_one_process_with_their_shares_as_micro_batches() {
     let root = tempfile::tempdir().unwrap();
-    let two = Job::new(&root.path().join("two"), "train", train_params(2), BTreeMap::new());
-    let again = Job::new(&root.path().join("again"), "train", train_params(2), BTreeMap::new());
+    let two = Job::new(
+        &root.path().join("two"),
+        "train",
+        train_params(2),
+        BTreeMap::new(),
+    );
+    let again = Job::new(
+        &root.path().join("again"),
+        "train",
+        train_params(2),
+        BTreeMap::new(),
+    );
     let mut micro = train_params(2);
     micro.insert("micro_batch".into(), json!(6));
     let one = Job::new(&root.path().join("one"), "train", micro, BTreeMap::new());
@@ -297,13 +315,19 @@ fn two_ranks_equal_one_process_with_their_shares_as_micro_batches() {
     assert_eq!(two_ckpts.len(), 2);
     let diff = max_relative_difference(&two_final, &one_final);
     assert!(diff < 1e-5, "max relative difference {diff:e}");
-    assert_eq!(two_final, one_final, "bit-identical (max relative difference {diff:e})");
+    assert_eq!(
+        two_final, one_final,
+        "bit-identical (max relative difference {diff:e})"
+    );
     assert_eq!(two_ckpts, one_ckpts);
     let (a, b) = (two.steps(), one.steps());
     assert_eq!(a.len(), 6);
     for ((sa, la, ra), (sb, lb, rb)) in a.iter().zip(&b) {
         assert_eq!((sa, ra), (sb, rb));
-        assert!((la - lb).abs() <= 1e-6 * lb.abs(), "step {sa}: loss {la} vs {lb}");
+        assert!(
+            (la - lb).abs() <= 1e-6 * lb.abs(),
+            "step {sa}: loss {la} vs {lb}"
+        );
     }
     // Rank 1 kept its own log and touched no cache entry.
     assert!(two.log(1).contains("rank 1 of 2"), "{}", two.log(1));
@@ -314,17 +338,31 @@ fn two_ranks_equal_one_process_with_their_shares_as_micro_batches() {
 #[test]
 fn a_killed_rank_fails_the_other_naming_it_and_a_relaunch_resumes_to_the_same_bytes() {
     let root = tempfile::tempdir().unwrap();
-    let whole = Job::new(&root.path().join("whole"), "train", train_params(4), BTreeMap::new());
+    let whole = Job::new(
+        &root.path().join("whole"),
+        "train",
+        train_params(4),
+        BTreeMap::new(),
+    );
     let (_, whole_final) = whole.weights(&whole.run(2));
 
-    let job = Job::new(&root.path().join("killed"), "train", train_params(4), BTreeMap::new());
+    let job = Job::new(
+        &root.path().join("killed"),
+        "train",
+        train_params(4),
+        BTreeMap::new(),
+    );
     let port = free_port();
     let mut rank0 = job.spawn(0, 2, port);
     let mut rank1 = job.spawn(1, 2, port);
     // Kill rank 1 once the first checkpoint is committed, in the middle of interval 2.
     let start = Instant::now();
     while !job.log(0).contains("checkpoint interval 1:") {
-        assert!(start.elapsed() < Duration::from_secs(120), "no checkpoint:\n{}", job.log(0));
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "no checkpoint:\n{}",
+            job.log(0)
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     std::thread::sleep(Duration::from_millis(150));
@@ -333,7 +371,11 @@ fn a_killed_rank_fails_the_other_naming_it_and_a_relaunch_resumes_to_the_same_by
     let status = wait_within(&mut rank0, Duration::from_secs(20));
     let _ = rank1.wait();
     assert!(!status.success());
-    assert!(killed_at.elapsed() < Duration::from_secs(20), "{:?}", killed_at.elapsed());
+    assert!(
+        killed_at.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        killed_at.elapsed()
+    );
     let failed = job.result(0);
     assert_eq!(failed.status, JobStatus::Failed);
     let error = failed.error.unwrap_or_default();
@@ -342,8 +384,16 @@ fn a_killed_rank_fails_the_other_naming_it_and_a_relaunch_resumes_to_the_same_by
 
     // Relaunched, both resume from what rank 0 committed and end as if never stopped.
     let resumed = job.run(2);
-    assert!(resumed.resumed_from >= 1, "resumed from {}", resumed.resumed_from);
-    assert!(job.log(1).contains("resuming from committed checkpoint"), "{}", job.log(1));
+    assert!(
+        resumed.resumed_from >= 1,
+        "resumed from {}",
+        resumed.resumed_from
+    );
+    assert!(
+        job.log(1).contains("resuming from committed checkpoint"),
+        "{}",
+        job.log(1)
+    );
     let (_, resumed_final) = job.weights(&resumed);
     assert_eq!(resumed_final, whole_final);
 }
@@ -358,16 +408,28 @@ fn a_rank_that_cannot_reach_rank_0_fails_in_bounded_time() {
     let mut rank1 = job.spawn(1, 2, free_port());
     let status = wait_within(&mut rank1, Duration::from_secs(30));
     assert!(!status.success());
-    assert!(start.elapsed() < Duration::from_secs(20), "{:?}", start.elapsed());
+    assert!(
+        start.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        start.elapsed()
+    );
     let error = job.result(1).error.unwrap_or_default();
     assert!(error.contains("rank 1 of 2"), "{error}");
-    assert!(error.contains("cannot reach rank 0's store at 127.0.0.1:"), "{error}");
+    assert!(
+        error.contains("cannot reach rank 0's store at 127.0.0.1:"),
+        "{error}"
+    );
 }
 
 #[test]
 fn a_rewind_of_a_two_rank_run_follows_the_recomputed_schedule_at_one_and_three_ranks() {
     let root = tempfile::tempdir().unwrap();
-    let core = Job::new(&root.path().join("core"), "train", train_params(3), BTreeMap::new());
+    let core = Job::new(
+        &root.path().join("core"),
+        "train",
+        train_params(3),
+        BTreeMap::new(),
+    );
     let core_result = core.run(2);
     core.weights(&core_result);
 
@@ -392,12 +454,22 @@ fn a_rewind_of_a_two_rank_run_follows_the_recomputed_schedule_at_one_and_three_r
     // 36 samples per interval at batch 18: 2 steps, the schedule entered at 2 x 2.
     let steps: Vec<u64> = one.iter().map(|s| s.0).collect();
     assert_eq!(steps, vec![5, 6]);
-    let schedule = tureen_torch::train::Schedule { base_lr: 4e-3, warmup_steps: 2, total_steps: 6 };
+    let schedule = tureen_torch::train::Schedule {
+        base_lr: 4e-3,
+        warmup_steps: 2,
+        total_steps: 6,
+    };
     for (&(step, loss, lr), &(s3, l3, lr3)) in one.iter().zip(&three) {
         assert_eq!((step, lr), (s3, lr3));
         assert_eq!(lr, schedule.lr(step - 1), "step {step}");
-        assert!((loss - l3).abs() <= 1e-5 * loss.abs(), "step {step}: {loss} vs {l3}");
+        assert!(
+            (loss - l3).abs() <= 1e-5 * loss.abs(),
+            "step {step}: {loss} vs {l3}"
+        );
     }
     let diff = max_relative_difference(&one_weights, &three_weights);
-    assert!(diff < 1e-4, "1 vs 3 ranks: max relative difference {diff:e}");
+    assert!(
+        diff < 1e-4,
+        "1 vs 3 ranks: max relative difference {diff:e}"
+    );
 }

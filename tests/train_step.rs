@@ -3,45 +3,20 @@
 //! micro-batches (each its local loss, as data-parallel ranks compute it) give the
 //! full batch's gradient.
 
+mod torch_common;
+
 use std::collections::BTreeMap;
 
 use tch::nn::VarStore;
 use tch::{Device, Tensor};
-use tureen_torch::model::{ClipConfig, MlpKind, ProjKind, TextConfig, VisionConfig};
+use tureen_torch::model::{ClipConfig, MlpKind};
 use tureen_torch::train::data::DataSource;
 use tureen_torch::train::{
     AdamWConfig, Precision, Start, StepRounding, SyntheticSource, TrainConfig, Trainer,
 };
 
 fn model(mlp: MlpKind, drop_path: f64) -> ClipConfig {
-    ClipConfig {
-        embed_dim: 16,
-        vision: VisionConfig {
-            timm_model_name: None,
-            depths: vec![2, 2],
-            dims: vec![8, 16],
-            mlp,
-            mlp_ratio: 4,
-            kernel_size: 7,
-            ls_init_value: Some(0.5),
-            norm_eps: 1e-6,
-            drop_path,
-            image_size: 16,
-            patch_size: 4,
-            proj: ProjKind::Linear,
-            proj_bias: false,
-        },
-        text: TextConfig {
-            context_length: 8,
-            vocab_size: 64,
-            width: 16,
-            heads: 2,
-            layers: 2,
-            mlp_ratio: 4,
-            norm_eps: 1e-5,
-        },
-        init_logit_scale: (1.0f64 / 0.07).ln(),
-    }
+    torch_common::tiny_clip(2, 2, mlp, 4, drop_path)
 }
 
 fn config(model: ClipConfig, micro_batch: Option<u64>) -> TrainConfig {
@@ -134,11 +109,17 @@ fn micro_batches_of_local_losses_give_the_full_batch_gradient() {
     let (full_loss, full) = gradients(&cfg, false);
     for micro in [4, 3, 1] {
         let (loss, accum) = gradients(&config(cfg.model.clone(), Some(micro)), false);
-        assert!((loss - full_loss).abs() < 1e-6 * full_loss.abs(), "micro {micro}: {loss} vs {full_loss}");
+        assert!(
+            (loss - full_loss).abs() < 1e-6 * full_loss.abs(),
+            "micro {micro}: {loss} vs {full_loss}"
+        );
         for (name, g) in &full {
             let scale = g.abs().max().double_value(&[]).max(1e-12);
             let diff = (g - &accum[name]).abs().max().double_value(&[]);
-            assert!(diff <= 1e-5 * scale, "micro {micro}, {name}: max |diff| {diff:e} of {scale:e}");
+            assert!(
+                diff <= 1e-5 * scale,
+                "micro {micro}, {name}: max |diff| {diff:e} of {scale:e}"
+            );
         }
     }
 }
@@ -149,6 +130,9 @@ fn logit_scale_gets_one_batch_worth_of_gradient() {
     let cfg = config(model(MlpKind::Conv1x1, 0.0), None);
     let (_, full) = gradients(&cfg, false);
     let (_, accum) = gradients(&config(cfg.model.clone(), Some(2)), false);
-    let (a, b) = (full["logit_scale"].double_value(&[]), accum["logit_scale"].double_value(&[]));
+    let (a, b) = (
+        full["logit_scale"].double_value(&[]),
+        accum["logit_scale"].double_value(&[]),
+    );
     assert!((a - b).abs() <= 1e-5 * a.abs(), "{a} vs {b}");
 }

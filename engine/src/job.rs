@@ -197,11 +197,19 @@ pub fn execute_as(
         seconds: clock.elapsed().as_secs_f64(),
         resumed_from,
     };
-    let rank = if kind.data_parallel() { rank } else { Rank::SOLE };
+    let rank = if kind.data_parallel() {
+        rank
+    } else {
+        Rank::SOLE
+    };
     if !rank.is_leader() {
         return follower::execute(job, &store, kind.as_ref(), rank, cancel, observer, finish);
     }
-    let attempts = if rank.world > 1 { 1 } else { job.attempts.max(1) };
+    let attempts = if rank.world > 1 {
+        1
+    } else {
+        job.attempts.max(1)
+    };
 
     let lock_path = store
         .root()
@@ -344,7 +352,10 @@ pub fn execute_as(
     ))
 }
 
-pub(crate) fn resolve_inputs(store: &Store, job: &StageJob) -> anyhow::Result<BTreeMap<String, InputValue>> {
+pub(crate) fn resolve_inputs(
+    store: &Store,
+    job: &StageJob,
+) -> anyhow::Result<BTreeMap<String, InputValue>> {
     let one = |a: &JobArtifact| -> anyhow::Result<Artifact> {
         let path = match &a.path {
             Some(p) => p.clone(),
@@ -560,7 +571,7 @@ pub fn job_outputs(decls: &[crate::kind::OutputDecl]) -> Vec<JobOutput> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use std::sync::atomic::AtomicBool;
     use std::sync::Arc;
 
@@ -569,8 +580,8 @@ mod tests {
 
     /// Writes three checkpoints through the journal; crashes after the first one
     /// while `crash` is set.
-    struct Checkpointing {
-        crash: AtomicBool,
+    pub(super) struct Checkpointing {
+        pub(super) crash: AtomicBool,
     }
 
     impl StageKind for Checkpointing {

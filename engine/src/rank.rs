@@ -110,7 +110,12 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        move |name| pairs.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+        move |name| {
+            pairs
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+        }
     }
 
     #[test]
@@ -120,7 +125,11 @@ mod tests {
 
     #[test]
     fn torchrun_variables_give_rank_world_and_local_rank() {
-        let r = Rank::from_vars(vars(&[("RANK", "3"), ("WORLD_SIZE", "8"), ("LOCAL_RANK", "1")]));
+        let r = Rank::from_vars(vars(&[
+            ("RANK", "3"),
+            ("WORLD_SIZE", "8"),
+            ("LOCAL_RANK", "1"),
+        ]));
         assert_eq!(
             r,
             Ok(Rank {

@@ -47,7 +47,9 @@ fn compile_shim() {
         .flag("-w");
     let nccl = nccl_headers(&libtorch);
     if let Some(dirs) = &nccl {
-        build.define("USE_C10D_NCCL", None).define("TUREEN_NCCL", None);
+        build
+            .define("USE_C10D_NCCL", None)
+            .define("TUREEN_NCCL", None);
         for dir in dirs {
             build.include(dir);
         }

@@ -114,8 +114,7 @@ pub(super) fn execute(
             cancel: &stop,
             rank,
         };
-        let outcome =
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| kind.run(&mut ctx)));
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| kind.run(&mut ctx)));
         finished.store(true, Ordering::Relaxed);
         outcome
     });
@@ -151,7 +150,188 @@ pub(super) fn execute(
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
+    use serde_json::Map;
+
+    use super::super::{execute_as, JobOutput};
     use super::*;
+    use crate::key::Fingerprint;
+    use crate::kind::{KindRegistry, OutputDecl, OutputShape, Produced, StageDecl};
+
+    /// A data-parallel kind: rank 0 commits one checkpoint; every rank records what it
+    /// saw, and the others also try to commit.
+    struct Ranks {
+        seen: std::sync::Mutex<Vec<(Rank, usize, bool)>>,
+        /// Ranks other than 0 wait for a cancel (rank 0 never joins) before returning.
+        wait_for_cancel: bool,
+    }
+
+    impl StageKind for Ranks {
+        fn name(&self) -> &'static str {
+            "ranks"
+        }
+        fn code_version(&self) -> &'static str {
+            "1"
+        }
+        fn validate(&self, _: &StageDecl<'_>) -> Result<(), String> {
+            Ok(())
+        }
+        fn outputs(&self, _: &StageDecl<'_>) -> Vec<OutputDecl> {
+            vec![OutputDecl {
+                name: "checkpoints".into(),
+                shape: OutputShape::Series,
+                len: None,
+            }]
+        }
+        fn data_parallel(&self) -> bool {
+            true
+        }
+        fn run(&self, ctx: &mut StageContext<'_>) -> anyhow::Result<BTreeMap<String, Produced>> {
+            let before = ctx.journal.committed().len();
+            let path = ctx.work_dir.join("ckpt.bin");
+            std::fs::write(&path, format!("weights of {}", ctx.rank))?;
+            let committed = ctx.journal.commit(&path).is_ok();
+            self.seen
+                .lock()
+                .unwrap()
+                .push((ctx.rank, before, committed));
+            if !ctx.rank.is_leader() && self.wait_for_cancel {
+                let start = std::time::Instant::now();
+                while !ctx.cancel.load(Ordering::Relaxed) {
+                    anyhow::ensure!(start.elapsed() < Duration::from_secs(10), "no cancel");
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                anyhow::bail!("cancelled while waiting for rank 0");
+            }
+            let all = ctx
+                .journal
+                .committed()
+                .into_iter()
+                .map(|a| Produced::Stored(a.digest));
+            Ok(BTreeMap::from([(
+                "checkpoints".to_string(),
+                Produced::Series(all.collect()),
+            )]))
+        }
+    }
+
+    fn job(dir: &Path) -> StageJob {
+        let fingerprint = Fingerprint {
+            format: 1,
+            kind: "ranks".into(),
+            code_version: "1".into(),
+            params: Map::new(),
+            inputs: BTreeMap::new(),
+            deps: Vec::new(),
+            env: BTreeMap::new(),
+        };
+        StageJob {
+            run_id: "r".into(),
+            stage: "core".into(),
+            kind: "ranks".into(),
+            key: fingerprint.key(),
+            fingerprint,
+            params: Map::new(),
+            inputs: BTreeMap::new(),
+            outputs: vec![JobOutput {
+                name: "checkpoints".into(),
+                series: true,
+            }],
+            store: dir.join("store"),
+            workspace: dir.to_path_buf(),
+            env: BTreeMap::new(),
+            gpus: Vec::new(),
+            log: dir.join("run/core.log"),
+            metrics: dir.join("run/core.metrics.jsonl"),
+            tensorboard: None,
+            attempts: 3,
+            use_cache: true,
+            force: false,
+        }
+    }
+
+    const R0: Rank = Rank {
+        rank: 0,
+        world: 2,
+        local: 0,
+    };
+    const R1: Rank = Rank {
+        rank: 1,
+        world: 2,
+        local: 1,
+    };
+
+    #[test]
+    fn only_rank_0_commits_and_caches_and_the_others_keep_their_own_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let kind = Arc::new(Ranks {
+            seen: Default::default(),
+            wait_for_cancel: false,
+        });
+        let mut registry = KindRegistry::new();
+        registry.register(kind.clone());
+        let cancel = AtomicBool::new(false);
+        let job = job(dir.path());
+
+        let r1 = execute_as(&job, &registry, R1, &cancel, &mut |_| {}).unwrap();
+        assert_eq!(r1.status, JobStatus::Ran);
+        assert!(r1.outputs.is_empty());
+        let store = Store::open(&job.store).unwrap();
+        assert!(
+            cache::lookup(&store, &job.key).is_none(),
+            "rank 1 wrote no cache entry"
+        );
+        assert!(!crate::journal::journal_path(&job.store, &job.key).exists());
+        let log = std::fs::read_to_string(dir.path().join("run/core.rank1.log")).unwrap();
+        assert!(log.contains("rank 1 of 2"), "{log}");
+        assert!(!dir.path().join("run/core.log").exists());
+
+        let r0 = execute_as(&job, &registry, R0, &cancel, &mut |_| {}).unwrap();
+        assert_eq!(r0.status, JobStatus::Ran);
+        assert_eq!(
+            r0.attempts, 1,
+            "several ranks: one attempt, retrying is relaunching"
+        );
+        assert_eq!(r0.outputs["checkpoints"].artifacts().len(), 1);
+        assert!(cache::lookup(&store, &job.key).is_some());
+        let seen = kind.seen.lock().unwrap().clone();
+        assert_eq!(seen, vec![(R1, 0, false), (R0, 0, true)]);
+    }
+
+    #[test]
+    fn a_rank_waiting_for_rank_0_stops_when_the_stage_is_cached() {
+        let dir = tempfile::tempdir().unwrap();
+        let kind = Arc::new(Ranks {
+            seen: Default::default(),
+            wait_for_cancel: true,
+        });
+        let mut registry = KindRegistry::new();
+        registry.register(kind.clone());
+        let cancel = AtomicBool::new(false);
+        let job = job(dir.path());
+        // The stage completes as one process first (another run, say).
+        let done = execute_as(&job, &registry, Rank::SOLE, &cancel, &mut |_| {}).unwrap();
+        assert_eq!(done.status, JobStatus::Ran);
+        let r1 = execute_as(&job, &registry, R1, &cancel, &mut |_| {}).unwrap();
+        assert_eq!(r1.status, JobStatus::Cached);
+        assert_eq!(r1.outputs, done.outputs);
+    }
+
+    #[test]
+    fn kinds_that_are_not_data_parallel_ignore_the_rank() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut registry = KindRegistry::new();
+        registry.register(Arc::new(crate::job::tests::Checkpointing {
+            crash: AtomicBool::new(false),
+        }));
+        let mut job = job(dir.path());
+        job.kind = "ckpt".into();
+        let cancel = AtomicBool::new(false);
+        let r = execute_as(&job, &registry, R1, &cancel, &mut |_| {}).unwrap();
+        assert_eq!(r.status, JobStatus::Ran);
+        assert_eq!(r.outputs["checkpoints"].artifacts().len(), 3);
+    }
 
     #[test]
     fn rank_paths_sit_beside_the_stage_files() {

@@ -137,7 +137,9 @@ impl TrainParams {
             ("rendezvous_timeout_s", p.rendezvous_timeout_s),
         ] {
             if !(v > 0.0 && v.is_finite() && v < 1e9) {
-                return Err(format!("params.{name}: must be a positive number of seconds"));
+                return Err(format!(
+                    "params.{name}: must be a positive number of seconds"
+                ));
             }
         }
         Ok(p)

@@ -11,13 +11,18 @@ use crate::dist::ffi;
 /// into the leaves' gradients exactly as `loss.backward()` does from a scalar.
 pub fn backward(outputs: &[&Tensor], grads: &[&Tensor]) -> Result<(), String> {
     if outputs.len() != grads.len() {
-        return Err(format!("backward: {} outputs but {} gradients", outputs.len(), grads.len()));
+        return Err(format!(
+            "backward: {} outputs but {} gradients",
+            outputs.len(),
+            grads.len()
+        ));
     }
     let outs: Vec<_> = outputs.iter().map(|t| ffi::raw(t)).collect();
     let gs: Vec<_> = grads.iter().map(|t| ffi::raw(t)).collect();
     let mut err = std::ptr::null_mut();
     // SAFETY: the tensors outlive the call; the shim only reads them.
-    let status = unsafe { ffi::tureen_backward(outs.as_ptr(), gs.as_ptr(), outs.len() as c_int, &mut err) };
+    let status =
+        unsafe { ffi::tureen_backward(outs.as_ptr(), gs.as_ptr(), outs.len() as c_int, &mut err) };
     match status {
         ffi::OK => Ok(()),
         // SAFETY: the shim left its message in `err`.
@@ -29,9 +34,17 @@ pub fn backward(outputs: &[&Tensor], grads: &[&Tensor]) -> Result<(), String> {
 /// requires grad) exactly as autograd delivered it, before accumulation into its
 /// `.grad` re-lays it out: what the layer below would receive in one uninterrupted
 /// backward pass, so recomputed segments chain to the same bits.
-pub fn backward_capturing(outputs: &[&Tensor], grads: &[&Tensor], input: &Tensor) -> Result<Tensor, String> {
+pub fn backward_capturing(
+    outputs: &[&Tensor],
+    grads: &[&Tensor],
+    input: &Tensor,
+) -> Result<Tensor, String> {
     if outputs.len() != grads.len() {
-        return Err(format!("backward: {} outputs but {} gradients", outputs.len(), grads.len()));
+        return Err(format!(
+            "backward: {} outputs but {} gradients",
+            outputs.len(),
+            grads.len()
+        ));
     }
     let outs: Vec<_> = outputs.iter().map(|t| ffi::raw(t)).collect();
     let gs: Vec<_> = grads.iter().map(|t| ffi::raw(t)).collect();
@@ -40,7 +53,14 @@ pub fn backward_capturing(outputs: &[&Tensor], grads: &[&Tensor], input: &Tensor
     // SAFETY: the tensors outlive the call; on success the shim returns a new tensor
     // that the returned `Tensor` owns.
     let status = unsafe {
-        ffi::tureen_backward_capture(outs.as_ptr(), gs.as_ptr(), outs.len() as c_int, ffi::raw(input), &mut captured, &mut err)
+        ffi::tureen_backward_capture(
+            outs.as_ptr(),
+            gs.as_ptr(),
+            outs.len() as c_int,
+            ffi::raw(input),
+            &mut captured,
+            &mut err,
+        )
     };
     match status {
         ffi::OK => Ok(unsafe { Tensor::from_ptr(captured) }),

@@ -21,12 +21,19 @@ pub struct GradBuckets {
 
 impl GradBuckets {
     /// Lays out buckets for gradients shaped like `grads`.
-    pub fn new(grads: &[Tensor], extra: usize, bucket_bytes: usize) -> Result<GradBuckets, DistError> {
+    pub fn new(
+        grads: &[Tensor],
+        extra: usize,
+        bucket_bytes: usize,
+    ) -> Result<GradBuckets, DistError> {
         let first = grads
             .first()
             .ok_or_else(|| DistError::Usage("no gradients to all-reduce".into()))?;
         let (kind, device) = (first.kind(), first.device());
-        if grads.iter().any(|g| g.kind() != kind || g.device() != device) {
+        if grads
+            .iter()
+            .any(|g| g.kind() != kind || g.device() != device)
+        {
             return Err(DistError::Usage(
                 "gradients of several dtypes or devices cannot share buckets".into(),
             ));
@@ -92,9 +99,15 @@ impl GradBuckets {
         }
         if !extra.is_empty() {
             let (flat, _) = self.buckets.last().expect("one bucket");
-            let values = Tensor::from_slice(extra).to_kind(flat.kind()).to_device(flat.device());
-            flat.narrow(0, flat.numel() as i64 - extra.len() as i64, extra.len() as i64)
-                .copy_(&values);
+            let values = Tensor::from_slice(extra)
+                .to_kind(flat.kind())
+                .to_device(flat.device());
+            flat.narrow(
+                0,
+                flat.numel() as i64 - extra.len() as i64,
+                extra.len() as i64,
+            )
+            .copy_(&values);
         }
     }
 
@@ -110,7 +123,9 @@ impl GradBuckets {
         }
         let (flat, _) = self.buckets.last().expect("one bucket");
         let n = self.extra as i64;
-        let tail = flat.narrow(0, flat.numel() as i64 - n, n).to_kind(Kind::Double);
+        let tail = flat
+            .narrow(0, flat.numel() as i64 - n, n)
+            .to_kind(Kind::Double);
         Vec::<f64>::try_from(&tail.to_device(tch::Device::Cpu)).unwrap_or_default()
     }
 }

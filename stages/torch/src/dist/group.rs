@@ -28,7 +28,9 @@ impl Backend {
         match (spec, cuda) {
             ("auto", true) | ("nccl", _) => Ok(Backend::Nccl),
             ("auto", false) | ("gloo", _) => Ok(Backend::Gloo),
-            (other, _) => Err(format!("backend: expected auto, gloo or nccl, got `{other}`")),
+            (other, _) => Err(format!(
+                "backend: expected auto, gloo or nccl, got `{other}`"
+            )),
         }
     }
 
@@ -191,7 +193,9 @@ impl ProcessGroup {
             Waited::GaveUp => DistError::Cancelled { rank },
             Waited::Failed(m) => fail(m),
         })?;
-        store.set_timeout(opts.rendezvous_timeout).map_err(|e| fail(e.message))?;
+        store
+            .set_timeout(opts.rendezvous_timeout)
+            .map_err(|e| fail(e.message))?;
         arrive(&store, rank, &opts.identity, deadline, give_up).map_err(|e| match e {
             Waited::GaveUp => DistError::Cancelled { rank },
             Waited::Failed(m) => fail(m),
@@ -271,8 +275,10 @@ impl ProcessGroup {
         size[0] *= self.rank.world as i64;
         let out = Tensor::empty(size.as_slice(), (input.kind(), input.device()));
         // SAFETY: live group; both tensors outlive the call.
-        call(|err| unsafe { ffi::tureen_allgather(self.raw, ffi::raw(&out), ffi::raw(&input), err) })
-            .map_err(|e| self.failed(Op::AllGather, e))?;
+        call(|err| unsafe {
+            ffi::tureen_allgather(self.raw, ffi::raw(&out), ffi::raw(&input), err)
+        })
+        .map_err(|e| self.failed(Op::AllGather, e))?;
         Ok(out)
     }
 
@@ -301,7 +307,10 @@ impl ProcessGroup {
     /// Overwrites `tensor` (contiguous) on every rank with rank `root`'s.
     pub fn broadcast(&self, tensor: &Tensor, root: u32) -> Result<(), DistError> {
         if !tensor.is_contiguous() || root >= self.rank.world {
-            return Err(self.usage(Op::Broadcast, "a contiguous tensor and a root below the world size"));
+            return Err(self.usage(
+                Op::Broadcast,
+                "a contiguous tensor and a root below the world size",
+            ));
         }
         // SAFETY: live group; the tensor outlives the call.
         call(|err| unsafe { ffi::tureen_broadcast(self.raw, ffi::raw(tensor), root as c_int, err) })
@@ -332,7 +341,11 @@ enum Waited {
 }
 
 /// Rank 0 serves the store; the others connect, retrying until the deadline.
-fn connect(rv: &Rendezvous, deadline: Instant, give_up: &dyn Fn() -> bool) -> Result<Store, Waited> {
+fn connect(
+    rv: &Rendezvous,
+    deadline: Instant,
+    give_up: &dyn Fn() -> bool,
+) -> Result<Store, Waited> {
     let rank = rv.rank;
     match &rv.store {
         StoreAddress::File(path) => {
@@ -342,7 +355,10 @@ fn connect(rv: &Rendezvous, deadline: Instant, give_up: &dyn Fn() -> bool) -> Re
         StoreAddress::Tcp { host, port } if rank.rank == 0 => {
             let left = deadline.saturating_duration_since(Instant::now());
             Store::tcp(host, *port, true, left).map_err(|e| {
-                Waited::Failed(format!("rank 0 cannot serve the store on port {port}: {}", e.message))
+                Waited::Failed(format!(
+                    "rank 0 cannot serve the store on port {port}: {}",
+                    e.message
+                ))
             })
         }
         StoreAddress::Tcp { host, port } => loop {
@@ -396,9 +412,14 @@ fn arrive(
 ) -> Result<(), Waited> {
     let failed = |e: ShimError| Waited::Failed(e.message);
     store
-        .set(&format!("tureen/identity/{}", rank.rank), identity.as_bytes())
+        .set(
+            &format!("tureen/identity/{}", rank.rank),
+            identity.as_bytes(),
+        )
         .map_err(failed)?;
-    store.add(&format!("tureen/arrived/{}", rank.rank), 1).map_err(failed)?;
+    store
+        .add(&format!("tureen/arrived/{}", rank.rank), 1)
+        .map_err(failed)?;
     let mut arrived = store.add("tureen/arrived", 1).map_err(failed)?;
     while arrived < rank.world as i64 {
         if give_up() {
@@ -457,10 +478,11 @@ fn arrive(
 
 fn new_group(store: &Store, rank: Rank, opts: &GroupOptions) -> Result<*mut ffi::Group, ShimError> {
     let prefix = CString::new("tureen/pg").expect("no NUL");
-    let interface = CString::new(opts.interface.clone().unwrap_or_default()).map_err(|_| ShimError {
-        status: ffi::UNSUPPORTED,
-        message: "GLOO_SOCKET_IFNAME contains a NUL byte".into(),
-    })?;
+    let interface =
+        CString::new(opts.interface.clone().unwrap_or_default()).map_err(|_| ShimError {
+            status: ffi::UNSUPPORTED,
+            message: "GLOO_SOCKET_IFNAME contains a NUL byte".into(),
+        })?;
     let backend = match opts.backend {
         Backend::Gloo => 0,
         Backend::Nccl => 1,

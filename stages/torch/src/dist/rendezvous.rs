@@ -55,7 +55,9 @@ impl Rendezvous {
         let store = match var("TUREEN_DIST_INIT") {
             Some(init) => parse_init(&init)?,
             None => {
-                let port = var("MASTER_PORT").map(|p| parse_port("MASTER_PORT", &p)).transpose()?;
+                let port = var("MASTER_PORT")
+                    .map(|p| parse_port("MASTER_PORT", &p))
+                    .transpose()?;
                 match (var("MASTER_ADDR"), port, var("SLURM_JOB_ID")) {
                     (Some(host), Some(port), _) => StoreAddress::Tcp { host, port },
                     (None, port, Some(job)) => slurm_master(&var, &hostnames, &job, port)?,
@@ -77,7 +79,9 @@ impl Rendezvous {
 fn parse_port(name: &str, value: &str) -> Result<u16, String> {
     match value.trim().parse::<u16>() {
         Ok(p) if p > 0 => Ok(p),
-        _ => Err(format!("{name}={value:?}: expected a port number (1-65535)")),
+        _ => Err(format!(
+            "{name}={value:?}: expected a port number (1-65535)"
+        )),
     }
 }
 
@@ -85,7 +89,9 @@ fn parse_init(init: &str) -> Result<StoreAddress, String> {
     let bad = |why: &str| format!("TUREEN_DIST_INIT={init:?}: {why}");
     if let Some(path) = init.strip_prefix("file://") {
         if !path.starts_with('/') {
-            return Err(bad("a file:// rendezvous needs an absolute path (file:///shared/x)"));
+            return Err(bad(
+                "a file:// rendezvous needs an absolute path (file:///shared/x)",
+            ));
         }
         return Ok(StoreAddress::File(PathBuf::from(path)));
     }
@@ -116,7 +122,9 @@ fn slurm_master(
         None => {
             let list = var("SLURM_JOB_NODELIST")
                 .or_else(|| var("SLURM_NODELIST"))
-                .ok_or("SLURM_JOB_ID is set but SLURM_JOB_NODELIST is not: cannot find rank 0's host")?;
+                .ok_or(
+                    "SLURM_JOB_ID is set but SLURM_JOB_NODELIST is not: cannot find rank 0's host",
+                )?;
             hostnames(&list)?
                 .into_iter()
                 .next()
@@ -203,7 +211,13 @@ mod tests {
         assert_eq!(r.unwrap().store, StoreAddress::File("/shared/rdv".into()));
         let r = from(&[("TUREEN_DIST_INIT", "tcp://[::1]:2345")]).unwrap();
         assert_eq!(r.store, tcp("::1", 2345));
-        for bad in ["file://rel", "udp://h:1", "tcp://h", "tcp://h:0", "tcp://:5"] {
+        for bad in [
+            "file://rel",
+            "udp://h:1",
+            "tcp://h",
+            "tcp://h:0",
+            "tcp://:5",
+        ] {
             let e = from(&[("TUREEN_DIST_INIT", bad)]).unwrap_err();
             assert!(e.contains("TUREEN_DIST_INIT"), "{bad}: {e}");
         }
@@ -211,8 +225,14 @@ mod tests {
 
     #[test]
     fn under_slurm_the_first_node_serves_on_a_port_from_the_job_id() {
-        let r = from(&[("SLURM_JOB_ID", "123456"), ("SLURM_JOB_NODELIST", "node[07-08]")]);
-        assert_eq!(r.unwrap().store, tcp("node07", (15000 + 123456u64 % 15000) as u16));
+        let r = from(&[
+            ("SLURM_JOB_ID", "123456"),
+            ("SLURM_JOB_NODELIST", "node[07-08]"),
+        ]);
+        assert_eq!(
+            r.unwrap().store,
+            tcp("node07", (15000 + 123456u64 % 15000) as u16)
+        );
         let r = from(&[
             ("SLURM_JOB_ID", "1"),
             ("SLURM_JOB_NODELIST", "node[07-08]"),

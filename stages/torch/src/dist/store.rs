@@ -84,7 +84,9 @@ impl Store {
                 err,
             )
         })?;
-        Ok(Store { raw: Arc::new(Raw(out)) })
+        Ok(Store {
+            raw: Arc::new(Raw(out)),
+        })
     }
 
     /// A FileStore at `path` shared by `world` ranks.
@@ -93,9 +95,17 @@ impl Store {
         let mut out = std::ptr::null_mut();
         // SAFETY: as in `tcp`.
         call(|err| unsafe {
-            ffi::tureen_store_file(path.as_ptr(), world as c_int, millis(timeout), &mut out, err)
+            ffi::tureen_store_file(
+                path.as_ptr(),
+                world as c_int,
+                millis(timeout),
+                &mut out,
+                err,
+            )
         })?;
-        Ok(Store { raw: Arc::new(Raw(out)) })
+        Ok(Store {
+            raw: Arc::new(Raw(out)),
+        })
     }
 
     pub(crate) fn raw(&self) -> *mut ffi::Store {
@@ -112,7 +122,9 @@ impl Store {
         let key = c_string(key)?;
         let mut value = 0i64;
         // SAFETY: live store, valid key and out-pointer.
-        call(|err| unsafe { ffi::tureen_store_add(self.raw(), key.as_ptr(), delta, &mut value, err) })?;
+        call(|err| unsafe {
+            ffi::tureen_store_add(self.raw(), key.as_ptr(), delta, &mut value, err)
+        })?;
         Ok(value)
     }
 
@@ -130,7 +142,9 @@ impl Store {
         let mut data: *mut u8 = std::ptr::null_mut();
         let mut len = 0usize;
         // SAFETY: live store, valid out-pointers.
-        call(|err| unsafe { ffi::tureen_store_get(self.raw(), key.as_ptr(), &mut data, &mut len, err) })?;
+        call(|err| unsafe {
+            ffi::tureen_store_get(self.raw(), key.as_ptr(), &mut data, &mut len, err)
+        })?;
         // SAFETY: on success the shim returned a malloc'd buffer of `len` bytes.
         let value = unsafe { std::slice::from_raw_parts(data, len).to_vec() };
         unsafe { ffi::tureen_free(data.cast()) };
@@ -201,7 +215,9 @@ pub fn liveness(store: &Store, world: u32, me: u32) -> Liveness {
         .name("tureen-dist-liveness".into())
         .spawn(move || {
             let read = |store: &Store| -> Result<Vec<i64>, ShimError> {
-                (0..world).map(|r| store.add(&heartbeat_key(r), 0)).collect()
+                (0..world)
+                    .map(|r| store.add(&heartbeat_key(r), 0))
+                    .collect()
             };
             let first = read(&store);
             std::thread::sleep(HEARTBEAT * 5 / 2);

@@ -124,8 +124,13 @@ impl Clip {
     /// Training-mode features of both towers (image, text; unnormalized) computed
     /// without autograd, keeping only what [`Clip::backward_recomputed`] needs to
     /// recompute each block in the backward pass (gradient checkpointing).
-    pub fn encode_recomputable(&self, images: &Tensor, tokens: &Tensor) -> (Tensor, Tensor, Recompute) {
-        let (image, image_tape) = recompute::forward(&self.visual.chain(), images, self.drop_path_rng());
+    pub fn encode_recomputable(
+        &self,
+        images: &Tensor,
+        tokens: &Tensor,
+    ) -> (Tensor, Tensor, Recompute) {
+        let (image, image_tape) =
+            recompute::forward(&self.visual.chain(), images, self.drop_path_rng());
         let (text, text_tape) = recompute::forward(&self.text.chain(tokens), tokens, None);
         let r = Recompute {
             image: image_tape,

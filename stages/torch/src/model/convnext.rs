@@ -349,7 +349,10 @@ impl ConvNext {
         match segment {
             Segment::Stem => self.stem_norm.forward(&self.stem.forward(x)),
             Segment::Downsample(i) => {
-                let (norm, conv) = self.stages[i].downsample.as_ref().expect("listed stages downsample");
+                let (norm, conv) = self.stages[i]
+                    .downsample
+                    .as_ref()
+                    .expect("listed stages downsample");
                 conv.forward(&norm.forward(x))
             }
             Segment::Block(i, b) => self.stages[i].blocks[b].forward(x, train, rng),

@@ -35,7 +35,11 @@ pub struct Tape {
 }
 
 /// The chain's output, computed without autograd, and its [`Tape`].
-pub(crate) fn forward(chain: &dyn Chain, input: &Tensor, mut rng: Option<ChaCha8Rng>) -> (Tensor, Tape) {
+pub(crate) fn forward(
+    chain: &dyn Chain,
+    input: &Tensor,
+    mut rng: Option<ChaCha8Rng>,
+) -> (Tensor, Tape) {
     tch::no_grad(|| {
         let mut inputs = Vec::with_capacity(chain.segments());
         let mut x = input.shallow_clone();
@@ -53,7 +57,9 @@ pub(crate) fn backward(chain: &dyn Chain, tape: Tape, grad: &Tensor) -> Result<(
     let mut grad = grad.shallow_clone();
     let mut inputs = tape.inputs;
     for i in (0..chain.segments()).rev() {
-        let (saved, mut rng) = inputs.pop().ok_or("recompute: the tape is shorter than the chain")?;
+        let (saved, mut rng) = inputs
+            .pop()
+            .ok_or("recompute: the tape is shorter than the chain")?;
         // The chain's own input (images, token ids) needs no gradient.
         let x = match i {
             0 => saved,

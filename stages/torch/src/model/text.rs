@@ -168,7 +168,8 @@ impl TextTower {
     }
 
     fn embed(&self, tokens: &Tensor) -> Tensor {
-        Tensor::embedding(&self.token_embedding, tokens, -1, false, false) + &self.positional_embedding
+        Tensor::embedding(&self.token_embedding, tokens, -1, false, false)
+            + &self.positional_embedding
     }
 
     fn pool(&self, x: &Tensor, tokens: &Tensor) -> Tensor {

@@ -34,7 +34,10 @@ impl DataParallel {
         self.group.rank()
     }
 
-    fn timed<T>(&mut self, f: impl FnOnce(&ProcessGroup) -> Result<T, crate::dist::DistError>) -> Result<T, TrainError> {
+    fn timed<T>(
+        &mut self,
+        f: impl FnOnce(&ProcessGroup) -> Result<T, crate::dist::DistError>,
+    ) -> Result<T, TrainError> {
         let start = Instant::now();
         let out = f(&self.group);
         self.comm += start.elapsed();
@@ -54,7 +57,12 @@ impl DataParallel {
     /// Sums `grads` across ranks in place, and the step's `loss` and `stop` (whether
     /// this rank was asked to stop); returns the summed loss and whether any rank
     /// stops.
-    pub fn reduce_grads(&mut self, grads: &[Tensor], loss: f64, stop: bool) -> Result<(f64, bool), TrainError> {
+    pub fn reduce_grads(
+        &mut self,
+        grads: &[Tensor],
+        loss: f64,
+        stop: bool,
+    ) -> Result<(f64, bool), TrainError> {
         if self.buckets.is_none() {
             self.buckets = Some(GradBuckets::new(grads, EXTRAS, BUCKET_BYTES)?);
         }

@@ -67,7 +67,11 @@ impl TrainHooks for ContextHooks<'_, '_> {
 /// `run` of both kinds.
 pub fn run(ctx: &mut StageContext<'_>, mode: Mode) -> anyhow::Result<BTreeMap<String, Produced>> {
     let p = TrainParams::from_params(ctx.params, mode).map_err(anyhow::Error::msg)?;
-    let device = rank_device(resolve_device(&p.device).map_err(anyhow::Error::msg)?, &p, ctx.rank);
+    let device = rank_device(
+        resolve_device(&p.device).map_err(anyhow::Error::msg)?,
+        &p,
+        ctx.rank,
+    );
     if let Some(t) = p.threads {
         tch::set_num_threads(t);
     }
@@ -235,11 +239,17 @@ fn rank_device(device: Device, p: &TrainParams, rank: Rank) -> Device {
 }
 
 /// Meets the stage's other ranks where the launcher said.
-fn join_ranks(ctx: &mut StageContext<'_>, p: &TrainParams, device: Device) -> anyhow::Result<ProcessGroup> {
+fn join_ranks(
+    ctx: &mut StageContext<'_>,
+    p: &TrainParams,
+    device: Device,
+) -> anyhow::Result<ProcessGroup> {
     let rendezvous = Rendezvous::from_env(ctx.rank).map_err(anyhow::Error::msg)?;
     let backend = Backend::choose(&p.backend, device.is_cuda()).map_err(anyhow::Error::msg)?;
     if backend == Backend::Nccl && !device.is_cuda() {
-        anyhow::bail!("params.backend: nccl needs a CUDA device, and this stage runs on {device:?}");
+        anyhow::bail!(
+            "params.backend: nccl needs a CUDA device, and this stage runs on {device:?}"
+        );
     }
     let options = GroupOptions {
         backend,
@@ -247,11 +257,16 @@ fn join_ranks(ctx: &mut StageContext<'_>, p: &TrainParams, device: Device) -> an
         timeout: Duration::from_secs_f64(p.collective_timeout_s),
         rendezvous_timeout: Duration::from_secs_f64(p.rendezvous_timeout_s),
         identity: identity(ctx),
-        interface: std::env::var("GLOO_SOCKET_IFNAME").ok().filter(|s| !s.is_empty()),
+        interface: std::env::var("GLOO_SOCKET_IFNAME")
+            .ok()
+            .filter(|s| !s.is_empty()),
     };
-    ctx.log.line(&format!("{}: rendezvous at {}", ctx.rank, rendezvous.store));
+    ctx.log
+        .line(&format!("{}: rendezvous at {}", ctx.rank, rendezvous.store));
     let cancel = ctx.cancel;
-    Ok(ProcessGroup::join(&rendezvous, &options, &|| cancel.load(Ordering::SeqCst))?)
+    Ok(ProcessGroup::join(&rendezvous, &options, &|| {
+        cancel.load(Ordering::SeqCst)
+    })?)
 }
 
 /// What the ranks must share to train together: the stage, its params and inputs.
@@ -259,7 +274,9 @@ fn identity(ctx: &StageContext<'_>) -> String {
     use std::hash::{Hash, Hasher};
     // SipHash with fixed keys: the same value in every process.
     let mut h = std::collections::hash_map::DefaultHasher::new();
-    serde_json::to_string(ctx.params).unwrap_or_default().hash(&mut h);
+    serde_json::to_string(ctx.params)
+        .unwrap_or_default()
+        .hash(&mut h);
     for (name, input) in ctx.inputs {
         name.hash(&mut h);
         match input {
@@ -267,5 +284,9 @@ fn identity(ctx: &StageContext<'_>) -> String {
             InputValue::Series(s) => s.iter().for_each(|a| a.digest.hash(&mut h)),
         }
     }
-    format!("stage {} (params and inputs {:016x})", ctx.stage, h.finish())
+    format!(
+        "stage {} (params and inputs {:016x})",
+        ctx.stage,
+        h.finish()
+    )
 }

@@ -81,7 +81,12 @@ impl Trainer {
 
     /// Steps 1-6 on this rank's share (`images`, `tokens`) of the global batch;
     /// gradients end up in the parameters. `stop`: this rank was asked to stop.
-    pub(super) fn passes(&mut self, images: &Tensor, tokens: &Tensor, stop: bool) -> Result<Passes, TrainError> {
+    pub(super) fn passes(
+        &mut self,
+        images: &Tensor,
+        tokens: &Tensor,
+        stop: bool,
+    ) -> Result<Passes, TrainError> {
         let rows = images.size()[0];
         let (rank, world) = match &self.parallel {
             Some(p) => (p.rank().rank, p.rank().world as i64),
@@ -103,17 +108,25 @@ impl Trainer {
             None => local,
         };
         let whole_batch = shards.len() == 1 && world == 1;
-        let (grads, scale_grad, loss) = self.loss_gradients(&all, &shards, rank as i64 * rows, whole_batch);
+        let (grads, scale_grad, loss) =
+            self.loss_gradients(&all, &shards, rank as i64 * rows, whole_batch);
         let grads = match &mut self.parallel {
             Some(p) => p.reduce_scatter(&grads)?,
             None => grads,
         };
         for (s, pass) in shards.iter().zip(passes) {
             self.backward_shard(s, pass, images, tokens, &grads.narrow(0, s.start, s.len))
-                .map_err(|message| TrainError::Batch { step: self.step, message })?;
+                .map_err(|message| TrainError::Batch {
+                    step: self.step,
+                    message,
+                })?;
         }
-        crate::autograd::backward(&[self.model.logit_scale()], &[&scale_grad])
-            .map_err(|message| TrainError::Batch { step: self.step, message })?;
+        crate::autograd::backward(&[self.model.logit_scale()], &[&scale_grad]).map_err(
+            |message| TrainError::Batch {
+                step: self.step,
+                message,
+            },
+        )?;
         let loss = loss.double_value(&[]);
         match &mut self.parallel {
             Some(p) => {
@@ -128,9 +141,18 @@ impl Trainer {
     /// (image, text) without a graph.
     fn features(&self, s: &Shard, images: &Tensor, tokens: &Tensor, keep: bool) -> (Pass, Tensor) {
         self.reseed(s);
-        let (im, tk) = (images.narrow(0, s.start, s.len), tokens.narrow(0, s.start, s.len));
+        let (im, tk) = (
+            images.narrow(0, s.start, s.len),
+            tokens.narrow(0, s.start, s.len),
+        );
         let detached = |i: &Tensor, t: &Tensor| {
-            Tensor::cat(&[i.detach().to_kind(Kind::Float), t.detach().to_kind(Kind::Float)], 1)
+            Tensor::cat(
+                &[
+                    i.detach().to_kind(Kind::Float),
+                    t.detach().to_kind(Kind::Float),
+                ],
+                1,
+            )
         };
         amp::autocast(self.compute, || match (keep, self.grad_checkpointing) {
             (true, false) => {
@@ -154,7 +176,13 @@ impl Trainer {
     /// Step 3: the gradients of the loss with respect to all features (`[B, 2 * embed]`,
     /// this rank's shards' contributions) and to `logit_scale`, and this rank's part of
     /// the loss. `offset`: this rank's first row in the global batch.
-    fn loss_gradients(&self, all: &Tensor, shards: &[Shard], offset: i64, whole_batch: bool) -> (Tensor, Tensor, Tensor) {
+    fn loss_gradients(
+        &self,
+        all: &Tensor,
+        shards: &[Shard],
+        offset: i64,
+        whole_batch: bool,
+    ) -> (Tensor, Tensor, Tensor) {
         let batch = all.size()[0];
         let d = all.size()[1] / 2;
         let image = all.narrow(1, 0, d).contiguous().set_requires_grad(true);
@@ -181,11 +209,21 @@ impl Trainer {
     }
 
     /// Step 5 for one shard, from `grads` (`[rows, 2 * embed]`, its feature gradients).
-    fn backward_shard(&self, s: &Shard, pass: Pass, images: &Tensor, tokens: &Tensor, grads: &Tensor) -> Result<(), String> {
+    fn backward_shard(
+        &self,
+        s: &Shard,
+        pass: Pass,
+        images: &Tensor,
+        tokens: &Tensor,
+        grads: &Tensor,
+    ) -> Result<(), String> {
         let d = grads.size()[1] / 2;
         let gi = grads.narrow(1, 0, d).contiguous();
         let gt = grads.narrow(1, d, d).contiguous();
-        let (im, tk) = (images.narrow(0, s.start, s.len), tokens.narrow(0, s.start, s.len));
+        let (im, tk) = (
+            images.narrow(0, s.start, s.len),
+            tokens.narrow(0, s.start, s.len),
+        );
         amp::autocast(self.compute, || match pass {
             Pass::Graph(i, t) => crate::autograd::backward(&[&i, &t], &[&gi, &gt]),
             Pass::Tape(tape) => self.model.backward_recomputed(tape, &gi, &gt),
@@ -217,6 +255,13 @@ mod tests {
         let s = shards(4, 2, 1);
         assert_eq!(s.iter().map(|s| s.index).collect::<Vec<_>>(), vec![2, 3]);
         // No micro-batching: one shard per rank, numbered by rank.
-        assert_eq!(shards(4, 4, 3), vec![Shard { index: 3, start: 0, len: 4 }]);
+        assert_eq!(
+            shards(4, 4, 3),
+            vec![Shard {
+                index: 3,
+                start: 0,
+                len: 4
+            }]
+        );
     }
 }

@@ -11,8 +11,8 @@ use tureen_stages::train::{Precision, TrainConfig};
 use super::adamw::AdamW;
 use super::data::DataSource;
 use super::parallel::DataParallel;
-use crate::dist::ProcessGroup;
 use crate::checkpoint::{self, CheckpointError, TrainCheckpoint, TrainState};
+use crate::dist::ProcessGroup;
 use crate::model::Clip;
 
 /// Where a run starts.
@@ -294,8 +294,16 @@ impl Trainer {
             }
         }
         let mut parallel = DataParallel::new(group);
-        let position = [self.interval, self.step, self.optimizer.step, self.samples_seen];
-        parallel.agree("start (interval, step, optimizer step, samples)", &position.map(|v| v as i64))?;
+        let position = [
+            self.interval,
+            self.step,
+            self.optimizer.step,
+            self.samples_seen,
+        ];
+        parallel.agree(
+            "start (interval, step, optimizer step, samples)",
+            &position.map(|v| v as i64),
+        )?;
         let mut params: Vec<(String, Tensor)> = self.vs.variables().into_iter().collect();
         params.sort_by(|a, b| a.0.cmp(&b.0));
         let tensors: Vec<Tensor> = params.into_iter().map(|(_, t)| t).collect();
@@ -324,14 +332,22 @@ impl Trainer {
     /// The loss of a global batch (on a rank: of its share of it) with its gradients
     /// left in the parameters' `.grad`, and no optimizer step: what a step computes
     /// before it updates (for tests and benchmarks).
-    pub fn compute_gradients(&mut self, images: &Tensor, tokens: &Tensor) -> Result<f64, TrainError> {
+    pub fn compute_gradients(
+        &mut self,
+        images: &Tensor,
+        tokens: &Tensor,
+    ) -> Result<f64, TrainError> {
         let (images, tokens) = self.checked_batch(images, tokens)?;
         self.optimizer.zero_grad();
         Ok(self.passes(&images, &tokens, false)?.loss)
     }
 
     /// The batch on this trainer's device, after checking it fits the model.
-    fn checked_batch(&self, images: &Tensor, tokens: &Tensor) -> Result<(Tensor, Tensor), TrainError> {
+    fn checked_batch(
+        &self,
+        images: &Tensor,
+        tokens: &Tensor,
+    ) -> Result<(Tensor, Tensor), TrainError> {
         self.model
             .check_batch(Some(images), Some(tokens))
             .map_err(|e| TrainError::Batch {
@@ -343,7 +359,12 @@ impl Trainer {
 
     /// [`Trainer::train_step`], unless this rank (`stop`) or another asked to stop:
     /// then `None` and no update, on every rank at the same step.
-    fn step_or_stop(&mut self, images: &Tensor, tokens: &Tensor, stop: bool) -> Result<Option<f64>, TrainError> {
+    fn step_or_stop(
+        &mut self,
+        images: &Tensor,
+        tokens: &Tensor,
+        stop: bool,
+    ) -> Result<Option<f64>, TrainError> {
         let (images, tokens) = self.checked_batch(images, tokens)?;
         let lr = self.config.schedule().lr(self.step);
         self.optimizer.zero_grad();
@@ -482,7 +503,10 @@ impl Trainer {
         let secs = window.started.elapsed().as_secs_f64();
         let per_s = |n: f64| if secs > 0.0 { n / secs } else { 0.0 };
         let samples_per_s = per_s(window.samples as f64);
-        let comm = self.parallel.as_mut().map(|p| p.take_comm_time().as_secs_f64());
+        let comm = self
+            .parallel
+            .as_mut()
+            .map(|p| p.take_comm_time().as_secs_f64());
         let scale = self.model.logit_scale().double_value(&[]);
         match (self.rank(), comm) {
             (Some(r), Some(comm)) if !r.is_leader() => hooks.line(&format!(
@@ -513,7 +537,11 @@ impl Trainer {
 
     /// Writes and commits the checkpoint of the interval just finished (rank 0), then
     /// waits until every rank got here, so none runs ahead of a commit that failed.
-    fn end_interval(&mut self, work_dir: &Path, hooks: &mut dyn TrainHooks) -> Result<(), TrainError> {
+    fn end_interval(
+        &mut self,
+        work_dir: &Path,
+        hooks: &mut dyn TrainHooks,
+    ) -> Result<(), TrainError> {
         if self.rank().is_none_or(|r| r.is_leader()) {
             let dir = work_dir.join(format!("checkpoint-{:06}", self.interval));
             if dir.exists() {
