@@ -312,6 +312,14 @@ impl Trainer {
         Ok(())
     }
 
+    /// Time this rank spent in collectives since the last call (zero when not
+    /// data-parallel).
+    pub fn take_comm_time(&mut self) -> std::time::Duration {
+        self.parallel
+            .as_mut()
+            .map_or(std::time::Duration::ZERO, DataParallel::take_comm_time)
+    }
+
     /// This process's rank (`None`: not data-parallel).
     pub fn rank(&self) -> Option<crate::dist::Rank> {
         self.parallel.as_ref().map(DataParallel::rank)
