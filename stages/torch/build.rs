@@ -66,8 +66,8 @@ fn compile_shim() {
         }
     } else {
         println!(
-            "cargo:warning=tureen-torch: building without NCCL (no CUDA headers in the venv: \
-             scripts/setup-venv.sh installs them); gloo only"
+            "cargo:warning=tureen-torch: building without NCCL, gloo only (TUREEN_NCCL=0, or \
+             no CUDA headers in the venv: scripts/setup-venv.sh installs them)"
         );
     }
 }
