@@ -176,6 +176,37 @@ fn a_peer_that_stops_fails_the_next_collective_naming_it() {
 }
 
 #[test]
+fn when_rank_0_stops_the_others_name_it_as_the_store_host() {
+    let results = with_ranks(
+        2,
+        |_| "job".into(),
+        |group| {
+            let g = group.unwrap();
+            g.barrier().unwrap();
+            if g.rank().rank == 0 {
+                drop(g); // its store goes with it
+                return None;
+            }
+            let t = Tensor::ones([4], (Kind::Float, Device::Cpu));
+            Some(g.all_reduce_sum(&[&t]).unwrap_err())
+        },
+    );
+    let err = results.into_iter().flatten().next().unwrap();
+    match &err {
+        DistError::Failed { rank, peer, .. } => {
+            assert_eq!(rank.rank, 1);
+            assert_eq!(*peer, Peer::StoreHost, "{err}");
+        }
+        other => panic!("unexpected error: {other}"),
+    }
+    assert!(
+        err.to_string()
+            .contains("peer rank 0, which serves the rendezvous store"),
+        "{err}"
+    );
+}
+
+#[test]
 fn a_rank_that_never_comes_fails_the_rendezvous_in_bounded_time() {
     let port = free_port();
     let mut opts = options("job", Duration::from_secs(5));
