@@ -2,18 +2,11 @@
 // crate sets), and what `tureen --version` and every run record say about this build:
 // the git commit, the cargo profile and the libtorch it was built against.
 
+include!("stages/torch/build/rpath.rs");
+
 fn main() {
-    torch::rpath();
+    libtorch_rpath();
     build_info();
-}
-
-/// `stages/torch/build.rs`, whose `main` embeds libtorch's library directory as an rpath.
-mod torch {
-    include!("stages/torch/build.rs");
-
-    pub fn rpath() {
-        main();
-    }
 }
 
 fn build_info() {

@@ -41,6 +41,14 @@ if [ "$(cat "$train_stamp" 2>/dev/null)" != "$TRAIN_PACKAGES" ] \
     echo "$TRAIN_PACKAGES" > "$train_stamp"
 fi
 
+# CUDA headers torch's wheels lack, for the NCCL process group of stages/torch's build
+# (nvidia-cuda-crt: crt/host_config.h, nvidia-cuda-cccl: nv/target). Also into a venv
+# cached before they were needed. Without them tureen-torch builds with gloo only.
+cuda_headers=("nvidia-cuda-crt==13.0.88" "nvidia-cuda-cccl==13.0.85")
+if ! "$venv/bin/python" -m pip show --quiet nvidia-cuda-crt nvidia-cuda-cccl >/dev/null 2>&1; then
+    "$venv/bin/python" -m pip install --quiet "${cuda_headers[@]}"
+fi
+
 # A stable path to the torch package for tch's build (`LIBTORCH` in .cargo/config.toml),
 # whatever Python minor version the venv has.
 torch_dir=$("$venv/bin/python" -c 'import torch, os; print(os.path.dirname(torch.__file__))')

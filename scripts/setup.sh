@@ -19,6 +19,16 @@ fi
 if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
 fi
+# gloo's headers: the data-parallel layer (stages/torch/src/dist) includes libtorch's
+# ProcessGroupGloo.hpp, which includes them, and torch's wheel ships none.
+if [ ! -f /usr/include/gloo/config.h ] && [ -z "${GLOO_INCLUDE:-}" ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        apt-get update -qq && apt-get install -y -qq libgloo-dev >/dev/null
+    else
+        echo "setup: gloo's headers are required (apt-get install libgloo-dev, or set GLOO_INCLUDE)" >&2
+        exit 1
+    fi
+fi
 
 scripts/setup-venv.sh
 cargo build --release --locked --bin tureen --bin tureen-torch

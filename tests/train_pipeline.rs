@@ -133,7 +133,11 @@ fn journal_commits(store: &Path) -> usize {
         return 0;
     };
     entries
-        .filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        // Not the temp file of an atomic write in progress: it names a commit the
+        // journal does not hold until the rename.
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .filter_map(|p| std::fs::read_to_string(p).ok())
         .map(|text| text.matches("blake3:").count())
         .max()
         .unwrap_or(0)

@@ -28,6 +28,11 @@ use crate::kind::{
     StageLog,
 };
 use tureen_artifacts::store::lock::FileLock;
+use crate::rank::Rank;
+
+mod follower;
+
+pub use follower::rank_path;
 
 /// Everything needed to execute one stage, serializable (the `stage-exec` job file).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -256,6 +261,23 @@ pub fn execute(
     cancel: &AtomicBool,
     observer: &mut (dyn FnMut(JobEvent) + Send),
 ) -> anyhow::Result<JobResult> {
+    execute_as(job, registry, Rank::SOLE, cancel, observer)
+}
+
+/// [`execute`] as one of several processes running a data-parallel stage together
+/// (`rank`, from the launcher's variables). Rank 0 does what [`execute`] does, with one
+/// attempt when there are several ranks (a failed rank fails them all; retrying is
+/// relaunching them, which resumes from the journal). The other ranks run the kind
+/// without lock, cache or ingest, reading the journal rank 0 commits to
+/// ([`follower::execute`]). For kinds that are not [`crate::kind::StageKind::data_parallel`]
+/// the rank is ignored.
+pub fn execute_as(
+    job: &StageJob,
+    registry: &KindRegistry,
+    rank: Rank,
+    cancel: &AtomicBool,
+    observer: &mut (dyn FnMut(JobEvent) + Send),
+) -> anyhow::Result<JobResult> {
     let started = now_rfc3339();
     let clock = Instant::now();
     let store = Store::open(&job.store)?;
@@ -285,6 +307,16 @@ pub fn execute(
         ended: now_rfc3339(),
         seconds: clock.elapsed().as_secs_f64(),
         resumed_from,
+    };
+    let data_parallel = registry.get(&job.kind).is_some_and(|k| k.data_parallel());
+    let rank = if data_parallel { rank } else { Rank::SOLE };
+    if !rank.is_leader() {
+        return follower::execute(job, &store, work.as_ref(), rank, cancel, observer, finish);
+    }
+    let attempts = if rank.world > 1 {
+        1
+    } else {
+        job.attempts.max(1)
     };
 
     let lock_path = store.lock_path(&format!("{}.lock", job.key.to_hex()));
@@ -317,17 +349,20 @@ pub fn execute(
     let mut log = FileLog::open(job, observer)?;
     let mut last_error = None;
     let mut resumed_from = 0;
-    for attempt in 1..=job.attempts.max(1) {
+    for attempt in 1..=attempts {
         if cancel.load(Ordering::Relaxed) {
             break;
         }
         log.observer_event(JobEvent::Attempt(attempt));
         log.line(&format!(
-            "== tureen: stage {} attempt {attempt}/{} (key {}) at {}",
+            "== tureen: stage {} attempt {attempt}/{attempts} (key {}) at {}{}",
             job.stage,
-            job.attempts.max(1),
             job.key,
-            now_rfc3339()
+            now_rfc3339(),
+            match rank.world {
+                1 => String::new(),
+                w => format!(", rank 0 of {w}"),
+            }
         ));
         let work_dir = store.tmp_dir().join(format!(
             "work-{}-{}-{attempt}",
@@ -356,6 +391,7 @@ pub fn execute(
                 journal: &mut journal,
                 gpus: &job.gpus,
                 cancel,
+                rank,
             };
             match std::panic::catch_unwind(AssertUnwindSafe(|| work.run(&mut ctx))) {
                 Ok(r) => r,
@@ -410,7 +446,7 @@ pub fn execute(
             JobStatus::Cancelled,
             BTreeMap::new(),
             Some(last_error.unwrap_or_else(|| "interrupted".into())),
-            job.attempts,
+            attempts,
             resumed_from,
         ));
     }
@@ -418,12 +454,15 @@ pub fn execute(
         JobStatus::Failed,
         BTreeMap::new(),
         last_error,
-        job.attempts,
+        attempts,
         resumed_from,
     ))
 }
 
-fn resolve_inputs(store: &Store, job: &StageJob) -> anyhow::Result<BTreeMap<String, InputValue>> {
+pub(crate) fn resolve_inputs(
+    store: &Store,
+    job: &StageJob,
+) -> anyhow::Result<BTreeMap<String, InputValue>> {
     let one = |a: &JobArtifact| -> anyhow::Result<Artifact> {
         let path = match &a.path {
             Some(p) => p.clone(),
@@ -548,7 +587,7 @@ fn store_one(
 /// (`inputs.from`, a rewind) branches at that checkpoint's step, and a record without a
 /// step of its own (an eval's result) sits at the step of the model the stage read, in
 /// that model's TensorBoard run, so evaluations of successive checkpoints form a curve.
-struct FileLog<'o> {
+pub(crate) struct FileLog<'o> {
     file: LineWriter<File>,
     metrics_path: PathBuf,
     metrics: Option<File>,
@@ -620,7 +659,7 @@ impl StepAxis {
 }
 
 impl<'o> FileLog<'o> {
-    fn open(
+    pub(crate) fn open(
         job: &StageJob,
         observer: &'o mut (dyn FnMut(JobEvent) + Send),
     ) -> anyhow::Result<FileLog<'o>> {
@@ -652,7 +691,7 @@ impl<'o> FileLog<'o> {
         (self.observer)(e);
     }
 
-    fn flush(&mut self) {
+    pub(crate) fn flush(&mut self) {
         let _ = self.file.flush();
         for tb in self.tensorboard.values_mut() {
             let _ = tb.flush();
@@ -739,7 +778,7 @@ pub fn job_outputs(decls: &[OutputDecl]) -> Vec<JobOutput> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use std::sync::atomic::AtomicBool;
     use std::sync::Arc;
 
@@ -748,8 +787,8 @@ mod tests {
 
     /// Writes three checkpoints through the journal; crashes after the first one
     /// while `crash` is set.
-    struct Checkpointing {
-        crash: AtomicBool,
+    pub(super) struct Checkpointing {
+        pub(super) crash: AtomicBool,
     }
 
     impl StageKind for Checkpointing {

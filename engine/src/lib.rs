@@ -30,6 +30,7 @@ pub mod lineage;
 pub mod pipeline;
 pub mod plan;
 pub mod progress;
+pub mod rank;
 pub mod record;
 pub mod replay;
 pub mod resources;

@@ -214,6 +214,10 @@ pub fn serve(args: &ServeArgs, registry: &KindRegistry) -> anyhow::Result<bool> 
     if job.gpus.is_empty() {
         job.gpus = crate::slurm::allocated_gpus().unwrap_or_default();
     }
+    // One of several ranks of a data-parallel stage when a launcher (torchrun, srun)
+    // says so.
+    let rank = crate::rank::Rank::from_env()
+        .map_err(|e| anyhow::anyhow!("stage {}: launcher variable {e}", job.stage))?;
     let cancel = crate::interrupt::install();
     let events = args.events;
     let mut observer = |e: JobEvent| {
@@ -223,11 +227,16 @@ pub fn serve(args: &ServeArgs, registry: &KindRegistry) -> anyhow::Result<bool> 
             println!("{l}");
         }
     };
-    let result = job::execute(&job, registry, cancel, &mut observer)?;
+    let result = job::execute_as(&job, registry, rank, cancel, &mut observer)?;
     let path = args
         .result
         .clone()
         .unwrap_or_else(|| crate::slurm_dispatch::result_path(&args.job));
+    // Every rank is started with the same arguments; rank 0's result is the stage's.
+    let path = match rank.is_leader() {
+        true => path,
+        false => job::rank_path(&path, rank),
+    };
     let bytes = serde_json::to_vec_pretty(&result)?;
     tureen_artifacts::fsutil::write_atomic(&path, &bytes)?;
     match result.status {

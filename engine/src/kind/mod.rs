@@ -23,6 +23,7 @@ pub use error::{ParamError, ParamField};
 pub use registry::{KindRegistry, UnknownKind};
 
 use estimate::{EstimateInputs, StageEstimate};
+pub use crate::rank::Rank;
 
 /// One artifact handed to a stage: its digest and a read-only path where it is
 /// materialized (a file, or a directory for tree artifacts such as a dataset).
@@ -187,6 +188,10 @@ pub struct StageContext<'a> {
     /// Set when the user interrupts (SIGINT) or the run is cancelled; long stages
     /// check it between steps and return an error.
     pub cancel: &'a AtomicBool,
+    /// This process's place among the stage's processes ([`Rank::SOLE`] unless the kind
+    /// is [`StageKind::data_parallel`] and a launcher started several). Only rank 0's
+    /// journal commits; the others read it.
+    pub rank: Rank,
 }
 
 /// A kind of stage as the engine sees it before anything runs: `command`, `soup`,
@@ -240,6 +245,14 @@ pub trait StageKind: Send + Sync {
     /// keeps the answer as the stage's [`Runner`].
     fn worker(&self, _decl: &StageDecl<'_>) -> Option<&'static str> {
         None
+    }
+
+    /// Whether several processes (ranks, started by a launcher such as torchrun or
+    /// `srun`) run one stage of this kind together. Then only rank 0 locks, caches,
+    /// commits and ingests; the others run the kind and leave the store alone. `false`
+    /// (the default): every process runs the stage as a whole, serialised by its lock.
+    fn data_parallel(&self) -> bool {
+        false
     }
 }
 

@@ -47,7 +47,8 @@ impl StageKind for RewindKind {
 
     fn code_version(&self) -> &'static str {
         // 2: ConvNeXt blocks with timm's conv_mlp run their MLP as 1x1 convolutions, as timm does.
-        "rewind-2"
+        // 3: gradient accumulation sums per-micro-batch local losses (as data-parallel ranks do).
+        "rewind-3"
     }
 
     fn validate(&self, decl: &StageDecl<'_>) -> Result<(), ParamError> {
@@ -68,5 +69,10 @@ impl StageKind for RewindKind {
 
     fn worker(&self, _decl: &StageDecl<'_>) -> Option<&'static str> {
         Some(super::TORCH_WORKER)
+    }
+
+    /// Ranks train one stage data-parallel (`tureen_torch::dist`).
+    fn data_parallel(&self) -> bool {
+        true
     }
 }

@@ -35,7 +35,8 @@ impl StageKind for TrainKind {
 
     fn code_version(&self) -> &'static str {
         // 2: ConvNeXt blocks with timm's conv_mlp run their MLP as 1x1 convolutions, as timm does.
-        "train-2"
+        // 3: gradient accumulation sums per-micro-batch local losses (as data-parallel ranks do).
+        "train-3"
     }
 
     fn validate(&self, decl: &StageDecl<'_>) -> Result<(), ParamError> {
@@ -56,5 +57,10 @@ impl StageKind for TrainKind {
 
     fn worker(&self, _decl: &StageDecl<'_>) -> Option<&'static str> {
         Some(super::TORCH_WORKER)
+    }
+
+    /// Ranks train one stage data-parallel (`tureen_torch::dist`).
+    fn data_parallel(&self) -> bool {
+        true
     }
 }

@@ -50,6 +50,34 @@ pub struct TrainParams {
     /// come from the checkpoint) or `fresh` (zero moments, step 0, this stage's betas,
     /// eps and weight decay; needed for a checkpoint without optimizer state).
     pub optimizer: Option<String>,
+    /// Recompute each ConvNeXt block and text residual block in the backward pass
+    /// instead of keeping its activations (open_clip's `--grad-checkpointing`): less
+    /// memory, about one more forward pass of time, the same gradients.
+    #[serde(default)]
+    pub grad_checkpointing: bool,
+    /// The process group of a data-parallel run: `auto` (NCCL on CUDA, gloo on the
+    /// CPU), `gloo` or `nccl`.
+    #[serde(default = "default_backend")]
+    pub backend: String,
+    /// Bound on each collective of a data-parallel run, in seconds: a rank that stops
+    /// or stalls fails the others within it. It also bounds the wait of ranks 1.. while
+    /// rank 0 writes a checkpoint.
+    #[serde(default = "default_collective_timeout")]
+    pub collective_timeout_s: f64,
+    /// Bound on the rendezvous of a data-parallel run (every rank reaching rank 0's
+    /// store), in seconds.
+    #[serde(default = "default_rendezvous_timeout")]
+    pub rendezvous_timeout_s: f64,
+}
+
+fn default_backend() -> String {
+    "auto".into()
+}
+fn default_collective_timeout() -> f64 {
+    1800.0
+}
+fn default_rendezvous_timeout() -> f64 {
+    600.0
 }
 
 fn default_device() -> String {
@@ -116,6 +144,20 @@ impl TrainParams {
         crate::device::check(&p.device)?;
         if p.threads.is_some_and(|t| t < 1) {
             return Err(ParamError::param("threads", "must be at least 1"));
+        }
+        if !["auto", "gloo", "nccl"].contains(&p.backend.as_str()) {
+            return Err(ParamError::param(
+                "backend",
+                format!("expected auto, gloo or nccl, got `{}`", p.backend),
+            ));
+        }
+        for (name, v) in [
+            ("collective_timeout_s", p.collective_timeout_s),
+            ("rendezvous_timeout_s", p.rendezvous_timeout_s),
+        ] {
+            if !(v > 0.0 && v.is_finite() && v < 1e9) {
+                return Err(ParamError::param(name, "must be a positive number of seconds"));
+            }
         }
         Ok(p)
     }

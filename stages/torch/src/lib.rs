@@ -9,8 +9,10 @@
 //! `tureen-torch` program (the root package's second binary) runs these kinds for
 //! `tureen`, one stage per process.
 
+pub mod autograd;
 pub mod batch;
 pub mod checkpoint;
+pub mod dist;
 pub mod eval;
 pub mod kinds;
 pub mod model;

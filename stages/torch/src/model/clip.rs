@@ -9,6 +9,7 @@ use tch::{Kind, Reduction, Tensor};
 
 use super::convnext::ConvNext;
 use super::init;
+use super::recompute;
 use super::text::TextTower;
 use super::ClipConfig;
 
@@ -19,6 +20,13 @@ pub struct ShapeError {
     pub tensor: &'static str,
     pub expected: String,
     pub got: Vec<i64>,
+}
+
+/// What recomputing a training pass needs: see [`Clip::encode_recomputable`].
+pub struct Recompute {
+    image: recompute::Tape,
+    text: recompute::Tape,
+    tokens: Tensor,
 }
 
 /// open_clip's `CLIP` with a timm ConvNeXt image tower. Parameters are registered in a
@@ -102,13 +110,47 @@ impl Clip {
     /// `[B, embed_dim]`. `train` enables stochastic depth (see
     /// [`Clip::seed_stochastic_depth`]).
     pub fn encode_image(&self, images: &Tensor, train: bool) -> Tensor {
-        match self.drop_path_seed.get() {
-            Some(seed) if train => {
-                let mut rng = ChaCha8Rng::seed_from_u64(seed);
-                self.visual.forward(images, train, Some(&mut rng))
-            }
+        match self.drop_path_rng() {
+            Some(mut rng) if train => self.visual.forward(images, train, Some(&mut rng)),
             _ => self.visual.forward(images, train, None),
         }
+    }
+
+    /// The drop-path generator a training-mode image pass starts from.
+    fn drop_path_rng(&self) -> Option<ChaCha8Rng> {
+        self.drop_path_seed.get().map(ChaCha8Rng::seed_from_u64)
+    }
+
+    /// Training-mode features of both towers (image, text; unnormalized) computed
+    /// without autograd, keeping only what [`Clip::backward_recomputed`] needs to
+    /// recompute each block in the backward pass (gradient checkpointing).
+    pub fn encode_recomputable(
+        &self,
+        images: &Tensor,
+        tokens: &Tensor,
+    ) -> (Tensor, Tensor, Recompute) {
+        let (image, image_tape) =
+            recompute::forward(&self.visual.chain(), images, self.drop_path_rng());
+        let (text, text_tape) = recompute::forward(&self.text.chain(tokens), tokens, None);
+        let r = Recompute {
+            image: image_tape,
+            text: text_tape,
+            tokens: tokens.shallow_clone(),
+        };
+        (image, text, r)
+    }
+
+    /// Back-propagates the gradients of the features [`Clip::encode_recomputable`]
+    /// returned, block by block, into the parameters. Equal to back-propagating them
+    /// through a pass that kept its activations.
+    pub fn backward_recomputed(
+        &self,
+        r: Recompute,
+        image_grad: &Tensor,
+        text_grad: &Tensor,
+    ) -> Result<(), String> {
+        recompute::backward(&self.visual.chain(), r.image, image_grad)?;
+        recompute::backward(&self.text.chain(&r.tokens), r.text, text_grad)
     }
 
     /// Makes every following training-mode [`Clip::encode_image`] draw its
@@ -166,4 +208,28 @@ pub fn clip_loss(image_features: &Tensor, text_features: &Tensor, logit_scale: &
         .tr()
         .cross_entropy_loss(&labels, None::<Tensor>, Reduction::Mean, -100, 0.0);
     (a + b) / 2.0
+}
+
+/// open_clip's local loss (`--local-loss`) of the rows `start..start + len` of a global
+/// batch: logits of those images against every text and of those texts against every
+/// image, cross-entropy averaged over the rows, the two directions averaged. Summed over
+/// disjoint row ranges that cover the batch, each weighted by `len / batch`, it is the
+/// [`clip_loss`] of the whole batch; each rank (or micro-batch) needs only its rows.
+pub fn clip_loss_rows(
+    image_features: &Tensor,
+    text_features: &Tensor,
+    logit_scale: &Tensor,
+    start: i64,
+    len: i64,
+) -> Tensor {
+    let img = normalize(&image_features.to_kind(Kind::Float));
+    let txt = normalize(&text_features.to_kind(Kind::Float));
+    let scale = logit_scale.to_kind(Kind::Float).exp();
+    let labels = Tensor::arange_start(start, start + len, (Kind::Int64, img.device()));
+    let ce = |logits: Tensor| {
+        logits.cross_entropy_loss(&labels, None::<Tensor>, Reduction::Mean, -100, 0.0)
+    };
+    let i2t = ce(img.narrow(0, start, len).matmul(&txt.tr()) * &scale);
+    let t2i = ce(txt.narrow(0, start, len).matmul(&img.tr()) * &scale);
+    (i2t + t2i) / 2.0
 }

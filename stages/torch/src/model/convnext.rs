@@ -14,6 +14,7 @@ use tch::{Kind, Tensor};
 
 use super::amp;
 use super::init;
+use super::recompute::Chain;
 use super::{MlpKind, ProjKind, VisionConfig};
 
 /// LayerNorm over the channels of an NCHW tensor (timm's `LayerNorm2d`).
@@ -222,6 +223,16 @@ enum Head {
     },
 }
 
+/// A piece of the tower between two saved activations when recomputing (see
+/// [`super::recompute`]): every ConvNeXt block is one.
+#[derive(Debug, Clone, Copy)]
+enum Segment {
+    Stem,
+    Downsample(usize),
+    Block(usize, usize),
+    Head,
+}
+
 /// `visual`: ConvNeXt trunk + pooling head + projection.
 pub struct ConvNext {
     stem: Conv,
@@ -229,6 +240,8 @@ pub struct ConvNext {
     stages: Vec<Stage>,
     head_norm: LayerNorm2d,
     head: Head,
+    /// The forward pass in order.
+    segments: Vec<Segment>,
 }
 
 impl ConvNext {
@@ -297,33 +310,63 @@ impl ConvNext {
                 }
             }
         };
+        let mut segments = vec![Segment::Stem];
+        for (i, stage) in stages.iter().enumerate() {
+            if stage.downsample.is_some() {
+                segments.push(Segment::Downsample(i));
+            }
+            segments.extend((0..stage.blocks.len()).map(|b| Segment::Block(i, b)));
+        }
+        segments.push(Segment::Head);
         ConvNext {
             stem,
             stem_norm,
             stages,
             head_norm,
             head,
+            segments,
         }
     }
 
     /// Images `[B, 3, H, W]` to unnormalized embeddings `[B, embed_dim]`. `train`
     /// enables stochastic depth, drawn from `rng` when given.
-    pub fn forward(
-        &self,
-        images: &Tensor,
-        train: bool,
-        mut rng: Option<&mut ChaCha8Rng>,
-    ) -> Tensor {
-        let mut x = self.stem_norm.forward(&self.stem.forward(images));
-        for stage in &self.stages {
-            if let Some((norm, conv)) = &stage.downsample {
-                x = conv.forward(&norm.forward(&x));
-            }
-            for block in &stage.blocks {
-                x = block.forward(&x, train, rng.as_deref_mut());
-            }
+    pub fn forward(&self, images: &Tensor, train: bool, rng: Option<&mut ChaCha8Rng>) -> Tensor {
+        let mut rng = rng;
+        let mut x = images.shallow_clone();
+        for &segment in &self.segments {
+            x = self.run_segment(segment, &x, train, rng.as_deref_mut());
         }
-        // Global average pool, then the head LayerNorm over channels.
+        x
+    }
+
+    /// The tower as a chain of segments in training mode (for recomputation).
+    pub(crate) fn chain(&self) -> TrainingChain<'_> {
+        TrainingChain(self)
+    }
+
+    fn run_segment(
+        &self,
+        segment: Segment,
+        x: &Tensor,
+        train: bool,
+        rng: Option<&mut ChaCha8Rng>,
+    ) -> Tensor {
+        match segment {
+            Segment::Stem => self.stem_norm.forward(&self.stem.forward(x)),
+            Segment::Downsample(i) => {
+                let (norm, conv) = self.stages[i]
+                    .downsample
+                    .as_ref()
+                    .expect("listed stages downsample");
+                conv.forward(&norm.forward(x))
+            }
+            Segment::Block(i, b) => self.stages[i].blocks[b].forward(x, train, rng),
+            Segment::Head => self.head(x),
+        }
+    }
+
+    /// Global average pool, the head LayerNorm over channels, the projection.
+    fn head(&self, x: &Tensor) -> Tensor {
         let pooled = x.mean_dim([2i64, 3].as_slice(), false, None::<Kind>);
         let pooled = self.head_norm.forward_nhwc(&pooled);
         match &self.head {
@@ -340,5 +383,18 @@ impl ConvNext {
                 .gelu("none")
                 .linear(&amp::cast(fc2_w), fc2_b.as_ref().map(amp::cast)),
         }
+    }
+}
+
+/// [`ConvNext`] in training mode as a [`Chain`].
+pub(crate) struct TrainingChain<'a>(&'a ConvNext);
+
+impl Chain for TrainingChain<'_> {
+    fn segments(&self) -> usize {
+        self.0.segments.len()
+    }
+
+    fn segment(&self, i: usize, x: &Tensor, rng: Option<&mut ChaCha8Rng>) -> Tensor {
+        self.0.run_segment(self.0.segments[i], x, true, rng)
     }
 }

@@ -24,9 +24,10 @@ pub mod amp;
 mod clip;
 mod convnext;
 mod init;
+mod recompute;
 mod text;
 
-pub use clip::{clip_loss, normalize, Clip, ShapeError};
+pub use clip::{clip_loss, clip_loss_rows, normalize, Clip, Recompute, ShapeError};
 pub use tureen_stages::model::{
     config_from_json, default_init_logit_scale, ClipConfig, ConfigError, MlpKind, ProjKind,
     TextConfig, VisionConfig, PRESETS,

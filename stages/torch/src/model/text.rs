@@ -5,11 +5,13 @@
 //! open_clip keeps the causal mask as a non-persistent `attn_mask` buffer, so it is not
 //! in checkpoints; here it is libtorch's built-in causal attention.
 
+use rand_chacha::ChaCha8Rng;
 use tch::nn::Path;
 use tch::{Kind, Tensor};
 
 use super::amp;
 use super::init;
+use super::recompute::Chain;
 use super::TextConfig;
 
 struct LayerNorm {
@@ -153,17 +155,51 @@ impl TextTower {
     /// Token ids `[B, context_length]` (int64) to unnormalized embeddings
     /// `[B, embed_dim]`. Shapes are checked by [`super::Clip::check_batch`].
     pub fn forward(&self, tokens: &Tensor) -> Tensor {
-        let b = tokens.size()[0];
-        let mut x = Tensor::embedding(&self.token_embedding, tokens, -1, false, false)
-            + &self.positional_embedding;
-        for block in &self.blocks {
-            x = block.forward(&x);
+        super::recompute::run(&self.chain(tokens), tokens, None)
+    }
+
+    /// The tower on `tokens` as a chain of segments (embedding, each residual block,
+    /// the final norm with pooling and projection), for recomputation.
+    pub(crate) fn chain<'a>(&'a self, tokens: &'a Tensor) -> TextChain<'a> {
+        TextChain {
+            tower: self,
+            tokens,
         }
-        let x = self.ln_final.forward(&x);
+    }
+
+    fn embed(&self, tokens: &Tensor) -> Tensor {
+        Tensor::embedding(&self.token_embedding, tokens, -1, false, false)
+            + &self.positional_embedding
+    }
+
+    fn pool(&self, x: &Tensor, tokens: &Tensor) -> Tensor {
+        let b = tokens.size()[0];
+        let x = self.ln_final.forward(x);
         // Pool at the end-of-text token: the largest id in each row.
         let eot = tokens.argmax(-1, false);
         let rows = Tensor::arange(b, (Kind::Int64, tokens.device()));
         let pooled = x.index(&[Some(rows), Some(eot)]);
         amp::cast(&pooled).matmul(&amp::cast(&self.text_projection))
+    }
+}
+
+/// [`TextTower`] on one batch of token ids as a [`Chain`]: segment 0 takes the ids.
+pub(crate) struct TextChain<'a> {
+    tower: &'a TextTower,
+    tokens: &'a Tensor,
+}
+
+impl Chain for TextChain<'_> {
+    fn segments(&self) -> usize {
+        self.tower.blocks.len() + 2
+    }
+
+    fn segment(&self, i: usize, x: &Tensor, _rng: Option<&mut ChaCha8Rng>) -> Tensor {
+        let blocks = &self.tower.blocks;
+        match i {
+            0 => self.tower.embed(x),
+            i if i <= blocks.len() => blocks[i - 1].forward(x),
+            _ => self.tower.pool(x, self.tokens),
+        }
     }
 }

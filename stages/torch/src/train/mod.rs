@@ -19,7 +19,9 @@
 
 pub mod adamw;
 pub mod data;
+mod parallel;
 pub mod stage;
+mod step;
 mod trainer;
 
 pub use adamw::{excluded_from_decay, AdamW};

@@ -5,16 +5,19 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use serde_json::Value;
-use tureen_engine::kind::{InputValue, Produced, StageContext};
+use tch::Device;
+use tureen_engine::kind::{InputValue, Produced, Rank, StageContext};
 use tureen_stages::train::params::shards_need_base_dir;
 use tureen_stages::train::{Mode, TrainConfig, TrainParams};
 
 use super::data::{DataSource, LoaderSource, SyntheticSource};
 use super::trainer::{resolve_device, Start, TrainError, TrainHooks, Trainer};
-use crate::checkpoint::MODEL_FILE;
+use crate::checkpoint::{TrainState, MODEL_FILE};
+use crate::dist::{Backend, GroupOptions, ProcessGroup, Rendezvous};
 use crate::model::config_from_json;
 
 struct ContextHooks<'c, 'a> {
@@ -56,12 +59,19 @@ impl TrainHooks for ContextHooks<'_, '_> {
     fn cancelled(&self) -> bool {
         self.ctx.cancel.load(Ordering::SeqCst)
     }
+    fn line(&mut self, line: &str) {
+        self.ctx.log.line(line);
+    }
 }
 
 /// `run` of both kinds.
 pub fn run(ctx: &mut StageContext<'_>, mode: Mode) -> anyhow::Result<BTreeMap<String, Produced>> {
     let p = TrainParams::from_params(ctx.params, mode).map_err(anyhow::Error::msg)?;
-    let device = resolve_device(&p.device).map_err(anyhow::Error::msg)?;
+    let device = rank_device(
+        resolve_device(&p.device).map_err(anyhow::Error::msg)?,
+        &p,
+        ctx.rank,
+    );
     if let Some(t) = p.threads {
         tch::set_num_threads(t);
     }
@@ -98,6 +108,18 @@ pub fn run(ctx: &mut StageContext<'_>, mode: Mode) -> anyhow::Result<BTreeMap<St
     let mut data = data_source(ctx, &p, &config)?;
 
     let mut trainer = Trainer::new(config, device, &start)?;
+    trainer.grad_checkpointing = p.grad_checkpointing;
+    if ctx.rank.world > 1 {
+        let group = join_ranks(ctx, &p, device)?;
+        ctx.log.line(&format!(
+            "{}: data-parallel over {:?}, {} rows of each batch of {}",
+            ctx.rank,
+            group.backend(),
+            trainer.config.batch_size / ctx.rank.world as u64,
+            trainer.config.batch_size
+        ));
+        trainer.join(group)?;
+    }
     ctx.log.line(&format!(
         "{} on {:?}: {} params, batch {}, {} steps/interval, intervals {}..{}, {} precision",
         match mode {
@@ -123,6 +145,10 @@ pub fn run(ctx: &mut StageContext<'_>, mode: Mode) -> anyhow::Result<BTreeMap<St
         Ok(_) => {}
         Err(TrainError::Cancelled(step)) => anyhow::bail!("cancelled at step {step}"),
         Err(e) => return Err(e.into()),
+    }
+    if !ctx.rank.is_leader() {
+        // Rank 0 produces the outputs; the engine stores nothing for the others.
+        return Ok(BTreeMap::new());
     }
 
     // Every checkpoint of this stage: the ones committed by earlier attempts, then ours.
@@ -199,4 +225,69 @@ fn data_source(
             }))
         }
     }
+}
+
+/// A rank's device: on CUDA, with several ranks on a node, the GPU of its local rank
+/// among those it sees (each rank may see only its own, or all of the node's).
+fn rank_device(device: Device, p: &TrainParams, rank: Rank) -> Device {
+    match device {
+        Device::Cuda(0) if rank.world > 1 && !p.device.starts_with("cuda:") => {
+            let count = tch::Cuda::device_count().max(1) as usize;
+            Device::Cuda(rank.local as usize % count)
+        }
+        d => d,
+    }
+}
+
+/// Meets the stage's other ranks where the launcher said.
+fn join_ranks(
+    ctx: &mut StageContext<'_>,
+    p: &TrainParams,
+    device: Device,
+) -> anyhow::Result<ProcessGroup> {
+    let rendezvous = Rendezvous::from_env(ctx.rank).map_err(anyhow::Error::msg)?;
+    let backend = Backend::choose(&p.backend, device.is_cuda()).map_err(anyhow::Error::msg)?;
+    if backend == Backend::Nccl && !device.is_cuda() {
+        anyhow::bail!(
+            "params.backend: nccl needs a CUDA device, and this stage runs on {device:?}"
+        );
+    }
+    let options = GroupOptions {
+        backend,
+        device,
+        timeout: Duration::from_secs_f64(p.collective_timeout_s),
+        rendezvous_timeout: Duration::from_secs_f64(p.rendezvous_timeout_s),
+        identity: identity(ctx),
+        interface: std::env::var("GLOO_SOCKET_IFNAME")
+            .ok()
+            .filter(|s| !s.is_empty()),
+    };
+    ctx.log
+        .line(&format!("{}: rendezvous at {}", ctx.rank, rendezvous.store));
+    let cancel = ctx.cancel;
+    Ok(ProcessGroup::join(&rendezvous, &options, &|| {
+        cancel.load(Ordering::SeqCst)
+    })?)
+}
+
+/// What the ranks must share to train together: the stage, its params and inputs.
+fn identity(ctx: &StageContext<'_>) -> String {
+    use std::hash::{Hash, Hasher};
+    // SipHash with fixed keys: the same value in every process.
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    serde_json::to_string(ctx.params)
+        .unwrap_or_default()
+        .hash(&mut h);
+    for (name, input) in ctx.inputs {
+        name.hash(&mut h);
+        match input {
+            InputValue::One(a) => a.digest.hash(&mut h),
+            InputValue::Series(s) => s.iter().for_each(|a| a.digest.hash(&mut h)),
+        }
+    }
+    format!(
+        "stage {} (params and inputs {:016x})",
+        ctx.stage,
+        h.finish()
+    )
 }

@@ -11,8 +11,10 @@ use tureen_stages::train::{Precision, TrainConfig};
 
 use super::adamw::AdamW;
 use super::data::DataSource;
+use super::parallel::DataParallel;
 use crate::checkpoint::{self, CheckpointError, TrainCheckpoint, TrainState};
-use crate::model::{amp, clip_loss, Clip};
+use crate::dist::ProcessGroup;
+use crate::model::Clip;
 
 /// Where a run starts.
 #[derive(Debug, Clone)]
@@ -50,6 +52,8 @@ pub enum TrainError {
     Cancelled(u64),
     #[error("committing checkpoint of interval {interval}: {message}")]
     Commit { interval: u64, message: String },
+    #[error(transparent)]
+    Dist(#[from] crate::dist::DistError),
 }
 
 /// How the trainer talks to its host (the stage context, or a test).
@@ -59,6 +63,8 @@ pub trait TrainHooks {
     /// A finished checkpoint directory for interval `interval` (1-based); store it.
     fn checkpoint(&mut self, interval: u64, dir: &Path) -> Result<(), String>;
     fn cancelled(&self) -> bool;
+    /// A log line (ranks other than 0 report their steps here instead of as metrics).
+    fn line(&mut self, _line: &str) {}
 }
 
 /// What a finished run reports.
@@ -157,7 +163,12 @@ pub struct Trainer {
     /// Schedule position (optimizer steps in the current schedule's terms).
     pub step: u64,
     pub samples_seen: u64,
-    compute: Option<Kind>,
+    /// Recompute each block in the backward pass instead of keeping its activations
+    /// (`grad_checkpointing`); the gradients are the same.
+    pub grad_checkpointing: bool,
+    pub(super) compute: Option<Kind>,
+    /// The other ranks of a data-parallel run ([`Trainer::join`]).
+    pub(super) parallel: Option<DataParallel>,
 }
 
 impl Trainer {
@@ -190,7 +201,9 @@ impl Trainer {
             interval: 0,
             step: 0,
             samples_seen: 0,
+            grad_checkpointing: false,
             compute,
+            parallel: None,
         };
         match start {
             Start::Fresh => {}
@@ -248,63 +261,56 @@ impl Trainer {
         Ok(())
     }
 
-    /// Loss of one global batch with gradients accumulated into the parameters.
-    fn forward_backward(&self, images: &Tensor, tokens: &Tensor) -> Tensor {
-        let b = images.size()[0];
-        let micro = self.config.micro_batch.map_or(b, |m| m as i64).min(b);
-        let seed = self.config.seed;
-        let step = self.step;
-        let reseed = |j: u64| {
-            self.model
-                .seed_stochastic_depth(mix(&[seed, 0xd409, step, j]))
-        };
-        if micro >= b {
-            reseed(0);
-            let loss = amp::autocast(self.compute, || self.model.loss(images, tokens, true));
-            loss.backward();
-            return loss;
+    /// Trains data-parallel with the other ranks of `group` from now on: each rank
+    /// takes its share of every global batch (`batch_size / world` rows; the per-rank
+    /// batch must divide by `micro_batch` when set). Checks that every rank starts at
+    /// the same place and gives every rank rank 0's parameters (as DDP does).
+    pub fn join(&mut self, group: ProcessGroup) -> Result<(), TrainError> {
+        let world = group.rank().world as u64;
+        let b = self.config.batch_size;
+        if b % world != 0 {
+            return Err(TrainError::Config(format!(
+                "batch_size {b} does not divide by the world size {world}"
+            )));
         }
-        // Exact accumulation over the global batch (GradCache, as open_clip's
-        // accum_freq): features of every micro-batch first without gradients, then each
-        // micro-batch again with gradients against the cached features of the others.
-        // Unlike open_clip, logit_scale's gradient is counted once, so the update equals
-        // the one of a single pass over the whole batch.
-        let image_chunks = images.split(micro, 0);
-        let token_chunks = tokens.split(micro, 0);
-        let mut cached_images = Vec::with_capacity(image_chunks.len());
-        let mut cached_texts = Vec::with_capacity(image_chunks.len());
-        tch::no_grad(|| {
-            for (j, (im, tk)) in image_chunks.iter().zip(&token_chunks).enumerate() {
-                reseed(j as u64);
-                amp::autocast(self.compute, || {
-                    cached_images.push(self.model.encode_image(im, true));
-                    cached_texts.push(self.model.encode_text(tk));
-                });
+        if let Some(m) = self.config.micro_batch {
+            if (b / world) % m != 0 {
+                return Err(TrainError::Config(format!(
+                    "the per-rank batch {} (batch_size {b} / world size {world}) does not divide by micro_batch {m}",
+                    b / world
+                )));
             }
-        });
-        let mut first_loss = None;
-        for (j, (im, tk)) in image_chunks.iter().zip(&token_chunks).enumerate() {
-            reseed(j as u64);
-            let loss = amp::autocast(self.compute, || {
-                let fi = self.model.encode_image(im, true);
-                let ft = self.model.encode_text(tk);
-                let mut all_i: Vec<Tensor> =
-                    cached_images.iter().map(|t| t.shallow_clone()).collect();
-                let mut all_t: Vec<Tensor> =
-                    cached_texts.iter().map(|t| t.shallow_clone()).collect();
-                all_i[j] = fi;
-                all_t[j] = ft;
-                let scale = if j == 0 {
-                    self.model.logit_scale().shallow_clone()
-                } else {
-                    self.model.logit_scale().detach()
-                };
-                clip_loss(&Tensor::cat(&all_i, 0), &Tensor::cat(&all_t, 0), &scale)
-            });
-            loss.backward();
-            first_loss.get_or_insert(loss);
         }
-        first_loss.expect("at least one micro-batch")
+        let mut parallel = DataParallel::new(group);
+        let position = [
+            self.interval,
+            self.step,
+            self.optimizer.step,
+            self.samples_seen,
+        ];
+        parallel.agree(
+            "start (interval, step, optimizer step, samples)",
+            &position.map(|v| v as i64),
+        )?;
+        let mut params: Vec<(String, Tensor)> = self.vs.variables().into_iter().collect();
+        params.sort_by(|a, b| a.0.cmp(&b.0));
+        let tensors: Vec<Tensor> = params.into_iter().map(|(_, t)| t).collect();
+        parallel.broadcast_from_leader(&tensors)?;
+        self.parallel = Some(parallel);
+        Ok(())
+    }
+
+    /// Time this rank spent in collectives since the last call (zero when not
+    /// data-parallel).
+    pub fn take_comm_time(&mut self) -> std::time::Duration {
+        self.parallel
+            .as_mut()
+            .map_or(std::time::Duration::ZERO, DataParallel::take_comm_time)
+    }
+
+    /// This process's rank (`None`: not data-parallel).
+    pub fn rank(&self) -> Option<crate::dist::Rank> {
+        self.parallel.as_ref().map(DataParallel::rank)
     }
 
     /// Whether matmuls and convolutions run in bf16.
@@ -312,20 +318,57 @@ impl Trainer {
         self.compute.is_some()
     }
 
-    /// One optimizer step on a global batch; returns the loss (before the update).
+    /// One optimizer step on a global batch (on a rank of a data-parallel run: its
+    /// share of it); returns the global batch's loss (before the update).
     pub fn train_step(&mut self, images: &Tensor, tokens: &Tensor) -> Result<f64, TrainError> {
+        self.step_or_stop(images, tokens, false)?
+            .ok_or(TrainError::Cancelled(self.step))
+    }
+
+    /// The loss of a global batch (on a rank: of its share of it) with its gradients
+    /// left in the parameters' `.grad`, and no optimizer step: what a step computes
+    /// before it updates (for tests and benchmarks).
+    pub fn compute_gradients(
+        &mut self,
+        images: &Tensor,
+        tokens: &Tensor,
+    ) -> Result<f64, TrainError> {
+        let (images, tokens) = self.checked_batch(images, tokens)?;
+        self.optimizer.zero_grad();
+        Ok(self.passes(&images, &tokens, false)?.loss)
+    }
+
+    /// The batch on this trainer's device, after checking it fits the model.
+    fn checked_batch(
+        &self,
+        images: &Tensor,
+        tokens: &Tensor,
+    ) -> Result<(Tensor, Tensor), TrainError> {
         self.model
             .check_batch(Some(images), Some(tokens))
             .map_err(|e| TrainError::Batch {
                 step: self.step,
                 message: e.to_string(),
             })?;
-        let images = images.to_device(self.device);
-        let tokens = tokens.to_device(self.device);
+        Ok((images.to_device(self.device), tokens.to_device(self.device)))
+    }
+
+    /// [`Trainer::train_step`], unless this rank (`stop`) or another asked to stop:
+    /// then `None` and no update, on every rank at the same step.
+    fn step_or_stop(
+        &mut self,
+        images: &Tensor,
+        tokens: &Tensor,
+        stop: bool,
+    ) -> Result<Option<f64>, TrainError> {
+        let (images, tokens) = self.checked_batch(images, tokens)?;
         let lr = self.config.schedule().lr(self.step);
         self.optimizer.zero_grad();
-        let loss = self.forward_backward(&images, &tokens);
-        let value = loss.double_value(&[]);
+        let passes = self.passes(&images, &tokens, stop)?;
+        if passes.stop {
+            return Ok(None);
+        }
+        let value = passes.loss;
         if !value.is_finite() {
             return Err(TrainError::NonFinite {
                 step: self.step,
@@ -339,8 +382,9 @@ impl Trainer {
         self.optimizer.step(lr);
         self.model.clamp_logit_scale();
         self.step += 1;
-        self.samples_seen += images.size()[0] as u64;
-        Ok(value)
+        let world = self.rank().map_or(1, |r| r.world as u64);
+        self.samples_seen += images.size()[0] as u64 * world;
+        Ok(Some(value))
     }
 
     /// The state a checkpoint written now records.
@@ -375,7 +419,9 @@ impl Trainer {
     }
 
     /// Trains from the current interval to the last, checkpointing into
-    /// `work_dir/checkpoint-<interval>` and handing each to `hooks`.
+    /// `work_dir/checkpoint-<interval>` and handing each to `hooks`. On a rank of a
+    /// data-parallel run: trains on its share of each batch; rank 0 alone writes and
+    /// commits each checkpoint (the others wait at a barrier) and reports metrics.
     pub fn run(
         &mut self,
         data: &mut dyn DataSource,
@@ -386,19 +432,21 @@ impl Trainer {
         let total = spi * self.config.intervals;
         let start_interval = self.interval;
         let mut last_loss = None;
-        let mut window_start = Instant::now();
-        let mut window_samples = 0u64;
+        let mut window = Window::start();
         hooks.progress(self.step, total);
         while self.interval < self.config.intervals {
             let mut batches = data
                 .interval(self.interval, self.config.batch_size)
                 .map_err(TrainError::Data)?;
             for i in 0..spi {
-                if hooks.cancelled() {
+                // Alone, stop at once; with other ranks, stop together at the end of the
+                // step's all-reduce.
+                let stop = hooks.cancelled();
+                if stop && self.parallel.is_none() {
                     return Err(TrainError::Cancelled(self.step));
                 }
                 let (images, tokens) = match batches.next() {
-                    Some(Ok(b)) => b,
+                    Some(Ok(b)) => self.share(b),
                     Some(Err(e)) => return Err(TrainError::Data(e)),
                     None => {
                         return Err(TrainError::Data(format!(
@@ -408,29 +456,89 @@ impl Trainer {
                     }
                 };
                 let lr = self.config.schedule().lr(self.step);
-                let loss = self.train_step(&images, &tokens)?;
+                let loss = self
+                    .step_or_stop(&images, &tokens, stop)?
+                    .ok_or(TrainError::Cancelled(self.step))?;
                 last_loss = Some(loss);
-                window_samples += self.config.batch_size;
+                window.samples += self.config.batch_size;
                 if self.step.is_multiple_of(self.config.log_every) || i + 1 == spi {
-                    let secs = window_start.elapsed().as_secs_f64();
-                    let scale = self.model.logit_scale().double_value(&[]);
-                    hooks.metrics(&json!({
-                        "step": self.step,
-                        "interval": self.interval,
-                        "samples": self.samples_seen,
-                        "loss": loss,
-                        "lr": lr,
-                        "logit_scale": scale,
-                        "scale": scale.exp(),
-                        "samples_per_s": if secs > 0.0 { window_samples as f64 / secs } else { 0.0 },
-                    }));
-                    window_start = Instant::now();
-                    window_samples = 0;
+                    self.log_window(&mut window, loss, lr, hooks);
                 }
                 hooks.progress(self.step, total);
             }
             drop(batches);
             self.interval += 1;
+            self.end_interval(work_dir, hooks)?;
+        }
+        Ok(TrainOutcome {
+            steps: self.step,
+            samples_seen: self.samples_seen,
+            last_loss,
+            intervals_trained: self.interval - start_interval,
+        })
+    }
+
+    /// This rank's rows of a global batch (all of it when not data-parallel).
+    fn share(&self, (images, tokens): (Tensor, Tensor)) -> (Tensor, Tensor) {
+        match self.rank() {
+            Some(r) if r.world > 1 => {
+                let rows = images.size()[0] / r.world as i64;
+                let start = r.rank as i64 * rows;
+                (images.narrow(0, start, rows), tokens.narrow(0, start, rows))
+            }
+            _ => (images, tokens),
+        }
+    }
+
+    /// A metrics record of the steps since `window` started (rank 0 only, the others
+    /// log a line of their own). The loss is the global batch's (the sum of the ranks'
+    /// weighted local losses); samples/s counts the global batch over rank 0's wall
+    /// clock (the ranks move in lockstep); `comm_share` is rank 0's share of that time
+    /// spent in collectives.
+    fn log_window(&mut self, window: &mut Window, loss: f64, lr: f64, hooks: &mut dyn TrainHooks) {
+        let secs = window.started.elapsed().as_secs_f64();
+        let per_s = |n: f64| if secs > 0.0 { n / secs } else { 0.0 };
+        let samples_per_s = per_s(window.samples as f64);
+        let comm = self
+            .parallel
+            .as_mut()
+            .map(|p| p.take_comm_time().as_secs_f64());
+        let scale = self.model.logit_scale().double_value(&[]);
+        match (self.rank(), comm) {
+            (Some(r), Some(comm)) if !r.is_leader() => hooks.line(&format!(
+                "{r}: step {} loss {loss:.5} {samples_per_s:.1} samples/s, {:.1}% of the time in collectives",
+                self.step,
+                100.0 * per_s(comm)
+            )),
+            _ => {
+                let mut record = json!({
+                    "step": self.step,
+                    "interval": self.interval,
+                    "samples": self.samples_seen,
+                    "loss": loss,
+                    "lr": lr,
+                    "logit_scale": scale,
+                    "scale": scale.exp(),
+                    "samples_per_s": samples_per_s,
+                });
+                if let (Some(r), Some(comm)) = (self.rank(), comm) {
+                    record["world"] = json!(r.world);
+                    record["comm_share"] = json!(per_s(comm));
+                }
+                hooks.metrics(&record);
+            }
+        }
+        *window = Window::start();
+    }
+
+    /// Writes and commits the checkpoint of the interval just finished (rank 0), then
+    /// waits until every rank got here, so none runs ahead of a commit that failed.
+    fn end_interval(
+        &mut self,
+        work_dir: &Path,
+        hooks: &mut dyn TrainHooks,
+    ) -> Result<(), TrainError> {
+        if self.rank().is_none_or(|r| r.is_leader()) {
             let dir = work_dir.join(format!("checkpoint-{:06}", self.interval));
             if dir.exists() {
                 std::fs::remove_dir_all(&dir).map_err(|e| CheckpointError::Io {
@@ -446,11 +554,26 @@ impl Trainer {
                     message,
                 })?;
         }
-        Ok(TrainOutcome {
-            steps: self.step,
-            samples_seen: self.samples_seen,
-            last_loss,
-            intervals_trained: self.interval - start_interval,
-        })
+        if let Some(p) = self.parallel.as_mut() {
+            p.barrier()?;
+            // The barrier waited for a checkpoint write, not for communication.
+            p.take_comm_time();
+        }
+        Ok(())
+    }
+}
+
+/// The steps since the last metrics record.
+struct Window {
+    started: Instant,
+    samples: u64,
+}
+
+impl Window {
+    fn start() -> Window {
+        Window {
+            started: Instant::now(),
+            samples: 0,
+        }
     }
 }
