@@ -16,7 +16,7 @@ use tureen_stages::train::{Mode, TrainConfig, TrainParams};
 
 use super::data::{DataSource, LoaderSource, SyntheticSource};
 use super::trainer::{resolve_device, Start, TrainError, TrainHooks, Trainer};
-use crate::checkpoint::{TrainState, MODEL_FILE};
+use crate::checkpoint::MODEL_FILE;
 use crate::dist::{Backend, GroupOptions, ProcessGroup, Rendezvous};
 use crate::model::config_from_json;
 
