@@ -1,1 +1,5 @@
-include!("stages/torch/build.rs");
+include!("stages/torch/build_support/rpath.rs");
+
+fn main() {
+    libtorch_rpath();
+}

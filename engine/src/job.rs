@@ -276,6 +276,13 @@ pub fn execute(
                     cache::insert(&store, &entry).context("cannot write the action cache entry")?;
                 }
                 journal.remove();
+                let machine = crate::machine::MachineInfo::path_for_log(&job.log);
+                if let Err(e) = crate::machine::MachineInfo::current().write(&machine) {
+                    log.line(&format!(
+                        "== tureen: cannot write {}: {e}",
+                        machine.display()
+                    ));
+                }
                 log.line(&format!(
                     "== tureen: stage {} succeeded in {:.2}s",
                     job.stage,

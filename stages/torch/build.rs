@@ -1,12 +1,27 @@
-// Embeds libtorch's library directory as an rpath, so binaries and tests that link tch
-// run without `LD_LIBRARY_PATH`. `LIBTORCH` comes from `.cargo/config.toml`.
-// The root package (its `tureen-torch` binary and its tests) includes this file.
+include!("build_support/rpath.rs");
+
+/// Compiles `src/numerics/shim.cpp` (libtorch settings tch does not expose) against the
+/// headers of the libtorch that tch links.
+fn numerics_shim() {
+    println!("cargo:rerun-if-changed=src/numerics/shim.cpp");
+    println!("cargo:rerun-if-env-changed=LIBTORCH_CXX11_ABI");
+    let libtorch = std::env::var("LIBTORCH")
+        .expect("LIBTORCH names the libtorch tch links (see .cargo/config.toml)");
+    let libtorch = std::path::Path::new(&libtorch);
+    let abi = std::env::var("LIBTORCH_CXX11_ABI").unwrap_or_else(|_| "1".into());
+    cc::Build::new()
+        .cpp(true)
+        .file("src/numerics/shim.cpp")
+        .include(libtorch.join("include"))
+        .include(libtorch.join("include/torch/csrc/api/include"))
+        .flag("-std=c++17")
+        .flag(format!("-D_GLIBCXX_USE_CXX11_ABI={abi}"))
+        .flag("-DGLOG_USE_GLOG_EXPORT")
+        .warnings(false)
+        .compile("tureen_numerics_shim");
+}
 
 fn main() {
-    println!("cargo:rerun-if-env-changed=LIBTORCH");
-    if let Ok(libtorch) = std::env::var("LIBTORCH") {
-        let lib = std::path::Path::new(&libtorch).join("lib");
-        let lib = std::fs::canonicalize(&lib).unwrap_or(lib);
-        println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib.display());
-    }
+    libtorch_rpath();
+    numerics_shim();
 }

@@ -38,7 +38,8 @@ impl StageKind for RewindKind {
 
     fn code_version(&self) -> &'static str {
         // 2: ConvNeXt blocks with timm's conv_mlp run their MLP as 1x1 convolutions, as timm does.
-        "rewind-2"
+        // 3: portable numerics (`numerics: portable`, the default) pin the CPU kernels.
+        "rewind-3"
     }
 
     fn validate(&self, decl: &StageDecl<'_>) -> Result<(), String> {

@@ -33,7 +33,8 @@ impl StageKind for TrainKind {
 
     fn code_version(&self) -> &'static str {
         // 2: ConvNeXt blocks with timm's conv_mlp run their MLP as 1x1 convolutions, as timm does.
-        "train-2"
+        // 3: portable numerics (`numerics: portable`, the default) pin the CPU kernels.
+        "train-3"
     }
 
     fn validate(&self, decl: &StageDecl<'_>) -> Result<(), String> {

@@ -40,8 +40,12 @@ pub struct TrainParams {
     pub device: String,
     #[serde(default = "default_precision")]
     pub precision: Precision,
-    /// libtorch intra-op threads on the CPU (default: libtorch's choice).
+    /// libtorch intra-op threads on the CPU (default: 2 with portable numerics,
+    /// libtorch's choice with native ones).
     pub threads: Option<i32>,
+    /// How the CPU numerics are pinned ([`crate::numerics`]; default portable).
+    #[serde(default)]
+    pub numerics: crate::numerics::Numerics,
     #[serde(default = "default_log_every")]
     pub log_every: u64,
     #[serde(default)]
@@ -67,6 +71,8 @@ pub enum Mode {
 
 impl TrainParams {
     pub fn from_params(params: &Map<String, Value>, mode: Mode) -> Result<TrainParams, String> {
+        // First, so a bad `numerics` or `threads` gets a message that names it.
+        crate::numerics::NumericsSetting::from_params(params)?;
         let p: TrainParams = serde_json::from_value(Value::Object(params.clone()))
             .map_err(|e| format!("params: {e}"))?;
         if mode == Mode::Train && p.model.is_none() {
@@ -93,11 +99,6 @@ impl TrainParams {
         }
         p.data_spec()?;
         crate::device::check(&p.device)?;
-        if let Some(t) = p.threads {
-            if t < 1 {
-                return Err("params.threads: must be at least 1".into());
-            }
-        }
         Ok(p)
     }
 

@@ -12,6 +12,7 @@ use tureen_engine::kind::{
 };
 use tureen_engine::plan::{EstimateInputs, StageEstimate};
 use tureen_stages::kinds::soup::{self, Method, SoupInputs};
+use tureen_stages::numerics::NumericsSetting;
 use tureen_stages::train::Mode;
 
 use crate::eval::greedy;
@@ -83,6 +84,16 @@ impl StageKind for WithTorch {
     }
 
     fn run(&self, ctx: &mut StageContext<'_>) -> anyhow::Result<BTreeMap<String, Produced>> {
+        let setting =
+            NumericsSetting::for_stage(self.name(), ctx.params).map_err(anyhow::Error::msg)?;
+        if let Some(setting) = setting {
+            let info = crate::numerics::apply(&setting)?;
+            ctx.log.line(&format!(
+                "numerics: {} ({} kernels, {} threads, libtorch {}, {})",
+                info.mode, info.cpu_capability, info.threads, info.torch, info.mkl
+            ));
+            tureen_engine::machine::note_numerics(info);
+        }
         (self.work)(self.declaration.as_ref(), ctx)
     }
 }

@@ -14,6 +14,7 @@ pub mod checkpoint;
 pub mod eval;
 pub mod kinds;
 pub mod model;
+pub mod numerics;
 pub mod train;
 
 pub use kinds::register_all;
