@@ -13,6 +13,7 @@
 pub mod digest;
 pub mod fsutil;
 pub mod safetensors;
+pub mod stale;
 pub mod store;
 pub mod writeback;
 

@@ -155,6 +155,8 @@ pub fn execute(
     let store = Store::open(&job.store)?;
     // Keeps `gc` from collecting what this stage stores before it is referenced.
     let _gc_guard = store.lock_shared()?;
+    // What killed runs left in `tmp/` (their pids are dead) goes now.
+    store.remove_stale_temps();
     let kind = registry
         .get(&job.kind)
         .ok_or_else(|| {
@@ -200,7 +202,8 @@ pub fn execute(
         }
     }
 
-    let inputs = resolve_inputs(&store, job)?;
+    let scratch = Scratch::create(&store, &job.key)?;
+    let inputs = resolve_inputs(&store, scratch.path(), job)?;
     if let Some(dir) = job.log.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
@@ -220,14 +223,14 @@ pub fn execute(
             now_rfc3339()
         ));
         let work_dir = store.tmp_dir().join(format!(
-            "work-{}-{}-{attempt}",
+            "work-{}.{}.{attempt}",
             &job.key.to_hex()[..16],
-            std::process::id()
+            tureen_artifacts::stale::owner_token()
         ));
         let _ = std::fs::remove_dir_all(&work_dir);
         std::fs::create_dir_all(&work_dir)
             .with_context(|| format!("cannot create {}", work_dir.display()))?;
-        let mut journal = StoreJournal::open(&store, &job.key, &job.stage);
+        let mut journal = StoreJournal::open(&store, scratch.path(), &job.key, &job.stage);
         resumed_from = crate::kind::CheckpointJournal::committed(&journal).len();
         if resumed_from > 0 {
             log.line(&format!(
@@ -260,6 +263,7 @@ pub fn execute(
             }
         };
         let stored = outcome.and_then(|produced| store_outputs(&store, job, produced, &journal));
+        tureen_artifacts::stale::make_writable(&work_dir);
         let _ = std::fs::remove_dir_all(&work_dir);
         match stored {
             Ok(outputs) => {
@@ -320,11 +324,47 @@ pub fn execute(
     ))
 }
 
-fn resolve_inputs(store: &Store, job: &StageJob) -> anyhow::Result<BTreeMap<String, InputValue>> {
+/// A job's private scratch directory under `<store>/tmp` (`views-<key>.<pid>@<host>`):
+/// input trees and checkpoint views live here while the job runs. Removed when the job
+/// ends; if the process is killed, by the next process that finds its pid dead.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn create(store: &Store, key: &Digest) -> anyhow::Result<Scratch> {
+        let dir = store.tmp_dir().join(format!(
+            "views-{}.{}",
+            &key.to_hex()[..16],
+            tureen_artifacts::stale::owner_token()
+        ));
+        if dir.exists() {
+            tureen_artifacts::stale::make_writable(&dir);
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+        std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        Ok(Scratch(dir))
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        tureen_artifacts::stale::make_writable(&self.0);
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn resolve_inputs(
+    store: &Store,
+    views: &Path,
+    job: &StageJob,
+) -> anyhow::Result<BTreeMap<String, InputValue>> {
     let one = |a: &JobArtifact| -> anyhow::Result<Artifact> {
         let path = match &a.path {
             Some(p) => p.clone(),
-            None => artifact_path(store, &a.digest, a.tree).with_context(|| {
+            None => artifact_path(store, views, &a.digest, a.tree).with_context(|| {
                 format!("stage `{}`: input {} is not available", job.stage, a.digest)
             })?,
         };

@@ -178,6 +178,8 @@ impl SafetensorsWriter {
             .file_name()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_default();
+        // A soup killed while writing here left its temp file: gone now.
+        fsutil::remove_stale_temps(dir, &stem);
         let temp = fsutil::unique_temp_path(dir, &stem);
         let io = |action: &'static str, path: &Path| {
             let path = path.to_path_buf();

@@ -18,7 +18,9 @@
 //! binary, whose directory is also put first on `PATH`), `TUREEN_STAGE`,
 //! `TUREEN_WORK_DIR` (a scratch directory removed afterwards) and
 //! `CUDA_VISIBLE_DEVICES` (the GPUs the scheduler handed out; empty for a stage that
-//! asked for none).
+//! asked for none). In `tureen` the command runs under a [`super::supervisor`]: when
+//! the shell exits, whatever it left running is killed, and a `tureen` killed with
+//! SIGKILL takes the command's whole process tree with it.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read};
@@ -35,6 +37,8 @@ use tureen_engine::kind::{
     InputValue, OutputDecl, OutputShape, Produced, StageContext, StageDecl, StageKind,
 };
 use tureen_engine::subst;
+
+use super::supervisor;
 
 /// How long a cancelled command gets between SIGTERM and SIGKILL.
 const GRACE: Duration = Duration::from_secs(5);
@@ -215,10 +219,24 @@ impl StageKind for CommandKind {
         }
 
         ctx.log.line(&format!("$ {}", script.replace('\n', "\n$ ")));
-        let mut command = Command::new("/bin/sh");
+        let exe = std::env::current_exe().ok();
+        // Under a supervisor (this program again) when it can be one: then nothing the
+        // command starts outlives the stage or a killed tureen (see `supervisor`).
+        let supervised = supervisor::available() && exe.is_some();
+        let mut command = match (&exe, supervised) {
+            (Some(exe), true) => {
+                let mut c = Command::new(exe);
+                c.arg(supervisor::ARG)
+                    .arg("--parent")
+                    .arg(std::process::id().to_string())
+                    .arg("--")
+                    .arg("/bin/sh");
+                c
+            }
+            _ => Command::new("/bin/sh"),
+        };
         command.arg("-c").arg(&script).current_dir(ctx.workspace);
         command.envs(ctx.env.iter());
-        let exe = std::env::current_exe().ok();
         if let Some(exe) = &exe {
             command.env("TUREEN", exe);
             if let Some(dir) = exe.parent() {
@@ -245,17 +263,19 @@ impl StageKind for CommandKind {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         command.process_group(0);
-        // SAFETY: prctl is async-signal-safe; it asks the kernel to kill the child if
+        // SAFETY: prctl is async-signal-safe; it asks the kernel to signal the child if
         // this thread's process dies (e.g. `kill -9 tureen`), so no orphan keeps
-        // writing outputs behind a later run's back.
+        // writing outputs behind a later run's back. A supervisor gets SIGTERM, which
+        // it turns into killing the whole tree.
+        let death_signal = if supervised { libc::SIGTERM } else { libc::SIGKILL };
         unsafe {
-            command.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            command.pre_exec(move || {
+                libc::prctl(libc::PR_SET_PDEATHSIG, death_signal);
                 Ok(())
             });
         }
         let mut child = command.spawn().context("cannot start /bin/sh")?;
-        let status = supervise(&mut child, ctx)?;
+        let status = supervise(&mut child, ctx, supervised)?;
 
         if !status.success() {
             if let Some(sig) = status.signal() {
@@ -276,10 +296,13 @@ impl StageKind for CommandKind {
 }
 
 /// Forwards output lines to the log until the child exits; on cancel, stops its
-/// process group (SIGTERM, then SIGKILL after [`GRACE`]).
+/// process group (SIGTERM, then SIGKILL after [`GRACE`]). A `supervised` child (the
+/// supervisor) stops the command's tree itself: it gets SIGTERM twice (the second
+/// means now), and SIGKILL only if it is still there a grace period later.
 fn supervise(
     child: &mut Child,
     ctx: &mut StageContext<'_>,
+    supervised: bool,
 ) -> anyhow::Result<std::process::ExitStatus> {
     let (tx, rx) = mpsc::channel::<Option<String>>();
     let mut readers = 0;
@@ -294,6 +317,7 @@ fn supervise(
     drop(tx);
     let pgid = child.id() as libc::pid_t;
     let mut term_sent: Option<Instant> = None;
+    let mut escalated = false;
     let status = loop {
         match rx.recv_timeout(Duration::from_millis(20)) {
             Ok(Some(line)) => ctx.log.line(&line),
@@ -313,7 +337,14 @@ fn supervise(
                     unsafe { libc::kill(-pgid, libc::SIGTERM) };
                     term_sent = Some(Instant::now());
                 }
-                Some(t) if t.elapsed() > GRACE => {
+                Some(t) if t.elapsed() > GRACE && supervised && !escalated => {
+                    ctx.log
+                        .line("== tureen: still running after the grace period: killing it");
+                    // SAFETY: as above; the supervisor kills the command's whole tree.
+                    unsafe { libc::kill(-pgid, libc::SIGTERM) };
+                    escalated = true;
+                }
+                Some(t) if t.elapsed() > GRACE * 2 || (t.elapsed() > GRACE && !supervised) => {
                     ctx.log
                         .line("== tureen: still running after the grace period: SIGKILL");
                     // SAFETY: as above.

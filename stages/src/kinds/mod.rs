@@ -9,6 +9,7 @@ pub mod command;
 pub mod eval;
 pub mod rewind;
 pub mod soup;
+pub mod supervisor;
 pub mod train;
 
 use std::sync::Arc;
