@@ -7,6 +7,12 @@ use tureen_artifacts::safetensors::{write_file, Dtype, SafetensorsFile};
 use tureen_artifacts::soup::config::SoupConfig;
 use tureen_engine::kind::KindRegistry;
 
+/// A tensor as `write_file` takes it: name, dtype, shape, data.
+type Tensor<'a> = (&'a str, Dtype, &'a [u64], &'a [u8]);
+
+/// A seed file: its tensors and metadata.
+type Seed<'a> = (Vec<Tensor<'a>>, Option<&'a BTreeMap<String, String>>);
+
 /// One target: runs an input; `Ok(true)` if it was accepted (it then joins the corpus).
 pub trait Target {
     fn name(&self) -> &'static str;
@@ -31,10 +37,7 @@ impl Target for Safetensors {
             .collect();
         let bf16: Vec<u8> = (0..8u16).flat_map(|i| (0x3f80 + i).to_le_bytes()).collect();
         let meta = BTreeMap::from([("format".to_string(), "pt".to_string())]);
-        let cases: Vec<(
-            Vec<(&str, Dtype, &[u64], &[u8])>,
-            Option<&BTreeMap<String, String>>,
-        )> = vec![
+        let cases: Vec<Seed> = vec![
             (vec![("w", Dtype::F32, &[3, 4], &f32s)], None),
             (
                 vec![
