@@ -8,8 +8,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// A path in `dir` that no other writer of this process or another one will pick:
-/// `.<stem>.<pid>.<counter>.<nanos>.tmp`. Hidden (leading dot) so globbing users do not
-/// trip over half-written files.
+/// `.<stem>.<pid>@<host>.<counter>.<nanos>.tmp`. Hidden (leading dot) so globbing users
+/// do not trip over half-written files; the owner part lets a later process remove it
+/// once its writer is dead ([`crate::stale`], [`temp_prefix`]).
 pub fn unique_temp_path(dir: &Path, stem: &str) -> PathBuf {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
@@ -17,8 +18,23 @@ pub fn unique_temp_path(dir: &Path, stem: &str) -> PathBuf {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.subsec_nanos())
         .unwrap_or(0);
+    dir.join(format!(
+        "{}{}.{n}.{nanos}.tmp",
+        temp_prefix(stem),
+        crate::stale::owner_token()
+    ))
+}
+
+/// The start of every [`unique_temp_path`] name for `stem`: `.<stem>.`.
+pub fn temp_prefix(stem: &str) -> String {
     let stem: String = stem.chars().filter(|c| *c != '/').take(64).collect();
-    dir.join(format!(".{stem}.{}.{n}.{nanos}.tmp", std::process::id()))
+    format!(".{stem}.")
+}
+
+/// Removes the temp files for `stem` in `dir` that dead writers left (a killed soup
+/// beside its output, a killed materialize beside its destination).
+pub fn remove_stale_temps(dir: &Path, stem: &str) -> Vec<PathBuf> {
+    crate::stale::remove_stale(dir, &temp_prefix(stem))
 }
 
 /// Removes `path` whatever it is: a file, a link, or a directory tree, including the

@@ -21,6 +21,7 @@ pub mod convert;
 pub mod digest;
 pub mod fsutil;
 pub mod safetensors;
+pub mod stale;
 pub mod store;
 pub mod torch;
 pub mod writeback;

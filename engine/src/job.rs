@@ -283,6 +283,8 @@ pub fn execute_as(
     let store = Store::open(&job.store)?;
     // Keeps `gc` from collecting what this stage stores before it is referenced.
     let _gc_guard = store.lock_shared()?;
+    // What killed runs left in `tmp/` (their pids are dead) goes now.
+    store.remove_stale_temps();
     let work = registry
         .work(&job.kind)
         .cloned()
@@ -342,7 +344,8 @@ pub fn execute_as(
         }
     }
 
-    let inputs = resolve_inputs(&store, job)?;
+    let scratch = Scratch::create(&store, &job.key)?;
+    let inputs = resolve_inputs(&store, scratch.path(), job)?;
     if let Some(dir) = job.log.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
@@ -365,14 +368,14 @@ pub fn execute_as(
             }
         ));
         let work_dir = store.tmp_dir().join(format!(
-            "work-{}-{}-{attempt}",
+            "work-{}.{}.{attempt}",
             &job.key.to_hex()[..16],
-            std::process::id()
+            tureen_artifacts::stale::owner_token()
         ));
         let _ = std::fs::remove_dir_all(&work_dir);
         std::fs::create_dir_all(&work_dir)
             .with_context(|| format!("cannot create {}", work_dir.display()))?;
-        let mut journal = StoreJournal::open(&store, &job.key, &job.stage);
+        let mut journal = StoreJournal::open(&store, scratch.path(), &job.key, &job.stage);
         resumed_from = crate::kind::CheckpointJournal::committed(&journal).len();
         if resumed_from > 0 {
             log.line(&format!(
@@ -406,6 +409,7 @@ pub fn execute_as(
             }
         };
         let stored = outcome.and_then(|produced| store_outputs(&store, job, produced, &journal));
+        tureen_artifacts::stale::make_writable(&work_dir);
         let _ = std::fs::remove_dir_all(&work_dir);
         match stored {
             Ok(outputs) => {
@@ -422,6 +426,13 @@ pub fn execute_as(
                     cache::insert(&store, &entry).context("cannot write the action cache entry")?;
                 }
                 journal.remove();
+                let machine = crate::machine::MachineInfo::path_for_log(&job.log);
+                if let Err(e) = crate::machine::MachineInfo::current().write(&machine) {
+                    log.line(&format!(
+                        "== tureen: cannot write {}: {e}",
+                        machine.display()
+                    ));
+                }
                 log.line(&format!(
                     "== tureen: stage {} succeeded in {:.2}s",
                     job.stage,
@@ -459,14 +470,43 @@ pub fn execute_as(
     ))
 }
 
+/// A job's private scratch directory under `<store>/tmp` (`views-<key>.<pid>@<host>`):
+/// input trees and checkpoint views live here while the job runs. Removed when the job
+/// ends; if the process is killed, by the next process that finds its pid dead.
+pub(crate) struct Scratch(PathBuf);
+
+impl Scratch {
+    pub(crate) fn create(store: &Store, key: &Digest) -> anyhow::Result<Scratch> {
+        let dir = store.tmp_dir().join(format!(
+            "views-{}.{}",
+            &key.to_hex()[..16],
+            tureen_artifacts::stale::owner_token()
+        ));
+        let _ = tureen_artifacts::fsutil::remove_all(&dir);
+        std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        Ok(Scratch(dir))
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = tureen_artifacts::fsutil::remove_all(&self.0);
+    }
+}
+
 pub(crate) fn resolve_inputs(
     store: &Store,
+    views: &Path,
     job: &StageJob,
 ) -> anyhow::Result<BTreeMap<String, InputValue>> {
     let one = |a: &JobArtifact| -> anyhow::Result<Artifact> {
         let path = match &a.path {
             Some(p) => p.clone(),
-            None => artifact_path(store, &a.digest, a.tree).with_context(|| {
+            None => artifact_path(store, views, &a.digest, a.tree).with_context(|| {
                 format!("stage `{}`: input {} is not available", job.stage, a.digest)
             })?,
         };

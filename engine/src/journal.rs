@@ -23,14 +23,18 @@ struct JournalFile {
 /// The journal of one stage key.
 pub struct StoreJournal<'s> {
     store: &'s Store,
+    /// The job's scratch directory for read-only views of committed trees.
+    views: PathBuf,
     path: PathBuf,
     file: JournalFile,
 }
 
 impl<'s> StoreJournal<'s> {
     /// Opens (or starts) the journal of `key`. A journal that cannot be parsed is
-    /// ignored (treated as empty), never fatal: it only saves work.
-    pub fn open(store: &'s Store, key: &Digest, stage: &str) -> StoreJournal<'s> {
+    /// ignored (treated as empty), never fatal: it only saves work. Committed trees are
+    /// handed to the stage as views under `views` (the job's scratch directory, removed
+    /// with it), so the store never keeps a second copy of a checkpoint.
+    pub fn open(store: &'s Store, views: &Path, key: &Digest, stage: &str) -> StoreJournal<'s> {
         let path = journal_path(store.root(), key);
         let mut file: JournalFile = std::fs::read(&path)
             .ok()
@@ -40,7 +44,12 @@ impl<'s> StoreJournal<'s> {
         file.committed.retain(|a| store.contains(&a.digest));
         file.key = key.to_string();
         file.stage = stage.to_string();
-        StoreJournal { store, path, file }
+        StoreJournal {
+            store,
+            views: views.to_path_buf(),
+            path,
+            file,
+        }
     }
 
     /// Everything committed, as records (for the cache entry of `Produced::Stored`).
@@ -83,7 +92,7 @@ impl CheckpointJournal for StoreJournal<'_> {
         tureen_artifacts::fsutil::write_atomic(&self.path, &bytes)?;
         Ok(Artifact {
             digest,
-            path: artifact_path(self.store, &digest, tree)?,
+            path: committed_path(self.store, &self.views, &digest, tree)?,
         })
     }
 
@@ -92,7 +101,7 @@ impl CheckpointJournal for StoreJournal<'_> {
             .committed
             .iter()
             .filter_map(|a| {
-                let path = artifact_path(self.store, &a.digest, a.tree).ok()?;
+                let path = committed_path(self.store, &self.views, &a.digest, a.tree).ok()?;
                 Some(Artifact {
                     digest: a.digest,
                     path,
@@ -102,20 +111,53 @@ impl CheckpointJournal for StoreJournal<'_> {
     }
 }
 
-/// A read-only path for an artifact: a file object is its object file; a tree is
-/// materialized once under `<store>/tmp/trees/<hex>` and shared by every reader.
-pub fn artifact_path(store: &Store, digest: &Digest, tree: bool) -> anyhow::Result<PathBuf> {
+/// A read-only path for an input artifact: a file object is its object file; a tree is
+/// materialized (reflinks, read-only hard links or copies, see [`Store::materialize`])
+/// under `views/<hex>`, the job's scratch directory, which goes when the job ends.
+pub fn artifact_path(
+    store: &Store,
+    views: &Path,
+    digest: &Digest,
+    tree: bool,
+) -> anyhow::Result<PathBuf> {
     if !tree {
         return Ok(store.object_path(digest));
     }
-    let dir = store.tmp_dir().join("trees").join(digest.to_hex());
+    let dir = views.join(digest.to_hex());
     if !dir.is_dir() {
-        match store.materialize(digest, &dir) {
-            Ok(_) => {}
-            // Another stage materialized it meanwhile.
-            Err(_) if dir.is_dir() => {}
-            Err(e) => return Err(e.into()),
-        }
+        store.materialize(digest, &dir)?;
     }
+    Ok(dir)
+}
+
+/// A path for a committed checkpoint: a file object is its object file; a tree is a
+/// directory of symlinks to its member objects under `views/committed-<hex>` (no bytes
+/// copied: a training stage commits hundreds of checkpoints, and only its own trainer
+/// reads them, to resume and to copy the final weights).
+fn committed_path(
+    store: &Store,
+    views: &Path,
+    digest: &Digest,
+    tree: bool,
+) -> anyhow::Result<PathBuf> {
+    if !tree {
+        return Ok(store.object_path(digest));
+    }
+    let dir = views.join(format!("committed-{}", digest.to_hex()));
+    if dir.is_dir() {
+        return Ok(dir);
+    }
+    let manifest = store.read_tree(digest)?;
+    let temp = views.join(format!(".committed-{}.tmp", digest.to_hex()));
+    let _ = std::fs::remove_dir_all(&temp);
+    for (rel, member) in &manifest.files {
+        let link = tureen_artifacts::store::join_relative(&temp, rel);
+        if let Some(parent) = link.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::os::unix::fs::symlink(store.object_path(member), &link)?;
+    }
+    std::fs::create_dir_all(&temp)?;
+    std::fs::rename(&temp, &dir)?;
     Ok(dir)
 }

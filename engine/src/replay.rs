@@ -11,6 +11,7 @@ use tureen_artifacts::Store;
 use crate::cache::OutputRecord;
 use crate::job::{self, JobInput, JobOutput, JobRun, JobStage, JobStatus, StageJob};
 use crate::kind::{runner_for, KindRegistry, Runner, StageDecl};
+use crate::machine::MachineInfo;
 use crate::progress::{Mode, Progress};
 use crate::record::{self, RunRecord};
 
@@ -36,6 +37,10 @@ pub struct ReplayRow {
     pub seconds: f64,
     /// The replay's log of the stage.
     pub log: String,
+    /// The machine the recorded output was made on, and the one the replay ran on
+    /// (`None` where no machine file was written, e.g. by an older tureen).
+    pub recorded_machine: Option<MachineInfo>,
+    pub machine: Option<MachineInfo>,
 }
 
 /// Replays `rec` (every stage that ran or was cached in it), in recorded order.
@@ -76,6 +81,8 @@ pub fn replay(
             verdict,
             seconds,
             log: log.display().to_string(),
+            recorded_machine: recorded_machine(&store, s, &key),
+            machine: MachineInfo::read(&MachineInfo::path_for_log(&log)),
         };
         // Workspace inputs must still hold the recorded bytes.
         let mut inputs = BTreeMap::new();
@@ -136,23 +143,7 @@ pub fn replay(
                 r.seconds,
             ),
             Ok(r) => {
-                let mut diffs = Vec::new();
-                for (name, recorded) in &s.outputs {
-                    match r.outputs.get(name) {
-                        Some(got)
-                            if got
-                                .artifacts()
-                                .iter()
-                                .map(|a| a.digest)
-                                .eq(recorded.artifacts().iter().map(|a| a.digest)) => {}
-                        Some(got) => diffs.push(format!(
-                            "{name}: recorded {} replayed {}",
-                            recorded.summary(),
-                            got.summary()
-                        )),
-                        None => diffs.push(format!("{name}: not produced")),
-                    }
-                }
+                let diffs = output_differences(&store, &s.outputs, &r.outputs);
                 (
                     if diffs.is_empty() {
                         Verdict::Same
@@ -190,6 +181,83 @@ fn recorded_runner(registry: &KindRegistry, s: &record::StageRecord) -> Runner {
         ),
         _ => Runner::InProcess,
     }
+}
+
+/// How each output of the replay differs from the record: per differing artifact (the
+/// first and the last of a series), by how much ([`crate::replay_diff`]).
+fn output_differences(
+    store: &Store,
+    recorded: &BTreeMap<String, OutputRecord>,
+    replayed: &BTreeMap<String, OutputRecord>,
+) -> Vec<String> {
+    let mut diffs = Vec::new();
+    for (name, rec) in recorded {
+        let Some(got) = replayed.get(name) else {
+            diffs.push(format!("{name}: not produced"));
+            continue;
+        };
+        let (a, b) = (rec.artifacts(), got.artifacts());
+        if a.len() != b.len() {
+            diffs.push(format!(
+                "{name}: recorded {} replayed {}",
+                rec.summary(),
+                got.summary()
+            ));
+            continue;
+        }
+        let differing: Vec<usize> = (0..a.len())
+            .filter(|&i| a[i].digest != b[i].digest)
+            .collect();
+        if differing.is_empty() {
+            continue;
+        }
+        let series = matches!(rec, OutputRecord::Series { .. });
+        if series {
+            diffs.push(format!("{name}: {} of {} differ", differing.len(), a.len()));
+        }
+        let shown = [differing.first(), differing.last()];
+        let mut seen = Vec::new();
+        for &i in shown.into_iter().flatten() {
+            if seen.contains(&i) {
+                continue;
+            }
+            seen.push(i);
+            let what = if series {
+                format!("{name}[{i}]")
+            } else {
+                name.clone()
+            };
+            diffs.push(format!(
+                "{what}: recorded {} replayed {}",
+                a[i].digest, b[i].digest
+            ));
+            diffs.extend(crate::replay_diff::describe(store, &what, &a[i], &b[i]));
+        }
+    }
+    diffs
+}
+
+/// The machine file of the run that made the recorded outputs: the stage's own log's,
+/// or for a stage that was cached, that of the run that filled the cache entry.
+fn recorded_machine(
+    store: &Store,
+    s: &record::StageRecord,
+    key: &tureen_artifacts::Digest,
+) -> Option<MachineInfo> {
+    let own = s
+        .log
+        .as_ref()
+        .map(|log| MachineInfo::path_for_log(&store.root().join(log)));
+    if let Some(m) = own.as_deref().and_then(MachineInfo::read) {
+        return Some(m);
+    }
+    let entry = crate::cache::lookup(store, key)?;
+    let log = store
+        .root()
+        .join("runs")
+        .join(&entry.run_id)
+        .join(format!("{}.log", s.name));
+    MachineInfo::read(&MachineInfo::path_for_log(&log))
 }
 
 fn restore_workspace(

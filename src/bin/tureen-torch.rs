@@ -37,7 +37,8 @@ fn main() -> ExitCode {
         .without_time()
         .init();
     let result = match cli.command {
-        Command::StageExec(args) => stage_exec::run(args, tureen_torch::register_all),
+        Command::StageExec(args) => tureen_torch::numerics::reexec_pinned(&args.job)
+            .and_then(|()| stage_exec::run(args, tureen_torch::register_all)),
     };
     match result {
         Ok(code) => code,

@@ -5,8 +5,9 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use tureen_engine::kind::KindRegistry;
+use tureen_engine::machine::MachineInfo;
 use tureen_engine::record::{self, RunRecord};
-use tureen_engine::replay::{self, Verdict};
+use tureen_engine::replay::{self, ReplayRow, Verdict};
 
 use super::Global;
 
@@ -42,10 +43,16 @@ pub fn run(args: Args, global: &Global) -> anyhow::Result<ExitCode> {
     );
     let mut bad = 0;
     for r in &rows {
-        let (word, detail) = match &r.verdict {
-            Verdict::Same => ("same", String::new()),
-            Verdict::Differs(d) => ("differs", d.join("; ")),
-            Verdict::Failed(e) => ("failed", format!("{e} (log: {})", r.log)),
+        // How an output differs takes a line per artifact and tensor: the first beside
+        // the verdict, the others indented below it.
+        let (word, detail, more): (_, String, &[String]) = match &r.verdict {
+            Verdict::Same => ("same", String::new(), &[]),
+            Verdict::Differs(d) => (
+                "differs",
+                d.first().cloned().unwrap_or_default(),
+                d.get(1..).unwrap_or(&[]),
+            ),
+            Verdict::Failed(e) => ("failed", format!("{e} (log: {})", r.log), &[]),
         };
         if r.verdict != Verdict::Same {
             bad += 1;
@@ -54,11 +61,53 @@ pub fn run(args: Args, global: &Global) -> anyhow::Result<ExitCode> {
             "{:<width$}  {word:<8}  {:>8.2}  {detail}",
             r.stage, r.seconds
         );
+        for line in more {
+            println!("    {line}");
+        }
     }
+    print_machines(&rows);
     println!("replay of {id}: {} same, {bad} diverged", rows.len() - bad);
     Ok(if bad == 0 {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
     })
+}
+
+/// The recorded machine next to this one, field by field where they differ, for the
+/// stages that recorded one (stages with the same differences are listed together).
+fn print_machines(rows: &[ReplayRow]) {
+    type Diffs = Vec<(String, String, String)>;
+    let mut groups: Vec<(Diffs, Vec<&str>)> = Vec::new();
+    let mut unrecorded = Vec::new();
+    for r in rows {
+        let (Some(rec), Some(now)) = (&r.recorded_machine, &r.machine) else {
+            if r.recorded_machine.is_none() {
+                unrecorded.push(r.stage.as_str());
+            }
+            continue;
+        };
+        let d = rec.differences(now);
+        match groups.iter_mut().find(|(g, _)| *g == d) {
+            Some((_, stages)) => stages.push(&r.stage),
+            None => groups.push((d, vec![&r.stage])),
+        }
+    }
+    let current = MachineInfo::current();
+    for (diffs, stages) in &groups {
+        let names = stages.join(", ");
+        if diffs.is_empty() {
+            println!("machine ({names}): as recorded ({})", current.cpu_model);
+            continue;
+        }
+        println!("machine ({names}): recorded vs this replay");
+        let width = diffs.iter().map(|d| d.0.len()).max().unwrap_or(0);
+        let left = diffs.iter().map(|d| d.1.len()).max().unwrap_or(0).min(48);
+        for (field, recorded, now) in diffs {
+            println!("  {field:<width$}  {recorded:<left$}  |  {now}");
+        }
+    }
+    if !unrecorded.is_empty() {
+        println!("machine ({}): not recorded", unrecorded.join(", "));
+    }
 }

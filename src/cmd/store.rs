@@ -100,6 +100,8 @@ pub fn run(command: StoreCommand, global: &Global) -> anyhow::Result<ExitCode> {
     match command {
         StoreCommand::Hash { .. } => unreachable!("handled above"),
         StoreCommand::Add { paths, pin } => {
+            // A killed `store add` left its temp object: gone now.
+            store.remove_stale_temps();
             for p in paths {
                 let meta =
                     std::fs::metadata(&p).with_context(|| format!("cannot add {}", p.display()))?;
@@ -139,6 +141,9 @@ pub fn run(command: StoreCommand, global: &Global) -> anyhow::Result<ExitCode> {
         }
         StoreCommand::Verify => {
             let report = store.verify()?;
+            for p in &report.stale_removed {
+                println!("removed {} (left by a process that died)", p.display());
+            }
             for p in &report.problems {
                 println!("{p}");
             }

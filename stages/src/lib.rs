@@ -13,6 +13,7 @@ pub mod device;
 pub mod eval;
 pub mod kinds;
 pub mod model;
+pub mod numerics;
 pub mod params;
 pub mod plan;
 pub mod rng;

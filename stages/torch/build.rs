@@ -1,7 +1,8 @@
-// The libtorch rpath (shared with the root package), and the C++ shim of `src/dist/`
-// compiled against the libtorch that tch links: c10d's stores and process groups (gloo
-// always; NCCL when the CUDA headers are there) and autograd's backward with output
-// gradients, none of which tch binds.
+// The libtorch rpath (shared with the root package), and two small C++ shims compiled
+// against the libtorch that tch links, for what tch does not bind: `src/dist/` (c10d's
+// stores and process groups, gloo always and NCCL when the CUDA headers are there, and
+// autograd's backward with output gradients) and `src/numerics/` (the kernel settings of
+// portable numerics, and the versions a run record keeps).
 
 use std::path::{Path, PathBuf};
 
@@ -10,6 +11,7 @@ include!("build/rpath.rs");
 fn main() {
     libtorch_rpath();
     compile_shim();
+    numerics_shim();
 }
 
 fn compile_shim() {
@@ -105,4 +107,25 @@ fn nccl_headers(libtorch: &Path) -> Option<Vec<PathBuf>> {
 fn fail(message: &str) -> ! {
     eprintln!("error: {message}");
     std::process::exit(1);
+}
+
+/// Compiles `src/numerics/shim.cpp` (libtorch settings tch does not expose) against the
+/// headers of the libtorch that tch links.
+fn numerics_shim() {
+    println!("cargo:rerun-if-changed=src/numerics/shim.cpp");
+    println!("cargo:rerun-if-env-changed=LIBTORCH_CXX11_ABI");
+    let libtorch = std::env::var("LIBTORCH")
+        .expect("LIBTORCH names the libtorch tch links (see .cargo/config.toml)");
+    let libtorch = std::path::Path::new(&libtorch);
+    let abi = std::env::var("LIBTORCH_CXX11_ABI").unwrap_or_else(|_| "1".into());
+    cc::Build::new()
+        .cpp(true)
+        .file("src/numerics/shim.cpp")
+        .include(libtorch.join("include"))
+        .include(libtorch.join("include/torch/csrc/api/include"))
+        .flag("-std=c++17")
+        .flag(format!("-D_GLIBCXX_USE_CXX11_ABI={abi}"))
+        .flag("-DGLOG_USE_GLOG_EXPORT")
+        .warnings(false)
+        .compile("tureen_numerics_shim");
 }

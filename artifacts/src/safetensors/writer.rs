@@ -182,6 +182,8 @@ impl SafetensorsWriter {
             .file_name()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_default();
+        // A soup killed while writing here left its temp file: gone now.
+        fsutil::remove_stale_temps(dir, &stem);
         let temp = fsutil::unique_temp_path(dir, &stem);
         let io = SafetensorsError::io;
         let file = fsutil::create_new(&temp).map_err(io("write", dest))?;

@@ -33,7 +33,7 @@ use crate::writeback::Writeback;
 use crate::Digest;
 use lock::FileLock;
 use statcache::{FileStamp, StatCache};
-pub use tree::{is_safe_relative_path, Tree, TREE_MAGIC};
+pub use tree::{is_safe_relative_path, join_relative, Tree, TREE_MAGIC};
 
 /// Errors from store operations. Each names the path or digest involved.
 #[derive(Debug, thiserror::Error)]
@@ -252,6 +252,9 @@ pub struct VerifyReport {
     pub bytes: u64,
     /// Everything wrong, sorted by digest/path. Empty means the store is sound.
     pub problems: Vec<VerifyProblem>,
+    /// Temp files and scratch directories of dead writers that verify removed from
+    /// `tmp/` (leftovers of killed processes, not damage).
+    pub stale_removed: Vec<PathBuf>,
 }
 
 /// Options for [`Store::gc`].
@@ -270,7 +273,8 @@ pub struct GcReport {
     pub removed: Vec<(Digest, u64)>,
     /// Total bytes freed (or that would be).
     pub freed_bytes: u64,
-    /// Temp files older than a day (left by crashed writers) removed from `tmp/`.
+    /// Entries of `tmp/` removed: temp files and scratch directories of dead writers,
+    /// anything older than a day, and `tmp/trees/` of older tureen versions.
     pub stale_temps_removed: usize,
 }
 
@@ -556,6 +560,7 @@ impl Store {
             .file_name()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_default();
+        fsutil::remove_stale_temps(dir, &stem);
         let temp = fsutil::unique_temp_path(dir, &stem);
         let result = (|| match kind_of(&src)? {
             ObjectKind::File => place_file(&src, &temp),
@@ -782,6 +787,7 @@ impl Store {
     /// Rehashes every object (in parallel) and checks that tree members exist. The report
     /// lists every problem; an empty `problems` list means the store is sound.
     pub fn verify(&self) -> Result<VerifyReport> {
+        let stale_removed = self.remove_stale_temps();
         let ObjectFiles { objects, stray } = self.object_files()?;
         let results: Vec<(u64, Vec<VerifyProblem>)> = objects
             .par_iter()
@@ -818,6 +824,7 @@ impl Store {
             .collect();
         let mut report = VerifyReport {
             checked: objects.len(),
+            stale_removed,
             ..Default::default()
         };
         for (size, problems) in results {
@@ -883,6 +890,18 @@ impl Store {
             report.freed_bytes += size;
             report.removed.push((digest, size));
         }
+        if !opts.dry_run {
+            report.stale_temps_removed += self.remove_stale_temps().len();
+            // Trees materialized by tureen versions that kept them; no run holds the
+            // store now (the lock above), so nothing reads them.
+            let trees = self.tmp_dir().join("trees");
+            if trees.is_dir() {
+                crate::stale::make_writable(&trees);
+                if fs::remove_dir_all(&trees).is_ok() {
+                    report.stale_temps_removed += 1;
+                }
+            }
+        }
         let day = std::time::Duration::from_secs(24 * 3600);
         for temp in read_dir_sorted(&self.tmp_dir())? {
             let old = fs::metadata(&temp)
@@ -898,6 +917,13 @@ impl Store {
             }
         }
         Ok(report)
+    }
+
+    /// Removes what dead processes left in `tmp/` (temp objects, work directories; see
+    /// [`crate::stale`]) and returns the removed paths. Safe while other processes
+    /// work: a live writer's entries, and other hosts', are never touched.
+    pub fn remove_stale_temps(&self) -> Vec<PathBuf> {
+        crate::stale::remove_stale(&self.tmp_dir(), "")
     }
 
     /// Takes the store-wide lock in shared mode (blocking). Hold it while creating objects

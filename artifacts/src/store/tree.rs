@@ -63,7 +63,7 @@ pub fn is_safe_relative_path(p: &str) -> bool {
 }
 
 /// Joins a manifest path (already checked safe) onto a directory.
-pub(crate) fn join_relative(dir: &Path, rel: &str) -> PathBuf {
+pub fn join_relative(dir: &Path, rel: &str) -> PathBuf {
     let mut out = dir.to_path_buf();
     for part in rel.split('/') {
         out.push(part);

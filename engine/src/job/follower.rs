@@ -60,7 +60,8 @@ pub(super) fn execute(
     observer: &mut (dyn FnMut(JobEvent) + Send),
     finish: impl Fn(JobStatus, BTreeMap<String, OutputRecord>, Option<String>, u32, usize) -> JobResult,
 ) -> anyhow::Result<JobResult> {
-    let inputs = resolve_inputs(store, job)?;
+    let scratch = super::Scratch::create(store, &job.key)?;
+    let inputs = resolve_inputs(store, scratch.path(), job)?;
     let mut own = job.clone();
     own.log = rank_path(&job.log, rank);
     own.metrics = rank_path(&job.metrics, rank);
@@ -85,7 +86,7 @@ pub(super) fn execute(
     std::fs::create_dir_all(&work_dir)
         .with_context(|| format!("cannot create {}", work_dir.display()))?;
     let mut journal = ReadOnlyJournal {
-        inner: StoreJournal::open(store, &job.key, &job.stage),
+        inner: StoreJournal::open(store, scratch.path(), &job.key, &job.stage),
         rank,
     };
     let resumed_from = journal.committed().len();

@@ -37,6 +37,13 @@ pub struct EvalParams {
     pub workers: usize,
     #[serde(default = "default_device")]
     pub device: String,
+    /// libtorch intra-op threads on the CPU (default: 2 with portable numerics,
+    /// libtorch's choice with native ones).
+    #[serde(default)]
+    pub threads: Option<i32>,
+    /// How the CPU numerics are pinned ([`crate::numerics`]; default portable).
+    #[serde(default)]
+    pub numerics: crate::numerics::Numerics,
 }
 
 fn default_batch_size() -> usize {
@@ -52,6 +59,8 @@ fn default_device() -> String {
 impl EvalParams {
     /// Parses and checks params; errors name the param.
     pub fn from_params(params: &serde_json::Map<String, Value>) -> Result<Self, ParamError> {
+        // First, so a bad `numerics` or `threads` gets a message that names it.
+        crate::numerics::NumericsSetting::from_params(params)?;
         let parsed: EvalParams = crate::params::deserialize(params)?;
         if parsed.data.is_none() && parsed.retrieval.is_none() {
             return Err(ParamError::param(

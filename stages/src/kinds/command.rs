@@ -18,7 +18,9 @@
 //! binary, whose directory is also put first on `PATH`), `TUREEN_STAGE`,
 //! `TUREEN_WORK_DIR` (a scratch directory removed afterwards) and
 //! `CUDA_VISIBLE_DEVICES` (the GPUs the scheduler handed out; empty for a stage that
-//! asked for none).
+//! asked for none). In `tureen` the command runs under a [`super::supervisor`]: when
+//! the shell exits, whatever it left running is killed, and a `tureen` killed with
+//! SIGKILL takes the command's whole process tree with it.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read};
@@ -36,6 +38,8 @@ use tureen_engine::kind::{
     StageWork,
 };
 use tureen_engine::subst;
+
+use super::supervisor;
 
 /// How long a cancelled command gets between SIGTERM and SIGKILL.
 const GRACE: Duration = Duration::from_secs(5);
@@ -229,10 +233,10 @@ impl StageWork for CommandKind {
         }
 
         ctx.log.line(&format!("$ {}", script.replace('\n', "\n$ ")));
-        let mut command = Command::new("/bin/sh");
+        let exe = std::env::current_exe().ok();
+        let (mut command, under_supervisor) = supervised_command("/bin/sh");
         command.arg("-c").arg(&script).current_dir(ctx.workspace);
         command.envs(ctx.env.iter());
-        let exe = std::env::current_exe().ok();
         if let Some(exe) = &exe {
             command.env("TUREEN", exe);
             if let Some(dir) = exe.parent() {
@@ -254,9 +258,9 @@ impl StageWork for CommandKind {
                 .collect::<Vec<_>>()
                 .join(","),
         );
-        supervised(&mut command);
+        prepare(&mut command, under_supervisor);
         let mut child = command.spawn().context("cannot start /bin/sh")?;
-        let status = supervise(&mut child, ctx, &mut |_| Ok(()))?;
+        let status = supervise(&mut child, ctx, under_supervisor, &mut |_| Ok(()))?;
 
         if !status.success() {
             if let Some(sig) = status.signal() {
@@ -276,32 +280,60 @@ impl StageWork for CommandKind {
     }
 }
 
+/// A command running `program`, under a supervisor (this program again, see
+/// [`supervisor`]) when one can be had, so that nothing the program starts outlives the
+/// stage or a killed tureen; and whether it is supervised.
+pub(crate) fn supervised_command(program: &str) -> (Command, bool) {
+    match std::env::current_exe() {
+        Ok(exe) if supervisor::available() => {
+            let mut c = Command::new(exe);
+            c.arg(supervisor::ARG)
+                .arg("--parent")
+                .arg(std::process::id().to_string())
+                .arg("--")
+                .arg(program);
+            (c, true)
+        }
+        _ => (Command::new(program), false),
+    }
+}
+
 /// Prepares a child for [`supervise`]: no stdin, stdout and stderr piped to the log,
 /// its own process group, and death with this process.
-pub(crate) fn supervised(command: &mut Command) {
+pub(crate) fn prepare(command: &mut Command, under_supervisor: bool) {
     command
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     command.process_group(0);
-    // SAFETY: prctl is async-signal-safe; it asks the kernel to kill the child if
-    // this thread's process dies (e.g. `kill -9 tureen`), so no orphan keeps
-    // writing outputs behind a later run's back.
+    // A supervisor turns SIGTERM into killing the command's whole tree; a bare child is
+    // killed outright.
+    let death_signal = if under_supervisor {
+        libc::SIGTERM
+    } else {
+        libc::SIGKILL
+    };
+    // SAFETY: prctl is async-signal-safe; it asks the kernel to signal the child if
+    // this thread's process dies (e.g. `kill -9 tureen`), so no orphan keeps writing
+    // outputs behind a later run's back.
     unsafe {
-        command.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+        command.pre_exec(move || {
+            libc::prctl(libc::PR_SET_PDEATHSIG, death_signal);
             Ok(())
         });
     }
 }
 
 /// Forwards output lines to the log until the child exits; on cancel, stops its
-/// process group (SIGTERM, then SIGKILL after [`GRACE`]). `tick` runs every poll
-/// (about every 20 ms) while the child runs, e.g. to commit what it has written; an
-/// error from it stops the child's group and is returned.
+/// process group (SIGTERM, then SIGKILL after [`GRACE`]). A child `under_supervisor`
+/// stops the command's tree itself: it gets SIGTERM twice (the second means now), and
+/// SIGKILL only if it is still there a grace period later. `tick` runs every poll (about
+/// every 20 ms) while the child runs, e.g. to commit what it has written; an error from
+/// it stops the child's group and is returned.
 pub(crate) fn supervise(
     child: &mut Child,
     ctx: &mut StageContext<'_>,
+    under_supervisor: bool,
     tick: &mut dyn FnMut(&mut StageContext<'_>) -> anyhow::Result<()>,
 ) -> anyhow::Result<std::process::ExitStatus> {
     let (tx, rx) = mpsc::channel::<Option<String>>();
@@ -317,6 +349,7 @@ pub(crate) fn supervise(
     drop(tx);
     let pgid = child.id() as libc::pid_t;
     let mut term_sent: Option<Instant> = None;
+    let mut escalated = false;
     let status = loop {
         match rx.recv_timeout(Duration::from_millis(20)) {
             Ok(Some(line)) => ctx.log.line(&line),
@@ -342,7 +375,14 @@ pub(crate) fn supervise(
                     unsafe { libc::kill(-pgid, libc::SIGTERM) };
                     term_sent = Some(Instant::now());
                 }
-                Some(t) if t.elapsed() > GRACE => {
+                Some(t) if t.elapsed() > GRACE && under_supervisor && !escalated => {
+                    ctx.log
+                        .line("== tureen: still running after the grace period: killing it");
+                    // SAFETY: as above; the supervisor kills the command's whole tree.
+                    unsafe { libc::kill(-pgid, libc::SIGTERM) };
+                    escalated = true;
+                }
+                Some(t) if t.elapsed() > GRACE * 2 || (t.elapsed() > GRACE && !under_supervisor) => {
                     ctx.log
                         .line("== tureen: still running after the grace period: SIGKILL");
                     // SAFETY: as above.

@@ -42,7 +42,8 @@ impl StageKind for EvalKind {
 
     fn code_version(&self) -> &'static str {
         // 2: ConvNeXt blocks with timm's conv_mlp run their MLP as 1x1 convolutions, as timm does.
-        "eval-2"
+        // 3: portable numerics (`numerics: portable`, the default) pin the CPU kernels.
+        "eval-3"
     }
 
     fn validate(&self, decl: &StageDecl<'_>) -> Result<(), ParamError> {

@@ -13,6 +13,7 @@ pub mod eval;
 pub mod open_clip;
 pub mod rewind;
 pub mod soup;
+pub mod supervisor;
 pub mod train;
 
 use std::sync::Arc;

@@ -50,7 +50,7 @@ use tureen_engine::kind::{
     StageKind, StageWork,
 };
 
-use super::command::{supervise, supervised};
+use super::command::{prepare, supervise, supervised_command};
 use crate::model::config_from_json;
 
 pub use launch::{launch, master_port, Environment, Launch, System};
@@ -327,12 +327,15 @@ impl StageWork for OpenClipKind {
             ));
         }
         let mut watcher = watch::Watcher::new(&checkpoints, resumed);
-        let mut command = trainer_command(ctx, &p, &train_data, &model_dir, &logs)?;
-        supervised(&mut command);
+        let (mut command, under_supervisor) =
+            trainer_command(ctx, &p, &train_data, &model_dir, &logs)?;
+        prepare(&mut command, under_supervisor);
         let mut child = command
             .spawn()
             .with_context(|| format!("cannot start {:?}", command.get_program()))?;
-        let status = supervise(&mut child, ctx, &mut |ctx| watcher.poll(ctx, false))?;
+        let status = supervise(&mut child, ctx, under_supervisor, &mut |ctx| {
+            watcher.poll(ctx, false)
+        })?;
         anyhow::ensure!(
             status.success(),
             "open_clip_train.main exited with {status} (epochs committed so far are kept; the next run resumes from them)"
@@ -362,7 +365,7 @@ fn trainer_command(
     train_data: &str,
     model_dir: &Path,
     logs: &Path,
-) -> anyhow::Result<std::process::Command> {
+) -> anyhow::Result<(std::process::Command, bool)> {
     let launch = launch(&System, ctx.gpus.len())?;
     let python = python_program(p.python.as_deref(), ctx.workspace);
     let mut argv: Vec<String> = launch.prefix.clone();
@@ -373,7 +376,9 @@ fn trainer_command(
     ]);
     argv.extend(p.args(train_data, model_dir, logs));
     ctx.log.line(&format!("$ {}", argv.join(" ")));
-    let mut command = std::process::Command::new(&argv[0]);
+    // Under the supervisor: open_clip's data loader workers must not outlive a killed
+    // tureen either.
+    let (mut command, under_supervisor) = supervised_command(&argv[0]);
     command
         .args(&argv[1..])
         .current_dir(ctx.work_dir)
@@ -384,7 +389,7 @@ fn trainer_command(
         let gpus: Vec<String> = ctx.gpus.iter().map(u32::to_string).collect();
         command.env("CUDA_VISIBLE_DEVICES", gpus.join(","));
     }
-    Ok(command)
+    Ok((command, under_supervisor))
 }
 
 /// The python to run: `python3` on PATH by default; a relative path with a `/` is
@@ -470,7 +475,7 @@ mod tests {
             ),
             (
                 serde_json::json!({"learning_rate": 1.0}),
-                "unknown field `learning_rate`",
+                "params.learning_rate: unknown param",
             ),
         ] {
             let e = OpenClipParams::from_params(&params(extra)).unwrap_err();

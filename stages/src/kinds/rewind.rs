@@ -47,7 +47,8 @@ impl StageKind for RewindKind {
 
     fn code_version(&self) -> &'static str {
         // 2: ConvNeXt blocks with timm's conv_mlp run their MLP as 1x1 convolutions, as timm does.
-        // 3: gradient accumulation sums per-micro-batch local losses (as data-parallel ranks do).
+        // 3: gradient accumulation sums per-micro-batch local losses (as data-parallel
+        // ranks do); portable numerics (`numerics: portable`) pin the CPU kernels.
         "rewind-3"
     }
 

@@ -168,7 +168,8 @@ impl StageKind for SoupKind {
 
     fn code_version(&self) -> &'static str {
         // 2: greedy soups score candidates with the conv-MLP ConvNeXt as timm runs it.
-        "2"
+        // 3: greedy soups score with portable numerics by default (`heldout.numerics`).
+        "3"
     }
 
     fn validate(&self, decl: &StageDecl<'_>) -> Result<(), ParamError> {

@@ -40,8 +40,12 @@ pub struct TrainParams {
     pub device: String,
     #[serde(default = "default_precision")]
     pub precision: Precision,
-    /// libtorch intra-op threads on the CPU (default: libtorch's choice).
+    /// libtorch intra-op threads on the CPU (default: 2 with portable numerics,
+    /// libtorch's choice with native ones).
     pub threads: Option<i32>,
+    /// How the CPU numerics are pinned ([`crate::numerics`]; default portable).
+    #[serde(default)]
+    pub numerics: crate::numerics::Numerics,
     #[serde(default = "default_log_every")]
     pub log_every: u64,
     #[serde(default)]
@@ -100,6 +104,8 @@ pub enum Mode {
 impl TrainParams {
     /// Reads and checks the params of a stage of kind `mode`.
     pub fn from_params(params: &Map<String, Value>, mode: Mode) -> Result<TrainParams, ParamError> {
+        // First, so a bad `numerics` or `threads` gets a message that names it.
+        crate::numerics::NumericsSetting::from_params(params)?;
         let p: TrainParams = crate::params::deserialize(params)?;
         if mode == Mode::Train && p.model.is_none() {
             return Err(ParamError::param(
@@ -142,9 +148,6 @@ impl TrainParams {
         }
         p.data_spec()?;
         crate::device::check(&p.device)?;
-        if p.threads.is_some_and(|t| t < 1) {
-            return Err(ParamError::param("threads", "must be at least 1"));
-        }
         if !["auto", "gloo", "nccl"].contains(&p.backend.as_str()) {
             return Err(ParamError::param(
                 "backend",

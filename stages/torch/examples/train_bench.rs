@@ -1,12 +1,13 @@
 //! Training throughput of tureen's CLIP on random tensors, the counterpart of
 //! `oc_train_bench.py` (used by bench/train/run.sh).
 //!
-//! `train_bench [BATCH] [THREADS] [STEPS] [PRESET] [fp32|bf16] [cpu|cuda]`
+//! `train_bench [BATCH] [THREADS] [STEPS] [PRESET] [fp32|bf16] [cpu|cuda] [native|portable]`
 //! Prints `params N` and `loss L samples/s S`.
 
 use std::time::Instant;
 
 use tch::Device;
+use tureen_stages::numerics::{Numerics, NumericsSetting};
 use tureen_torch::model::ClipConfig;
 use tureen_torch::train::{
     AdamWConfig, DataSource, Precision, Start, StepRounding, SyntheticSource, TrainConfig, Trainer,
@@ -27,7 +28,21 @@ fn main() {
         "cuda" => Device::Cuda(0),
         _ => Device::Cpu,
     };
-    tch::set_num_threads(threads);
+    let numerics = match arg(7, "native").as_str() {
+        "portable" => Numerics::Portable,
+        _ => Numerics::Native,
+    };
+    let setting = NumericsSetting {
+        numerics,
+        threads: Some(threads),
+    };
+    // Portable numerics re-execute this program with their pins first.
+    tureen_torch::numerics::ensure_pinned(&setting).expect("pinned numerics");
+    let info = tureen_torch::numerics::apply(&setting).expect("numerics");
+    println!(
+        "numerics {} {} threads {}",
+        info.mode, info.cpu_capability, info.threads
+    );
     let model = ClipConfig::preset(&preset).expect("known preset");
     println!("params {}", model.num_params());
     let warmup = 3;

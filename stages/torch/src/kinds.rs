@@ -10,6 +10,7 @@ use serde_json::Value;
 use tureen_engine::kind::{InputValue, KindRegistry, Produced, StageContext, StageWork};
 use tureen_stages::kinds::soup::{self, Method, SoupInputs, SoupKind};
 use tureen_stages::kinds::{eval as eval_kind, rewind, train};
+use tureen_stages::numerics::NumericsSetting;
 use tureen_stages::train::Mode;
 
 use crate::eval::greedy;
@@ -33,11 +34,30 @@ pub fn register_all(registry: &mut KindRegistry) {
     }
 }
 
+/// Pins the CPU numerics of a stage of kind `kind` as its params say (before its first
+/// tensor: kernels and thread counts are chosen once per process), and logs what it got.
+fn pin_numerics(kind: &str, ctx: &mut StageContext<'_>) -> anyhow::Result<()> {
+    if let Some(setting) = NumericsSetting::for_stage(kind, ctx.params)? {
+        let info = crate::numerics::apply(&setting)?;
+        ctx.log.line(&format!(
+            "numerics: {} ({} kernels, {} threads, libtorch {}, {})",
+            info.mode, info.cpu_capability, info.threads, info.torch, info.mkl
+        ));
+        tureen_engine::machine::note_numerics(info);
+    }
+    Ok(())
+}
+
 /// `train` and `rewind`.
 struct Training(Mode);
 
 impl StageWork for Training {
     fn run(&self, ctx: &mut StageContext<'_>) -> anyhow::Result<BTreeMap<String, Produced>> {
+        let name = match self.0 {
+            Mode::Train => train::NAME,
+            Mode::Rewind => rewind::NAME,
+        };
+        pin_numerics(name, ctx)?;
         crate::train::stage::run(ctx, self.0)
     }
 }
@@ -47,6 +67,7 @@ struct Evaluation;
 
 impl StageWork for Evaluation {
     fn run(&self, ctx: &mut StageContext<'_>) -> anyhow::Result<BTreeMap<String, Produced>> {
+        pin_numerics(eval_kind::NAME, ctx)?;
         eval(ctx)
     }
 }
@@ -57,6 +78,7 @@ struct SoupWithGreedy;
 impl StageWork for SoupWithGreedy {
     fn run(&self, ctx: &mut StageContext<'_>) -> anyhow::Result<BTreeMap<String, Produced>> {
         if soup::method(ctx.params)? == Method::Greedy {
+            pin_numerics(soup::NAME, ctx)?;
             greedy_soup(ctx)
         } else {
             SoupKind.run(ctx)

@@ -16,6 +16,7 @@ pub mod dist;
 pub mod eval;
 pub mod kinds;
 pub mod model;
+pub mod numerics;
 pub mod train;
 
 pub use kinds::register_all;

@@ -67,14 +67,12 @@ impl TrainHooks for ContextHooks<'_, '_> {
 /// `run` of both kinds.
 pub fn run(ctx: &mut StageContext<'_>, mode: Mode) -> anyhow::Result<BTreeMap<String, Produced>> {
     let p = TrainParams::from_params(ctx.params, mode).map_err(anyhow::Error::msg)?;
+    // Threads and numerics were pinned by the kind (`crate::numerics::apply`).
     let device = rank_device(
         resolve_device(&p.device).map_err(anyhow::Error::msg)?,
         &p,
         ctx.rank,
     );
-    if let Some(t) = p.threads {
-        tch::set_num_threads(t);
-    }
 
     // Where to start: our own latest committed checkpoint wins (resume: latest).
     let journal = ctx.journal.committed();
