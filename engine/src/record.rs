@@ -166,6 +166,9 @@ pub struct StageRecord {
     pub error: Option<String>,
     /// Log file of the stage, relative to the store.
     pub log: Option<String>,
+    /// The machine the stage executed on (CPU, flags, numerics), for a stage that ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub machine: Option<crate::machine::MachineInfo>,
 }
 
 /// One input of a recorded stage.

@@ -244,6 +244,9 @@ fn recorded_machine(
     s: &record::StageRecord,
     key: &tureen_artifacts::Digest,
 ) -> Option<MachineInfo> {
+    if let Some(m) = &s.machine {
+        return Some(m.clone());
+    }
     let own = s
         .log
         .as_ref()

@@ -191,6 +191,7 @@ mod tests {
             exit_status: Some(0),
             error: None,
             log: None,
+            machine: None,
         };
         let json_out = |d| {
             BTreeMap::from([(

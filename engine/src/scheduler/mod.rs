@@ -166,6 +166,11 @@ pub fn run(
     };
     let store = Store::open(&store_root)
         .with_context(|| format!("cannot open the store {}", store_root.display()))?;
+    if !opts.dry_run {
+        // What killed runs left in `tmp/` (their pids are dead) goes now, even when
+        // every stage turns out to be cached.
+        store.remove_stale_temps();
+    }
     let mut run = RunState::new(
         pipeline,
         registry,

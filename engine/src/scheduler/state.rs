@@ -17,6 +17,7 @@ use crate::cache::{self, CacheEntry, OutputRecord};
 use crate::job::{self, JobInput, JobRun, JobStage, StageJob};
 use crate::key::Fingerprint;
 use crate::kind::KindRegistry;
+use crate::machine::MachineInfo;
 use crate::pipeline::{Pipeline, Stage};
 use crate::record::{RecordedInput, StageRecord, StageStatus};
 
@@ -291,9 +292,12 @@ impl<'a> RunState<'a> {
         };
         pool.give(self.stage(i), gpus);
         let secs = started.elapsed().as_secs_f64();
+        let log = self.run_dir.join(format!("{}.log", self.stage(i).name));
         if let Some(rec) = self.records[i].as_mut() {
             rec.ended = Some(crate::clock::now_rfc3339());
             rec.seconds = Some(secs);
+            // Where the job wrote it: here, in its worker, or on a Slurm node.
+            rec.machine = MachineInfo::read(&MachineInfo::path_for_log(&log));
         }
         secs
     }
@@ -415,6 +419,7 @@ pub(super) fn new_record(
         exit_status: None,
         error: None,
         log: None,
+        machine: None,
     }
 }
 
