@@ -137,19 +137,28 @@ fn edit_record(ws: &Workspace, id: &str, edit: impl FnOnce(&mut serde_json::Valu
     std::fs::write(&path, serde_json::to_vec_pretty(&rec).unwrap()).unwrap();
 }
 
-/// Makes the machine file of stage `stage` of run `id` say it ran on an Intel CPU.
+/// Makes the record of run `id` (and the machine file beside it) say stage `stage` ran
+/// on an Intel CPU.
 fn pretend_recorded_on_intel(ws: &Workspace, id: &str, stage: &str) {
+    let intel = |m: &mut serde_json::Value| {
+        m["cpu_model"] = "Intel(R) Xeon(R) Platinum 8375C CPU @ 2.90GHz".into();
+        m["cpu_flags"]
+            .as_array_mut()
+            .unwrap()
+            .push("avx512_fp16".into());
+    };
+    edit_record(ws, id, |rec| {
+        let stages = rec["stages"].as_array_mut().unwrap();
+        let s = stages.iter_mut().find(|s| s["name"] == stage).unwrap();
+        intel(&mut s["machine"]);
+    });
     let path = ws
         .store()
         .join("runs")
         .join(id)
         .join(format!("{stage}.machine.json"));
     let mut m: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
-    m["cpu_model"] = "Intel(R) Xeon(R) Platinum 8375C CPU @ 2.90GHz".into();
-    m["cpu_flags"]
-        .as_array_mut()
-        .unwrap()
-        .push("avx512_fp16".into());
+    intel(&mut m);
     std::fs::write(&path, serde_json::to_vec_pretty(&m).unwrap()).unwrap();
 }
 
