@@ -7,6 +7,9 @@ use clap::{CommandFactory as _, Parser, Subcommand};
 
 mod cmd;
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Declarative training pipelines and model soups.
 #[derive(Parser)]
 #[command(name = "tureen", version = cmd::version::LONG, about, propagate_version = true)]

@@ -193,7 +193,9 @@ impl RunRecord {
     pub fn write(&self, store: &Path) -> std::io::Result<()> {
         let path = RunRecord::path(store, &self.run_id);
         std::fs::create_dir_all(path.parent().expect("runs dir"))?;
-        let bytes = serde_json::to_vec_pretty(self).expect("records serialize");
+        // Compact: a 10,000-stage record is 12 MB pretty-printed and 40% of that is
+        // indentation; `tureen show --json` prints it readably.
+        let bytes = serde_json::to_vec(self).expect("records serialize");
         // Atomic (temp file + rename: a reader or a killed tureen never sees half a
         // record) but not fsynced: a record is a log, not a result, and two fsyncs
         // would dominate a no-op run. Cache entries, which are results, are fsynced.
