@@ -308,6 +308,7 @@ impl<'a> Node<'a> {
         }
     }
 
+    /// A string's text; `None` for any other value (bytes included).
     pub fn as_str(&self) -> Option<&'a str> {
         match self.value() {
             Value::Str(s) => Some(s),
@@ -315,6 +316,7 @@ impl<'a> Node<'a> {
         }
     }
 
+    /// An int's value; `None` for any other value (a float is not truncated).
     pub fn as_int(&self) -> Option<i64> {
         match self.value() {
             Value::Int(i) => Some(*i),
@@ -331,6 +333,7 @@ impl<'a> Node<'a> {
         }
     }
 
+    /// A bool's value; `None` for any other value (ints are not taken as bools).
     pub fn as_bool(&self) -> Option<bool> {
         match self.value() {
             Value::Bool(b) => Some(*b),
@@ -338,6 +341,8 @@ impl<'a> Node<'a> {
         }
     }
 
+    /// A tensor's description (storage, offset, shape, strides); `None` for any other
+    /// value. Its bytes come from [`TorchFile::view`].
     pub fn as_tensor(&self) -> Option<&'a Tensor> {
         match self.value() {
             Value::Tensor(t) => Some(t),

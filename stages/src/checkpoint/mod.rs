@@ -59,22 +59,43 @@ pub fn inherit_model_config(
 /// Errors reading or writing checkpoints; every variant names the file (and tensor).
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
+    /// Reading, writing or creating a file or directory failed.
     #[error("{path}: {source}")]
     Io {
+        /// The file or directory.
         path: PathBuf,
+        /// The operating system's error.
         #[source]
         source: std::io::Error,
     },
+    /// One tensor cannot be used: wrong shape or dtype for the model, or bad bytes.
     #[error("{path}: tensor `{tensor}`: {message}")]
     Tensor {
+        /// The weights file.
         path: PathBuf,
+        /// The tensor's name, as in the file.
         tensor: String,
+        /// What is wrong with it.
         message: String,
     },
+    /// The file's tensor names are not the model's (missing or unexpected tensors).
     #[error("{path}: {message}")]
-    Mismatch { path: PathBuf, message: String },
+    Mismatch {
+        /// The weights file.
+        path: PathBuf,
+        /// Which names are missing and which unexpected (the first few of each).
+        message: String,
+    },
+    /// The non-tensor part is unusable: `state.json`, the embedded model config, or the
+    /// fields of an open_clip `torch.save` checkpoint.
     #[error("{path}: {message}")]
-    State { path: PathBuf, message: String },
+    State {
+        /// The file holding the state.
+        path: PathBuf,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// A safetensors file that cannot be read or written (names the file itself).
     #[error(transparent)]
     Safetensors(#[from] tureen_artifacts::safetensors::SafetensorsError),
     /// A checkpoint of any format that cannot be read.

@@ -26,15 +26,22 @@ pub struct EvalParams {
     /// Retrieval set: shards with `.txt` holding one caption per line.
     #[serde(default)]
     pub retrieval: Option<String>,
+    /// How prompts and captions become ids (default `byte`); must be the one the model
+    /// was trained with.
     #[serde(default)]
     pub tokenizer: TokenizerSpec,
     /// Model config (preset name or object); default: the one embedded in the checkpoint.
     #[serde(default)]
     pub model: Option<Value>,
+    /// Images per forward pass (default 64); affects speed and memory, not the metrics.
     #[serde(default = "default_batch_size")]
     pub batch_size: usize,
+    /// Decoding threads for a webdataset set (default 2; an image folder decodes on
+    /// rayon's pool).
     #[serde(default = "default_workers")]
     pub workers: usize,
+    /// Where to run: `auto` (default), `cpu`, `cuda` or `cuda:N` (see
+    /// [`crate::device::DeviceSpec`]).
     #[serde(default = "default_device")]
     pub device: String,
     /// libtorch intra-op threads on the CPU (default: 2 with portable numerics,
