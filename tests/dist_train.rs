@@ -337,13 +337,24 @@ fn two_ranks_equal_one_process_with_their_shares_as_micro_batches() {
     assert!(two.result(1).outputs.is_empty());
 }
 
+/// Sends `SIGNAL` (a name `kill -s` takes) to `child`.
+fn signal(child: &Child, name: &str) {
+    let status = Command::new("kill")
+        .args(["-s", name, &child.id().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -s {name} {}", child.id());
+}
+
 #[test]
 fn a_killed_rank_fails_the_other_naming_it_and_a_relaunch_resumes_to_the_same_bytes() {
+    // Enough intervals after the first that rank 0 cannot finish while the test reacts.
+    const INTERVALS: u64 = 6;
     let root = tempfile::tempdir().unwrap();
     let whole = Job::new(
         &root.path().join("whole"),
         "train",
-        train_params(4),
+        train_params(INTERVALS),
         BTreeMap::new(),
     );
     let (_, whole_final) = whole.weights(&whole.run(2));
@@ -351,13 +362,14 @@ fn a_killed_rank_fails_the_other_naming_it_and_a_relaunch_resumes_to_the_same_by
     let job = Job::new(
         &root.path().join("killed"),
         "train",
-        train_params(4),
+        train_params(INTERVALS),
         BTreeMap::new(),
     );
     let port = free_port();
     let mut rank0 = job.spawn(0, 2, port);
     let mut rank1 = job.spawn(1, 2, port);
-    // Kill rank 1 once the first checkpoint is committed, in the middle of interval 2.
+    // Freeze rank 1 once the first checkpoint is committed: from then on rank 0 can get
+    // no further than its next collective, however fast the machine. Then kill it.
     let start = Instant::now();
     while !job.log(0).contains("checkpoint interval 1:") {
         assert!(
@@ -365,14 +377,19 @@ fn a_killed_rank_fails_the_other_naming_it_and_a_relaunch_resumes_to_the_same_by
             "no checkpoint:\n{}",
             job.log(0)
         );
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(Duration::from_millis(2));
     }
-    std::thread::sleep(Duration::from_millis(150));
+    signal(&rank1, "STOP");
+    assert!(
+        !job.log(0).contains(&format!("checkpoint interval {INTERVALS}:")),
+        "rank 0 finished before rank 1 could be stopped:\n{}",
+        job.log(0)
+    );
     rank1.kill().unwrap();
     let killed_at = Instant::now();
     let status = wait_within(&mut rank0, Duration::from_secs(20));
     let _ = rank1.wait();
-    assert!(!status.success());
+    assert!(!status.success(), "rank 0:\n{}", job.log(0));
     assert!(
         killed_at.elapsed() < Duration::from_secs(20),
         "{:?}",

@@ -40,15 +40,17 @@ struct Bindings<'a> {
 /// One expansion of a stage: name suffix, `${item}`, `${key}`.
 type Expansion = (Option<String>, Option<Value>, Option<String>);
 
-/// The templates of every stage in `stages`, in file order.
+/// The templates of every stage in `stages`, in file order. The stages' nodes are moved
+/// into their templates (a stage expanded N times is copied N-1 times), and substituted
+/// in place: a pipeline of thousands of stages is not copied scalar by scalar.
 pub(super) fn expand(
     sink: &mut Sink,
-    stages: &MarkedMappingNode,
+    mut stages: MarkedMappingNode,
     params: &Map<String, Value>,
 ) -> Vec<Template> {
-    let mut out: Vec<Template> = Vec::new();
-    let mut names: HashSet<String> = HashSet::new();
-    for (name, node) in stages.iter() {
+    let mut out: Vec<Template> = Vec::with_capacity(stages.len());
+    let mut names: HashSet<String> = HashSet::with_capacity(stages.len());
+    for (name, node) in std::mem::take(&mut *stages) {
         let name_pos = yaml::span_pos(name.span());
         if !is_stage_name(name.as_str()) {
             sink.error(
@@ -60,18 +62,21 @@ pub(super) fn expand(
             );
             continue;
         }
-        let Some(map) = node.as_mapping() else {
+        let Node::Mapping(map) = node else {
             sink.error(
-                pos(node),
+                pos(&node),
                 format!(
                     "stage `{}` must be a mapping, found {}",
                     name.as_str(),
-                    type_name(node)
+                    type_name(&node)
                 ),
             );
             continue;
         };
-        for (suffix, item, key) in expansions(sink, map) {
+        let items = expansions(sink, &map);
+        let last = items.len().saturating_sub(1);
+        let mut map = Some(map);
+        for (n, (suffix, item, key)) in items.into_iter().enumerate() {
             let stage_name = match &suffix {
                 Some(s) => format!("{}@{s}", name.as_str()),
                 None => name.as_str().to_string(),
@@ -99,8 +104,14 @@ pub(super) fn expand(
                 item: item.as_ref(),
                 key: key.as_deref(),
             };
+            // The last expansion takes the node itself; the others take copies.
+            let mut node = match n == last {
+                true => Node::Mapping(map.take().expect("one node per stage")),
+                false => Node::Mapping(map.clone().expect("one node per stage")),
+            };
             let mut used = BTreeSet::new();
-            let Node::Mapping(map) = substitute(sink, node, &bindings, &mut used) else {
+            substitute(sink, &mut node, &bindings, &mut used);
+            let Node::Mapping(map) = node else {
                 unreachable!("substituting a mapping gives a mapping")
             };
             out.push(Template {
@@ -204,53 +215,59 @@ fn matrix(sink: &mut Sink, node: &Node) -> Vec<Expansion> {
         .collect()
 }
 
-/// A copy of `node` with its variables substituted; the names of top-level params used
-/// are added to `used`.
-fn substitute(sink: &mut Sink, node: &Node, b: &Bindings<'_>, used: &mut BTreeSet<String>) -> Node {
+/// Substitutes the variables of `node` in place; the names of top-level params used are
+/// added to `used`. The expansion keys (`foreach`, `matrix`) are dropped: their values are
+/// the items.
+fn substitute(sink: &mut Sink, node: &mut Node, b: &Bindings<'_>, used: &mut BTreeSet<String>) {
     match node {
-        Node::Scalar(s) => substitute_scalar(sink, s, b, used),
-        Node::Sequence(seq) => {
-            let mut out = seq.clone();
-            for item in out.iter_mut() {
-                *item = substitute(sink, item, b, used);
+        Node::Scalar(s) => {
+            if let Some(new) = substitute_scalar(sink, s, b, used) {
+                *node = new;
             }
-            Node::Sequence(out)
+        }
+        Node::Sequence(seq) => {
+            for item in seq.iter_mut() {
+                substitute(sink, item, b, used);
+            }
         }
         Node::Mapping(map) => {
-            let mut out = MarkedMappingNode::new_empty(*map.span());
-            for (k, v) in map.iter() {
-                // The expansion keys themselves are not part of the stage: their values
-                // are the items.
-                if matches!(k.as_str(), "foreach" | "matrix") {
-                    continue;
+            map.retain(|k, _| !matches!(k.as_str(), "foreach" | "matrix"));
+            if map.keys().any(|k| k.as_str().contains("${")) {
+                // Keys change: rebuild the mapping in order.
+                for (k, mut v) in std::mem::take(&mut **map) {
+                    let key = match substitute_scalar(sink, &k, b, used) {
+                        Some(Node::Scalar(s)) => s,
+                        _ => k,
+                    };
+                    substitute(sink, &mut v, b, used);
+                    map.insert(key, v);
                 }
-                let key = match substitute_scalar(sink, k, b, used) {
-                    Node::Scalar(s) => s,
-                    _ => k.clone(),
-                };
-                out.insert(key, substitute(sink, v, b, used));
+            } else {
+                for (_, v) in map.iter_mut() {
+                    substitute(sink, v, b, used);
+                }
             }
-            Node::Mapping(out)
         }
     }
 }
 
+/// The scalar with its variables substituted, or `None` when it stays as it is.
 fn substitute_scalar(
     sink: &mut Sink,
     s: &MarkedScalarNode,
     b: &Bindings<'_>,
     used: &mut BTreeSet<String>,
-) -> Node {
+) -> Option<Node> {
     let text = s.as_str();
     if !text.contains("${") {
-        return Node::Scalar(s.clone());
+        return None;
     }
     let p = yaml::span_pos(s.span());
     let pieces = match subst::parse(text) {
         Ok(p) => p,
         Err(e) => {
             sink.error(p, e);
-            return Node::Scalar(s.clone());
+            return None;
         }
     };
     for piece in &pieces {
@@ -262,26 +279,23 @@ fn substitute_scalar(
     }
     if let [subst::Piece::Var(var)] = pieces.as_slice() {
         return match lookup(var, b) {
-            Ok(Some(v)) => yaml::from_json(&v, s.span()),
-            Ok(None) => Node::Scalar(s.clone()),
+            Ok(Some(v)) => Some(yaml::from_json(&v, s.span())),
+            Ok(None) => None,
             Err(e) => {
                 sink.error(p, e);
-                Node::Scalar(s.clone())
+                None
             }
         };
     }
-    match subst::render_partial(
-        text,
-        |var| Ok(lookup(var, b)?.map(|v| yaml::plain_text(&v))),
-    ) {
+    match subst::render_partial(text, |var| Ok(lookup(var, b)?.map(|v| yaml::plain_text(&v)))) {
         Ok(rendered) => {
             let mut out = MarkedScalarNode::new(*s.span(), rendered);
             out.set_coerce(false);
-            Node::Scalar(out)
+            Some(Node::Scalar(out))
         }
         Err(e) => {
             sink.error(p, e);
-            Node::Scalar(s.clone())
+            None
         }
     }
 }

@@ -21,6 +21,7 @@
 use std::path::{Path, PathBuf};
 
 use marked_yaml::types::MarkedMappingNode;
+use marked_yaml::Node;
 use serde_json::{Map, Value};
 
 use super::params::Overrides;
@@ -94,7 +95,7 @@ pub fn load_str(
         source,
     })?;
     let mut sink = Sink::new(path);
-    let Some(top) = source::parse(text, &mut sink) else {
+    let Some(mut top) = source::parse(text, &mut sink) else {
         return Err(invalid(sink));
     };
     let overrides = Overrides::parse(overrides)?;
@@ -103,7 +104,7 @@ pub fn load_str(
     params::apply_top(&mut top_params, &overrides.top, path)?;
     let defaults = defaults(&mut sink, &top);
     let slurm = slurm_options(&mut sink, &top);
-    let Some(stages_map) = stages_mapping(&mut sink, &top) else {
+    let Some(stages_map) = stages_mapping(&mut sink, &mut top) else {
         return Err(invalid(sink));
     };
 
@@ -165,26 +166,27 @@ fn slurm_options(sink: &mut Sink, top: &MarkedMappingNode) -> Value {
     value
 }
 
-fn stages_mapping<'t>(
-    sink: &mut Sink,
-    top: &'t MarkedMappingNode,
-) -> Option<&'t MarkedMappingNode> {
-    let Some(node) = top.get_node("stages") else {
+/// Takes the `stages:` mapping out of `top`: the expansion moves its nodes rather than
+/// copying them.
+fn stages_mapping(sink: &mut Sink, top: &mut MarkedMappingNode) -> Option<MarkedMappingNode> {
+    let Some(node) = top.remove("stages") else {
         sink.error(
             Pos::new(1, 1),
             "missing `stages:` (a mapping of stage name to stage)",
         );
         return None;
     };
-    let map = node.as_mapping();
-    if map.is_none() {
-        sink.error(
-            pos(node),
-            format!(
-                "`stages` must be a mapping of stage name to stage, found {}",
-                type_name(node)
-            ),
-        );
+    match node {
+        Node::Mapping(map) => Some(map),
+        other => {
+            sink.error(
+                pos(&other),
+                format!(
+                    "`stages` must be a mapping of stage name to stage, found {}",
+                    type_name(&other)
+                ),
+            );
+            None
+        }
     }
-    map
 }

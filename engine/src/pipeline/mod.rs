@@ -28,7 +28,7 @@ pub use crate::resources::Resources;
 
 pub use load::{load, load_str, LoadError};
 pub use reference::Select;
-pub(crate) use resolve::resolved as resolved_path;
+pub(crate) use resolve::{resolved as resolved_path, Resolved};
 
 /// The schema version this build reads (`tureen: 1`).
 pub const SCHEMA_VERSION: i64 = 1;

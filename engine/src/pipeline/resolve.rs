@@ -332,14 +332,15 @@ fn check_outs(sink: &mut Sink, stage: &Stage, at: Pos, root: &Path, paths: &mut 
 
 /// Paths resolved for comparison, remembering each directory's resolution (a pipeline's
 /// outputs share a few directories).
-struct Resolved {
+pub(crate) struct Resolved {
     /// The pipeline file, resolved.
     file: PathBuf,
     dirs: HashMap<PathBuf, PathBuf>,
 }
 
 impl Resolved {
-    fn new(file: &Path) -> Resolved {
+    /// A resolver; `file` (resolved at once) is the pipeline file.
+    pub(crate) fn new(file: &Path) -> Resolved {
         Resolved {
             file: resolved(file),
             dirs: HashMap::new(),
@@ -349,7 +350,7 @@ impl Resolved {
     /// `path` as its resolved directory joined with its name. A symbolic link as the last
     /// component is not followed: removing an output removes the link, never what it
     /// points to, so only the directories on the way matter.
-    fn of(&mut self, path: &Path) -> PathBuf {
+    pub(crate) fn of(&mut self, path: &Path) -> PathBuf {
         match (path.parent(), path.file_name()) {
             (Some(dir), Some(name)) if !name.is_empty() && name != ".." => {
                 let dir = self

@@ -102,11 +102,15 @@ impl Pool {
     }
 }
 
-/// CPUs of this machine (as the scheduler of this process sees them).
+/// CPUs of this machine (as the scheduler of this process sees them), asked once: std
+/// reads the cgroup's quota files on every call.
 pub fn machine_cpus() -> u32 {
-    std::thread::available_parallelism()
-        .map(|n| n.get() as u32)
-        .unwrap_or(1)
+    static CPUS: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *CPUS.get_or_init(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get() as u32)
+            .unwrap_or(1)
+    })
 }
 
 /// GPU ids: `TUREEN_GPUS` (e.g. `0,1`), else `CUDA_VISIBLE_DEVICES`, else one per
@@ -132,8 +136,13 @@ pub fn detect_gpus() -> Vec<u32> {
     }
 }
 
-/// Bytes of memory of this machine (`MemTotal`), unbounded when unknown.
+/// Bytes of memory of this machine (`MemTotal`), unbounded when unknown; read once.
 pub fn machine_memory() -> u64 {
+    static MEMORY: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *MEMORY.get_or_init(read_meminfo)
+}
+
+fn read_meminfo() -> u64 {
     std::fs::read_to_string("/proc/meminfo")
         .ok()
         .and_then(|s| {

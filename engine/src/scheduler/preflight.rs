@@ -6,7 +6,7 @@
 use std::path::Path;
 
 use crate::diag::{Diagnostics, Sink};
-use crate::pipeline::{resolved_path, Executor, Pipeline};
+use crate::pipeline::{resolved_path, Executor, Pipeline, Resolved};
 
 use super::pool::{detect_gpus, machine_cpus, machine_memory};
 
@@ -24,9 +24,10 @@ pub fn preflight(
 
 fn outs_spare_the_store(sink: &mut Sink, pipeline: &Pipeline, store: &Path) {
     let store = resolved_path(&std::path::absolute(store).unwrap_or_else(|_| store.to_path_buf()));
+    let mut paths = Resolved::new(&pipeline.file);
     for stage in &pipeline.stages {
         for rel in stage.workspace_paths.values() {
-            let out = resolved_path(&pipeline.root.join(rel));
+            let out = paths.of(&pipeline.root.join(rel));
             if out.starts_with(&store) || store.starts_with(&out) {
                 sink.error(
                     stage.pos_of("outs"),
