@@ -1,12 +1,12 @@
 //! `torch.save` files (`.pt`, `.pth`, `.bin`), read without Python and without executing
 //! anything.
 //!
-//! The format since torch 1.6 is an uncompressed zip archive (see [`container`]):
+//! The format since torch 1.6 is an uncompressed zip archive (the private `container` module):
 //! `<prefix>/data.pkl` is a pickle of the saved object in which every tensor is a
 //! `torch._utils._rebuild_tensor_v2` call on a storage named by a persistent id, and
 //! `<prefix>/data/<key>` holds each storage's bytes. [`TorchFile::open`] memory-maps the
 //! file, reads the zip directory, interprets the pickle with an allow-list of globals
-//! ([`pickle`]; nothing is imported or called), and checks every storage against its
+//! (the private `pickle` module; nothing is imported or called), and checks every storage against its
 //! entry. Tensors are then strided views ([`TensorView`]) whose bytes are slices of the
 //! map; a view that is not contiguous is gathered on request, and one whose elements
 //! overlap (a broadcast, stride 0) is refused.
@@ -70,7 +70,7 @@ pub enum TorchProblem {
     /// `data.pkl` is over [`MAX_PICKLE_BYTES`].
     #[error("data.pkl is {len} bytes, over the {MAX_PICKLE_BYTES}-byte limit (not a checkpoint of tensors?)")]
     PickleTooLarge {
-        /// Its size.
+        /// Size of `data.pkl`, in bytes.
         len: usize,
     },
     /// A storage does not match its archive entry.
@@ -256,7 +256,7 @@ impl std::fmt::Debug for Node<'_> {
 }
 
 impl<'a> Node<'a> {
-    /// The value.
+    /// The unpickled value this node stands for.
     pub fn value(&self) -> &'a Value {
         self.pickle.value(self.id)
     }

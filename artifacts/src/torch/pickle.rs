@@ -113,7 +113,8 @@ pub struct Dict {
     index: HashMap<Key, usize>,
 }
 
-/// One value of the tree.
+/// One value of the object tree that `data.pkl` builds; containers refer to their items
+/// by arena id.
 #[derive(Debug, PartialEq)]
 pub enum Value {
     /// Python's `None`.
