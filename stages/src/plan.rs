@@ -372,7 +372,7 @@ fn train_estimate(cfg: &ClipConfig, name: &str, work: TrainWork) -> StageEstimat
 }
 
 /// Estimate of a `train` stage. Params read (those of
-/// [`TrainParams`](crate::train::stage::TrainParams)): `model`, `batch_size`,
+/// [`TrainParams`](crate::train::TrainParams)): `model`, `batch_size`,
 /// `samples_per_interval`, `intervals` (required), `warmup` (default 0), `lr`,
 /// `step_rounding` (default `ceil`).
 pub fn estimate_train(

@@ -1,15 +1,15 @@
 //! Checkpoints in open_clip's format.
 //!
-//! - **Model weights** ([`save_weights`], [`load_weights`]): one safetensors file whose
-//!   tensor names and shapes are exactly open_clip's `CLIP.state_dict()` keys, so it loads
-//!   into `open_clip.CLIP(**cfg)` with `strict=True` (after `safetensors.torch.load_file`)
-//!   and an open_clip state dict saved as safetensors loads here. The model's
-//!   [`ClipConfig`] is embedded as JSON under the `__metadata__` key
-//!   `tureen.clip_config`, so a file alone says which model it is.
-//! - **Training checkpoints** ([`TrainCheckpoint`]): a directory committed to the store
-//!   as a tree artifact, holding `model.safetensors`, `optimizer.safetensors` (AdamW
-//!   `exp_avg.<param>` / `exp_avg_sq.<param>`) and `state.json` (step, samples seen,
-//!   interval, model config, hyper-parameters, seed).
+//! - **Model weights** (`tureen_torch::checkpoint::{save_weights, load_weights}`): one
+//!   safetensors file whose tensor names and shapes are exactly open_clip's
+//!   `CLIP.state_dict()` keys, so it loads into `open_clip.CLIP(**cfg)` with
+//!   `strict=True` (after `safetensors.torch.load_file`) and an open_clip state dict saved
+//!   as safetensors loads here. The model's [`ClipConfig`] is embedded as JSON under the
+//!   `__metadata__` key `tureen.clip_config`, so a file alone says which model it is.
+//! - **Training checkpoints** (`tureen_torch::checkpoint::TrainCheckpoint`): a directory
+//!   committed to the store as a tree artifact, holding `model.safetensors`,
+//!   `optimizer.safetensors` (AdamW `exp_avg.<param>` / `exp_avg_sq.<param>`) and
+//!   `state.json` (step, samples seen, interval, model config, hyper-parameters, seed).
 //!
 //! This module reads what needs no libtorch: the model config embedded in a weights
 //! file, and a checkpoint's `state.json`. Reading and writing the tensors is

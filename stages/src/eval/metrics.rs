@@ -34,7 +34,7 @@ pub struct RetrievalMetrics {
     pub text_to_image_r5: f64,
     /// Fraction of captions whose image is among the 10 best-scored images.
     pub text_to_image_r10: f64,
-    /// Images scored.
+    /// Number of images scored.
     pub images: usize,
     /// Captions scored (each belongs to one image).
     pub texts: usize,

@@ -10,7 +10,8 @@ use tureen_engine::kind::ParamError;
 
 use crate::tokenizer::TokenizerSpec;
 
-/// The params of an eval stage.
+/// The params of `kind: eval`, and of a greedy soup's held-out evaluation. Paths are
+/// relative to an `eval` stage's `data` input when it has one, else to the workspace.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EvalParams {

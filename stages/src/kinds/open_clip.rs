@@ -32,7 +32,7 @@
 //! model in `eval`, `rewind` and greedy soups (given the same `model:`). The trainer runs
 //! locally as one process, or inside a Slurm allocation under `srun` with one task per
 //! GPU (see [`launch`]). It always runs with `--save-frequency 1 --resume latest`: each
-//! `epoch_N.pt` is committed to the store as soon as it is complete (see [`watch`]), and
+//! `epoch_N.pt` is committed to the store as soon as it is complete (the private `watch` module), and
 //! a stage killed mid-run resumes from its last committed epoch and keeps its series.
 //! Outputs: `checkpoints` (every epoch's `.pt`, in order) and `final` (the last).
 
@@ -55,7 +55,8 @@ use crate::model::config_from_json;
 
 pub use launch::{launch, master_port, Environment, Launch, System};
 
-/// The `open_clip` kind.
+/// The `open_clip` kind: open_clip's Python trainer as a stage, each epoch's checkpoint
+/// committed as it completes.
 pub struct OpenClipKind;
 
 /// The name of the kind in pipeline files.

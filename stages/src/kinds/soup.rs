@@ -45,7 +45,8 @@ use tureen_engine::kind::{
 /// The name of the kind in pipeline files.
 pub const NAME: &str = "soup";
 
-/// The `soup` kind.
+/// The `soup` kind: uniform and weighted soups are made here, greedy ones (which
+/// evaluate candidates) in the `tureen-torch` worker.
 pub struct SoupKind;
 
 const PARAMS: &[&str] = &[

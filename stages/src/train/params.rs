@@ -11,7 +11,7 @@ use super::{AdamWConfig, Precision, StepRounding, TrainConfig};
 use crate::data::DataParams;
 use crate::model::{config_from_json, ClipConfig};
 
-/// The params of `kind: train` (and, with [`RewindOverrides`] rules, `kind: rewind`).
+/// The params of `kind: train` (and, with [`Mode::Rewind`] rules, `kind: rewind`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TrainParams {
