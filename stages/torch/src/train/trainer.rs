@@ -47,7 +47,7 @@ pub enum TrainError {
         step: u64,
         /// Intervals completed before it.
         interval: u64,
-        /// The loss.
+        /// The non-finite value (NaN or an infinity).
         loss: f64,
     },
     /// The data source failed, or an interval ran out of batches.
@@ -201,7 +201,7 @@ pub struct Trainer {
     pub device: Device,
     /// The model's variables, under open_clip's `state_dict` names.
     pub vs: VarStore,
-    /// The model.
+    /// The model's modules, whose parameters are the variables of `vs`.
     pub model: Clip,
     /// The optimizer and its moments.
     pub optimizer: AdamW,
