@@ -56,6 +56,7 @@ pub fn host() -> &'static str {
 /// Who wrote an entry, from its name.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Owner {
+    /// The writing process's id (on `host`).
     pub pid: u32,
     /// `None`: a name from an older tureen, taken as this host's.
     pub host: Option<String>,

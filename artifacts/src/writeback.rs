@@ -132,6 +132,8 @@ impl Writeback {
 
 #[cfg(any(target_os = "linux", target_os = "android"))]
 mod sys {
+    //! Range writeback through `sync_file_range(2)`.
+
     use std::fs::File;
     use std::io;
     use std::os::fd::AsRawFd;
@@ -179,6 +181,8 @@ mod sys {
 
 #[cfg(not(any(target_os = "linux", target_os = "android")))]
 mod sys {
+    //! No range writeback on this system: the final `fsync` does all of it.
+
     use std::fs::File;
     use std::io;
 

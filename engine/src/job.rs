@@ -207,13 +207,13 @@ pub struct JobResult {
     pub outputs: BTreeMap<String, OutputRecord>,
     /// The last attempt's error.
     pub error: Option<String>,
-    /// Attempts made.
+    /// Attempts made (0 when restored from the cache without running).
     pub attempts: u32,
-    /// When it started and ended (RFC 3339).
+    /// When it started (RFC 3339).
     pub started: String,
-    /// When it ended.
+    /// When it ended (RFC 3339).
     pub ended: String,
-    /// Seconds it took.
+    /// Wall-clock seconds from start to end, all attempts included.
     pub seconds: f64,
     /// Checkpoints the stage resumed from (committed by an interrupted earlier attempt).
     pub resumed_from: usize,
@@ -269,7 +269,7 @@ pub fn execute(
 /// attempt when there are several ranks (a failed rank fails them all; retrying is
 /// relaunching them, which resumes from the journal). The other ranks run the kind
 /// without lock, cache or ingest, reading the journal rank 0 commits to
-/// ([`follower::execute`]). For kinds that are not [`crate::kind::StageKind::data_parallel`]
+/// (`follower::execute`). For kinds that are not [`crate::kind::StageKind::data_parallel`]
 /// the rank is ignored.
 pub fn execute_as(
     job: &StageJob,

@@ -48,7 +48,8 @@ pub enum InputDigests {
 }
 
 impl Fingerprint {
-    /// The stage key.
+    /// The stage key: the BLAKE3 of this fingerprint as canonical JSON, which the
+    /// action cache is indexed by.
     pub fn key(&self) -> Digest {
         let value = serde_json::to_value(self).expect("fingerprints serialize");
         let mut out = String::with_capacity(256);

@@ -15,11 +15,14 @@ use serde::{Deserialize, Serialize};
 /// The machine one stage ran on.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MachineInfo {
+    /// The host name (`gethostname`; `unknown` if it fails).
     pub host: String,
     /// `model name` of /proc/cpuinfo, e.g. `AMD EPYC 7B13`.
     pub cpu_model: String,
     /// The CPU's flags (sorted), as /proc/cpuinfo lists them.
     pub cpu_flags: Vec<String>,
+    /// Logical CPUs (`processor` entries of /proc/cpuinfo), not the ones the process
+    /// may use.
     pub logical_cpus: usize,
     /// `linux-x86_64`.
     pub os: String,
@@ -35,14 +38,19 @@ pub struct NumericsInfo {
     pub mode: String,
     /// The kernels ATen dispatched to: `AVX2`, `AVX512`, `DEFAULT`.
     pub cpu_capability: String,
+    /// The libtorch version the worker was built against (`TORCH_VERSION`).
     pub torch: String,
+    /// ATen's description of the MKL it links (empty without MKL).
     pub mkl: String,
+    /// ATen's description of the oneDNN (MKL-DNN) it links.
     pub onednn: String,
-    /// Intra-op and inter-op threads.
+    /// Intra-op threads (`torch.get_num_threads`).
     pub threads: i32,
+    /// Inter-op threads (`torch.get_num_interop_threads`).
     pub interop_threads: i32,
-    /// Whether ATen may run convolutions in oneDNN / NNPACK.
+    /// Whether ATen may run convolutions in oneDNN (off in `portable` mode).
     pub onednn_convolutions: bool,
+    /// Whether ATen may run convolutions in NNPACK (off in `portable` mode).
     pub nnpack_convolutions: bool,
     /// The numerics environment variables set in the process.
     pub env: BTreeMap<String, String>,
@@ -70,6 +78,7 @@ impl MachineInfo {
         log.with_extension("machine.json")
     }
 
+    /// Writes this as pretty JSON to `path`, atomically (a reader never sees half a file).
     pub fn write(&self, path: &Path) -> std::io::Result<()> {
         let bytes = serde_json::to_vec_pretty(self).expect("machine infos serialize");
         tureen_artifacts::fsutil::write_atomic(path, &bytes)

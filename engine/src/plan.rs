@@ -47,7 +47,8 @@ impl Throughput {
     /// forward; with gradient checkpointing the hardware did a fourth forward on top).
     pub const DEFAULT_MFU: f64 = 0.25;
 
-    /// GPU-seconds for `estimate`.
+    /// GPU-seconds `estimate` takes: its samples over `per_gpu` when both count
+    /// samples, else its FLOPs over `peak_flops * mfu`.
     pub fn gpu_seconds(&self, estimate: &StageEstimate) -> f64 {
         match *self {
             Throughput::Samples {

@@ -23,8 +23,11 @@ pub struct Rank {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{name}={value:?}: {problem}")]
 pub struct RankError {
+    /// The variable, e.g. `WORLD_SIZE` or `SLURM_PROCID`.
     pub name: &'static str,
+    /// Its value as set (empty where the variable is missing).
     pub value: String,
+    /// What is wrong with it, in words.
     pub problem: String,
 }
 

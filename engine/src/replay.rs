@@ -40,6 +40,7 @@ pub struct ReplayRow {
     /// The machine the recorded output was made on, and the one the replay ran on
     /// (`None` where no machine file was written, e.g. by an older tureen).
     pub recorded_machine: Option<MachineInfo>,
+    /// The machine this replay ran the stage on (`None` where the stage wrote none).
     pub machine: Option<MachineInfo>,
 }
 

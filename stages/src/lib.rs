@@ -7,6 +7,8 @@
 //! libtorch and run in the `tureen-torch` worker (`stages/torch`, crate `tureen-torch`),
 //! which is the only crate that links it: so `tureen` starts in milliseconds.
 
+#![warn(missing_docs)]
+
 pub mod checkpoint;
 pub mod data;
 pub mod device;

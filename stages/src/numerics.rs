@@ -45,6 +45,7 @@ pub const PORTABLE_DEFAULT_THREADS: i32 = 2;
 /// The numerics of one libtorch stage, as the worker needs them before libtorch starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NumericsSetting {
+    /// The `numerics` param (default portable).
     pub numerics: Numerics,
     /// Intra-op threads: the stage's `threads`, else [`PORTABLE_DEFAULT_THREADS`] when
     /// portable, else `None` (libtorch's default, the machine's cores).

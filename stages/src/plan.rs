@@ -138,11 +138,14 @@ fn upstream_model(inputs: &EstimateInputs<'_>) -> Option<ModelSummary> {
 /// Forward multiply-accumulates per sample of each tower.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ForwardMacs {
+    /// The image tower and its projection head ([`image_macs`]).
     pub image: u64,
+    /// The text tower and its projection.
     pub text: u64,
 }
 
 impl ForwardMacs {
+    /// Both towers together: one sample's forward pass, without the logits.
     pub fn total(&self) -> u64 {
         self.image + self.text
     }
@@ -369,7 +372,7 @@ fn train_estimate(cfg: &ClipConfig, name: &str, work: TrainWork) -> StageEstimat
 }
 
 /// Estimate of a `train` stage. Params read (those of
-/// [`TrainParams`](crate::train::stage::TrainParams)): `model`, `batch_size`,
+/// [`TrainParams`](crate::train::TrainParams)): `model`, `batch_size`,
 /// `samples_per_interval`, `intervals` (required), `warmup` (default 0), `lr`,
 /// `step_rounding` (default `ceil`).
 pub fn estimate_train(

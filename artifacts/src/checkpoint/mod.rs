@@ -57,8 +57,8 @@ impl Format {
 /// How to read a `torch.save` file (ignored for safetensors, which hold one flat map).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct OpenOptions {
-    /// Where the state dict is in the saved object (`--key`); default: found by
-    /// [`select::find_state_dict`].
+    /// Where the state dict is in the saved object (`--key`); default: the first of
+    /// `state_dict`, `model`, `module` that holds a dict of tensors, else the top level.
     pub key: Option<StateDictPath>,
     /// Keep a `module.` prefix shared by every name (DDP) instead of stripping it.
     pub keep_prefix: bool,

@@ -119,9 +119,9 @@ pub enum Problem {
     /// Bytes of the data section belong to no tensor.
     #[error("data bytes {start}..{end} belong to no tensor")]
     Gap {
-        /// Start of the hole.
+        /// First byte of the hole, as an offset into the data section.
         start: u64,
-        /// End of the hole.
+        /// One past its last byte, as an offset into the data section.
         end: u64,
     },
     /// The output path is something a file must not replace.

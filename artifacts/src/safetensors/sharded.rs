@@ -20,7 +20,7 @@ use crate::store::is_safe_relative_path;
 /// The index file name of a sharded checkpoint.
 pub const INDEX_FILE: &str = "model.safetensors.index.json";
 
-/// A validated shard index.
+/// A parsed `model.safetensors.index.json`: which shard file holds each tensor.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ShardIndex {
     /// The index file.

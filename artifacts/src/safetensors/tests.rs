@@ -1,3 +1,6 @@
+//! Reading and writing safetensors files: round trips, the reference layout, every
+//! malformed header or data section refused, and atomic (early-writeback) writes.
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 

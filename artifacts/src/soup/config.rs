@@ -36,7 +36,7 @@ pub struct SoupConfig {
     pub weights: Vec<f64>,
     /// mergekit `dtype:` (inputs are cast to it; it is also the default output dtype).
     pub dtype: Option<Dtype>,
-    /// mergekit `out_dtype:`.
+    /// mergekit `out_dtype:`: the output's dtype (default: `dtype`, else each tensor's own).
     pub out_dtype: Option<Dtype>,
     /// mergekit `parameters.normalize` (default true).
     pub normalize: bool,

@@ -106,9 +106,9 @@ pub enum StoreError {
     /// Another process holds the store lock that this operation needs exclusively.
     #[error("the store {} is in use by another tureen process (lock {}); try again when it finishes", root.display(), lock.display())]
     Busy {
-        /// The store.
+        /// The store's root directory.
         root: PathBuf,
-        /// The lock file.
+        /// The lock file the other process holds.
         lock: PathBuf,
     },
 }
@@ -163,7 +163,7 @@ pub enum Placement {
     /// A hard link to the read-only object (only when not running as root, since root
     /// ignores permission bits).
     Hardlink,
-    /// A full copy.
+    /// A byte-for-byte copy, when neither of the above is possible.
     Copy,
 }
 

@@ -1,3 +1,6 @@
+//! The store as its callers see it: layout, adding and ingesting, materializing,
+//! verification, pins, garbage collection, listing and the hash cache.
+
 use super::*;
 
 fn store() -> (tempfile::TempDir, Store) {

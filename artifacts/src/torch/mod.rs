@@ -1,12 +1,12 @@
 //! `torch.save` files (`.pt`, `.pth`, `.bin`), read without Python and without executing
 //! anything.
 //!
-//! The format since torch 1.6 is an uncompressed zip archive (see [`container`]):
+//! The format since torch 1.6 is an uncompressed zip archive (the private `container` module):
 //! `<prefix>/data.pkl` is a pickle of the saved object in which every tensor is a
 //! `torch._utils._rebuild_tensor_v2` call on a storage named by a persistent id, and
 //! `<prefix>/data/<key>` holds each storage's bytes. [`TorchFile::open`] memory-maps the
 //! file, reads the zip directory, interprets the pickle with an allow-list of globals
-//! ([`pickle`]; nothing is imported or called), and checks every storage against its
+//! (the private `pickle` module; nothing is imported or called), and checks every storage against its
 //! entry. Tensors are then strided views ([`TensorView`]) whose bytes are slices of the
 //! map; a view that is not contiguous is gathered on request, and one whose elements
 //! overlap (a broadcast, stride 0) is refused.
@@ -70,7 +70,7 @@ pub enum TorchProblem {
     /// `data.pkl` is over [`MAX_PICKLE_BYTES`].
     #[error("data.pkl is {len} bytes, over the {MAX_PICKLE_BYTES}-byte limit (not a checkpoint of tensors?)")]
     PickleTooLarge {
-        /// Its size.
+        /// Size of `data.pkl`, in bytes.
         len: usize,
     },
     /// A storage does not match its archive entry.
@@ -256,7 +256,7 @@ impl std::fmt::Debug for Node<'_> {
 }
 
 impl<'a> Node<'a> {
-    /// The value.
+    /// The unpickled value this node stands for.
     pub fn value(&self) -> &'a Value {
         self.pickle.value(self.id)
     }
@@ -308,6 +308,7 @@ impl<'a> Node<'a> {
         }
     }
 
+    /// A string's text; `None` for any other value (bytes included).
     pub fn as_str(&self) -> Option<&'a str> {
         match self.value() {
             Value::Str(s) => Some(s),
@@ -315,6 +316,7 @@ impl<'a> Node<'a> {
         }
     }
 
+    /// An int's value; `None` for any other value (a float is not truncated).
     pub fn as_int(&self) -> Option<i64> {
         match self.value() {
             Value::Int(i) => Some(*i),
@@ -331,6 +333,7 @@ impl<'a> Node<'a> {
         }
     }
 
+    /// A bool's value; `None` for any other value (ints are not taken as bools).
     pub fn as_bool(&self) -> Option<bool> {
         match self.value() {
             Value::Bool(b) => Some(*b),
@@ -338,6 +341,8 @@ impl<'a> Node<'a> {
         }
     }
 
+    /// A tensor's description (storage, offset, shape, strides); `None` for any other
+    /// value. Its bytes come from [`TorchFile::view`].
     pub fn as_tensor(&self) -> Option<&'a Tensor> {
         match self.value() {
             Value::Tensor(t) => Some(t),

@@ -113,20 +113,33 @@ pub struct Dict {
     index: HashMap<Key, usize>,
 }
 
-/// One value of the tree.
+/// One value of the object tree that `data.pkl` builds; containers refer to their items
+/// by arena id.
 #[derive(Debug, PartialEq)]
 pub enum Value {
+    /// Python's `None`.
     None,
+    /// `True` or `False`.
     Bool(bool),
+    /// An int that fits in 64 bits (longer ones are refused).
     Int(i64),
+    /// A float (Python's are doubles).
     Float(f64),
+    /// A `str` (UTF-8; an invalid one is refused).
     Str(Box<str>),
+    /// A `bytes` object.
     Bytes(Box<[u8]>),
+    /// A tuple; items are arena ids, read them through [`Node`](super::Node).
     Tuple(Vec<Id>),
+    /// A list; items are arena ids, read them through [`Node`](super::Node).
     List(Vec<Id>),
+    /// A dict or `OrderedDict`, in insertion order.
     Dict(Dict),
+    /// An allowed class or function that was named but not (yet) called.
     Global(Global),
+    /// A storage named by a persistent id: the archive entry holding tensor bytes.
     Storage(Storage),
+    /// A tensor rebuilt by `_rebuild_tensor_v2` (or a parameter wrapping one).
     Tensor(Tensor),
 }
 
@@ -167,7 +180,9 @@ impl Pickle {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("data.pkl byte {offset}: {what}")]
 pub struct PickleError {
+    /// Byte offset in `data.pkl` of the opcode that was refused.
     pub offset: usize,
+    /// What is wrong, in words (a refused global names its module and name).
     pub what: String,
 }
 

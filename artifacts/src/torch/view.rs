@@ -11,9 +11,9 @@ use crate::safetensors::Dtype;
 pub struct TensorView {
     /// Element type.
     pub dtype: Dtype,
-    /// Dimensions.
+    /// Size of each dimension, in elements (empty for a scalar).
     pub shape: Vec<u64>,
-    /// Elements.
+    /// Number of elements: the product of `shape`.
     pub numel: u64,
     stride: Vec<u64>,
     /// Byte offset of element 0 in the file.

@@ -244,7 +244,7 @@ impl Input {
 /// resolved to.
 #[derive(Debug, Clone)]
 pub struct Ref {
-    /// As written.
+    /// The reference exactly as the pipeline file writes it.
     pub text: String,
     /// Where it is written.
     pub pos: Pos,
@@ -268,7 +268,7 @@ pub enum Target {
     File {
         /// The path as written, relative to the pipeline's directory.
         rel: String,
-        /// The path.
+        /// `rel` joined to the pipeline's directory; it existed when the file was loaded.
         path: PathBuf,
     },
 }

@@ -1,15 +1,15 @@
 //! Checkpoints in open_clip's format.
 //!
-//! - **Model weights** ([`save_weights`], [`load_weights`]): one safetensors file whose
-//!   tensor names and shapes are exactly open_clip's `CLIP.state_dict()` keys, so it loads
-//!   into `open_clip.CLIP(**cfg)` with `strict=True` (after `safetensors.torch.load_file`)
-//!   and an open_clip state dict saved as safetensors loads here. The model's
-//!   [`ClipConfig`] is embedded as JSON under the `__metadata__` key
-//!   `tureen.clip_config`, so a file alone says which model it is.
-//! - **Training checkpoints** ([`TrainCheckpoint`]): a directory committed to the store
-//!   as a tree artifact, holding `model.safetensors`, `optimizer.safetensors` (AdamW
-//!   `exp_avg.<param>` / `exp_avg_sq.<param>`) and `state.json` (step, samples seen,
-//!   interval, model config, hyper-parameters, seed).
+//! - **Model weights** (`tureen_torch::checkpoint::{save_weights, load_weights}`): one
+//!   safetensors file whose tensor names and shapes are exactly open_clip's
+//!   `CLIP.state_dict()` keys, so it loads into `open_clip.CLIP(**cfg)` with
+//!   `strict=True` (after `safetensors.torch.load_file`) and an open_clip state dict saved
+//!   as safetensors loads here. The model's [`ClipConfig`] is embedded as JSON under the
+//!   `__metadata__` key `tureen.clip_config`, so a file alone says which model it is.
+//! - **Training checkpoints** (`tureen_torch::checkpoint::TrainCheckpoint`): a directory
+//!   committed to the store as a tree artifact, holding `model.safetensors`,
+//!   `optimizer.safetensors` (AdamW `exp_avg.<param>` / `exp_avg_sq.<param>`) and
+//!   `state.json` (step, samples seen, interval, model config, hyper-parameters, seed).
 //!
 //! This module reads what needs no libtorch: the model config embedded in a weights
 //! file, and a checkpoint's `state.json`. Reading and writing the tensors is
@@ -59,22 +59,43 @@ pub fn inherit_model_config(
 /// Errors reading or writing checkpoints; every variant names the file (and tensor).
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
+    /// Reading, writing or creating a file or directory failed.
     #[error("{path}: {source}")]
     Io {
+        /// The file or directory.
         path: PathBuf,
+        /// The operating system's error.
         #[source]
         source: std::io::Error,
     },
+    /// One tensor cannot be used: wrong shape or dtype for the model, or bad bytes.
     #[error("{path}: tensor `{tensor}`: {message}")]
     Tensor {
+        /// The weights file.
         path: PathBuf,
+        /// The tensor's name, as in the file.
         tensor: String,
+        /// What is wrong with it.
         message: String,
     },
+    /// The file's tensor names are not the model's (missing or unexpected tensors).
     #[error("{path}: {message}")]
-    Mismatch { path: PathBuf, message: String },
+    Mismatch {
+        /// The weights file.
+        path: PathBuf,
+        /// Which names are missing and which unexpected (the first few of each).
+        message: String,
+    },
+    /// The non-tensor part is unusable: `state.json`, the embedded model config, or the
+    /// fields of an open_clip `torch.save` checkpoint.
     #[error("{path}: {message}")]
-    State { path: PathBuf, message: String },
+    State {
+        /// The file holding the state.
+        path: PathBuf,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// A safetensors file that cannot be read or written (names the file itself).
     #[error(transparent)]
     Safetensors(#[from] tureen_artifacts::safetensors::SafetensorsError),
     /// A checkpoint of any format that cannot be read.

@@ -354,7 +354,8 @@ impl ShuffleBuffer {
     }
 }
 
-/// A decode worker.
+/// One decode thread: decodes the numbered jobs it receives and sends them back
+/// numbered, until the jobs run out, the receiver hangs up or `stop` is set.
 fn decode_loop(
     config: &LoaderConfig,
     epoch: u64,

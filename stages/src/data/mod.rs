@@ -40,22 +40,41 @@ use crate::tokenizer::Tokenizer;
 /// Errors of the data layer. Every variant names the shard, file or setting at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
+    /// A shard pattern that does not expand (bad braces), or a list with no shards.
     #[error("shard pattern {pattern:?}: {message}")]
-    Pattern { pattern: String, message: String },
+    Pattern {
+        /// The pattern (or the whole list when it names no shard).
+        pattern: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// A local shard file that does not exist (resolved against the base directory).
     #[error("missing shard {0}")]
     MissingShard(PathBuf),
+    /// A shard file that exists but cannot be opened.
     #[error("cannot read shard {shard}: {source}")]
     Read {
+        /// The shard's path.
         shard: String,
+        /// The operating system's error.
         #[source]
         source: std::io::Error,
     },
+    /// A `pipe:` shard whose command could not start or exited unsuccessfully.
     #[error("shard source `{command}` failed: {message}")]
-    Pipe { command: String, message: String },
+    Pipe {
+        /// The shell command (without `pipe:`).
+        command: String,
+        /// Why it failed (its exit status, or the spawn error).
+        message: String,
+    },
+    /// A [`LoaderConfig`] whose numbers cannot work (zero batch size, bad augmentation...).
     #[error("invalid loader config: {0}")]
     Config(String),
+    /// A whole pass over the shards (or many resampled draws) gave no usable sample.
     #[error("no valid samples in {0}")]
     Empty(String),
+    /// A loader thread went away before the data ended.
     #[error("data loader worker stopped unexpectedly")]
     Disconnected,
 }
@@ -166,12 +185,18 @@ pub struct DataParams {
     /// The shard list, see [`LoaderConfig::shards`]. YAML key `shards` (or `data`).
     #[serde(rename = "shards", alias = "data")]
     pub data: String,
+    /// Samples in the seeded shuffle buffer (default 1000; 0: read in order), see
+    /// [`LoaderConfig::shuffle_buffer`].
     #[serde(default = "default_shuffle_buffer")]
     pub shuffle_buffer: usize,
+    /// Draw shards at random with replacement (open_clip's `--dataset-resampled`;
+    /// default false), see [`LoaderConfig::resampled`].
     #[serde(default)]
     pub resampled: bool,
+    /// Decoding threads (default 2). The batches do not depend on it.
     #[serde(default = "default_workers")]
     pub workers: usize,
+    /// Decoded batches kept ready ahead of the trainer (default 4).
     #[serde(default = "default_prefetch")]
     pub prefetch: usize,
     /// Training augmentation (`scale`, `ratio`, `re_prob`).
@@ -230,9 +255,11 @@ pub struct Batch {
     /// `[len, 3, image_size, image_size]` float32, CLIP mean/std normalised (erasing
     /// applied if configured).
     pub images: Vec<f32>,
+    /// Side of each (square) image, in pixels.
     pub image_size: usize,
     /// `[len, context_length]` token ids.
     pub tokens: Vec<i64>,
+    /// Ids per caption row of `tokens`.
     pub context_length: usize,
     /// `[len]` class labels when every sample has a `.cls` entry.
     pub labels: Option<Vec<i64>>,
@@ -248,6 +275,7 @@ impl Batch {
         self.keys.len()
     }
 
+    /// Whether the batch has no samples.
     pub fn is_empty(&self) -> bool {
         self.keys.is_empty()
     }

@@ -65,10 +65,13 @@ const SPLIT_RETRIEVAL: u64 = 3;
 /// Parameters of [`write_dataset`].
 #[derive(Debug, Clone, Serialize)]
 pub struct SynthConfig {
+    /// Training shards (`train/000000.tar`, ...); at least 1.
     pub shards: usize,
+    /// Training samples per shard.
     pub per_shard: usize,
     /// Image side in pixels.
     pub size: u32,
+    /// Seed of every image and caption: the same seed and sizes give the same bytes.
     pub seed: u64,
     /// Zero-shot images per class (24 classes).
     pub zeroshot_per_class: usize,
@@ -79,9 +82,13 @@ pub struct SynthConfig {
 /// What one synthetic image shows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Scene {
+    /// Index into [`SHAPES`].
     pub shape: usize,
+    /// Index into [`COLOURS`].
     pub colour: usize,
+    /// Index into [`POSITIONS`].
     pub position: usize,
+    /// Index into [`SIZES`].
     pub size: usize,
 }
 
@@ -275,11 +282,18 @@ pub fn write_dataset(out: &Path, config: &SynthConfig) -> anyhow::Result<SynthSu
 /// Counts of what [`write_dataset`] wrote.
 #[derive(Debug, Clone, Serialize)]
 pub struct SynthSummary {
+    /// Training samples over all shards.
     pub train_samples: usize,
+    /// The training shards as one brace pattern, relative to the dataset directory
+    /// (`train/{000000..000007}.tar`): a `data:` param can name it as is.
     pub train_shards: String,
+    /// Zero-shot classes (`<colour> <shape>`).
     pub classes: usize,
+    /// Zero-shot images over all classes.
     pub zeroshot_images: usize,
+    /// Images of the retrieval set.
     pub retrieval_images: usize,
+    /// Captions of the retrieval set (several per image).
     pub retrieval_captions: usize,
 }
 

@@ -12,6 +12,7 @@ pub const IMAGE_EXTENSIONS: [&str; 3] = ["jpg", "jpeg", "png"];
 pub struct RawSample {
     /// `<shard>/<key>`, unique within a dataset.
     pub key: String,
+    /// Each member's bytes, by lower-cased extension (the file name after the key's `.`).
     pub files: BTreeMap<String, Vec<u8>>,
 }
 

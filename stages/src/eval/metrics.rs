@@ -22,27 +22,39 @@ pub struct ClassificationMetrics {
 /// Image<->text retrieval recall@k, as fractions in [0, 1].
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct RetrievalMetrics {
-    /// For each image, whether any of its captions is among the k best-scored texts.
+    /// Fraction of images with one of their captions among the 1 best-scored texts.
     pub image_to_text_r1: f64,
+    /// Fraction of images with one of their captions among the 5 best-scored texts.
     pub image_to_text_r5: f64,
+    /// Fraction of images with one of their captions among the 10 best-scored texts.
     pub image_to_text_r10: f64,
-    /// For each caption, whether its image is among the k best-scored images.
+    /// Fraction of captions whose image is the best-scored image.
     pub text_to_image_r1: f64,
+    /// Fraction of captions whose image is among the 5 best-scored images.
     pub text_to_image_r5: f64,
+    /// Fraction of captions whose image is among the 10 best-scored images.
     pub text_to_image_r10: f64,
+    /// Number of images scored.
     pub images: usize,
+    /// Captions scored (each belongs to one image).
     pub texts: usize,
 }
 
 /// Errors in metric inputs (shapes, label ranges).
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum MetricsError {
+    /// The scores do not form the stated matrix, or captions and images do not match up
+    /// (a caption naming a missing image, an image without captions).
     #[error("{0}")]
     Shape(String),
+    /// A class label outside the classes scored.
     #[error("label {label} of sample {sample} is outside 0..{classes}")]
     Label {
+        /// The sample's index (its row of the scores).
         sample: usize,
+        /// Its label.
         label: i64,
+        /// The number of classes (columns of the scores).
         classes: usize,
     },
 }

@@ -10,7 +10,8 @@ use tureen_engine::kind::ParamError;
 
 use crate::tokenizer::TokenizerSpec;
 
-/// The params of an eval stage.
+/// The params of `kind: eval`, and of a greedy soup's held-out evaluation. Paths are
+/// relative to an `eval` stage's `data` input when it has one, else to the workspace.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EvalParams {
@@ -26,15 +27,22 @@ pub struct EvalParams {
     /// Retrieval set: shards with `.txt` holding one caption per line.
     #[serde(default)]
     pub retrieval: Option<String>,
+    /// How prompts and captions become ids (default `byte`); must be the one the model
+    /// was trained with.
     #[serde(default)]
     pub tokenizer: TokenizerSpec,
     /// Model config (preset name or object); default: the one embedded in the checkpoint.
     #[serde(default)]
     pub model: Option<Value>,
+    /// Images per forward pass (default 64); affects speed and memory, not the metrics.
     #[serde(default = "default_batch_size")]
     pub batch_size: usize,
+    /// Decoding threads for a webdataset set (default 2; an image folder decodes on
+    /// rayon's pool).
     #[serde(default = "default_workers")]
     pub workers: usize,
+    /// Where to run: `auto` (default), `cpu`, `cuda` or `cuda:N` (see
+    /// [`crate::device::DeviceSpec`]).
     #[serde(default = "default_device")]
     pub device: String,
     /// libtorch intra-op threads on the CPU (default: 2 with portable numerics,

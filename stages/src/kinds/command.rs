@@ -47,7 +47,8 @@ const GRACE: Duration = Duration::from_secs(5);
 /// The name of the kind in pipeline files.
 pub const NAME: &str = "command";
 
-/// The `command` kind.
+/// The `command` kind: a shell command with declared inputs and outputs, run in `tureen`
+/// itself (see the module docs).
 pub struct CommandKind;
 
 const PARAMS: &[&str] = &["cmd", "outs"];

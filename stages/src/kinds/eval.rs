@@ -32,7 +32,8 @@ use crate::eval::EvalParams;
 /// The name of the kind in pipeline files.
 pub const NAME: &str = "eval";
 
-/// The `eval` kind.
+/// The `eval` kind as the engine sees it (params, outputs, estimate); the scoring
+/// itself runs in the `tureen-torch` worker.
 pub struct EvalKind;
 
 impl StageKind for EvalKind {

@@ -32,7 +32,7 @@
 //! model in `eval`, `rewind` and greedy soups (given the same `model:`). The trainer runs
 //! locally as one process, or inside a Slurm allocation under `srun` with one task per
 //! GPU (see [`launch`]). It always runs with `--save-frequency 1 --resume latest`: each
-//! `epoch_N.pt` is committed to the store as soon as it is complete (see [`watch`]), and
+//! `epoch_N.pt` is committed to the store as soon as it is complete (the private `watch` module), and
 //! a stage killed mid-run resumes from its last committed epoch and keeps its series.
 //! Outputs: `checkpoints` (every epoch's `.pt`, in order) and `final` (the last).
 
@@ -55,7 +55,8 @@ use crate::model::config_from_json;
 
 pub use launch::{launch, master_port, Environment, Launch, System};
 
-/// The `open_clip` kind.
+/// The `open_clip` kind: open_clip's Python trainer as a stage, each epoch's checkpoint
+/// committed as it completes.
 pub struct OpenClipKind;
 
 /// The name of the kind in pipeline files.
@@ -65,35 +66,65 @@ pub const NAME: &str = "open_clip";
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OpenClipParams {
+    /// `--train-data`: webdataset shard patterns (`::`-separated); relative ones resolve
+    /// against the `data` input.
     pub train_data: String,
+    /// `--train-num-samples`: samples per epoch (a checkpoint per epoch); at least 1.
     pub train_num_samples: u64,
+    /// `--batch-size`: samples per step *per GPU* (open_clip's meaning, unlike
+    /// `train`'s global `batch_size`); at least 1.
     pub batch_size: u64,
+    /// `--epochs`: epochs to train, so the number of `checkpoints`; at least 1.
     pub epochs: u64,
+    /// `--lr`: peak learning rate; positive.
     pub lr: f64,
+    /// `--warmup`: warmup steps (default 0).
     #[serde(default)]
     pub warmup: u64,
+    /// `--beta1`; absent: open_clip's default for the model.
     pub beta1: Option<f64>,
+    /// `--beta2`; absent: open_clip's default for the model.
     pub beta2: Option<f64>,
+    /// `--eps`; absent: open_clip's default for the model.
     pub eps: Option<f64>,
+    /// `--wd` (weight decay); absent: open_clip's default.
     pub wd: Option<f64>,
+    /// `--grad-clip-norm`; absent: no clipping.
     pub grad_clip_norm: Option<f64>,
+    /// `--precision` as open_clip spells it (`amp`, `amp_bf16`, `fp32`...); absent:
+    /// open_clip's default (`amp`).
     pub precision: Option<String>,
+    /// `--aug-cfg`: each key becomes `key=<Python literal>` (numbers, strings, bools,
+    /// lists of numbers as tuples).
     #[serde(default)]
     pub aug_cfg: Map<String, Value>,
+    /// A tureen model config (preset name or object), written as open_clip's model
+    /// config; it must have an open_clip equivalent.
     pub model: Value,
+    /// `--seed` (default 0).
     #[serde(default)]
     pub seed: u64,
+    /// `--local-loss`: each GPU computes the loss of its own rows against the gathered
+    /// features, not the full global matrix.
     #[serde(default)]
     pub local_loss: bool,
+    /// `--gather-with-grad`: gather features across GPUs with their gradients.
     #[serde(default)]
     pub gather_with_grad: bool,
+    /// `--grad-checkpointing`: recompute activations in the backward pass.
     #[serde(default)]
     pub grad_checkpointing: bool,
+    /// `--dataset-resampled`: draw shards with replacement.
     #[serde(default)]
     pub dataset_resampled: bool,
+    /// `--workers`: data loader processes per GPU (default 1).
     pub workers: Option<u64>,
+    /// `--device`; absent: open_clip's default (cuda).
     pub device: Option<String>,
+    /// The Python to run (default `python3` on PATH; a relative path with a `/` is taken
+    /// relative to the pipeline's directory).
     pub python: Option<String>,
+    /// Arguments appended as they are, after all the others.
     #[serde(default)]
     pub extra_args: Vec<String>,
 }

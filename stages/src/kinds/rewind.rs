@@ -37,7 +37,8 @@ use crate::train::params::{self, Mode};
 /// The name of the kind in pipeline files.
 pub const NAME: &str = "rewind";
 
-/// The `rewind` kind.
+/// The `rewind` kind as the engine sees it (params, outputs, estimate); the training
+/// runs in the `tureen-torch` worker.
 pub struct RewindKind;
 
 impl StageKind for RewindKind {

@@ -45,7 +45,8 @@ use tureen_engine::kind::{
 /// The name of the kind in pipeline files.
 pub const NAME: &str = "soup";
 
-/// The `soup` kind.
+/// The `soup` kind: uniform and weighted soups are made here, greedy ones (which
+/// evaluate candidates) in the `tureen-torch` worker.
 pub struct SoupKind;
 
 const PARAMS: &[&str] = &[
@@ -62,8 +63,12 @@ const PARAMS: &[&str] = &[
 /// How the checkpoints are combined.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Method {
+    /// The mean of all checkpoints (runs in `tureen`).
     Uniform,
+    /// A mean weighted by the `weights` param, normalised to sum 1 (runs in `tureen`).
     Weighted,
+    /// Checkpoints added best-first while the held-out score does not drop (needs
+    /// libtorch: runs in the `tureen-torch` worker).
     Greedy,
 }
 
@@ -289,9 +294,12 @@ impl StageWork for SoupKind {
 /// What every soup method starts from: the ingredient files, the soup options and where
 /// the soup goes.
 pub struct SoupInputs {
+    /// How to combine them (the `method` param).
     pub method: Method,
     /// The ingredients' weights files, in input order.
     pub paths: Vec<PathBuf>,
+    /// The soup options from the params, with the ingredients' digests as provenance and
+    /// their model config carried over.
     pub options: SoupOptions,
     /// The output file, in the stage's work directory.
     pub out: PathBuf,

@@ -25,7 +25,8 @@ use crate::train::params::{self, Mode};
 /// The name of the kind in pipeline files.
 pub const NAME: &str = "train";
 
-/// The `train` kind.
+/// The `train` kind as the engine sees it (params, outputs, estimate); the training
+/// runs in the `tureen-torch` worker.
 pub struct TrainKind;
 
 impl StageKind for TrainKind {

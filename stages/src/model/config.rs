@@ -15,7 +15,9 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum MlpKind {
+    /// `Linear` layers on channels-last tensors (tiny..xxlarge).
     Linear,
+    /// 1x1 convolutions (timm's `conv_mlp=True`, atto..nano).
     Conv1x1,
 }
 
@@ -41,6 +43,7 @@ pub struct VisionConfig {
     pub depths: Vec<i64>,
     /// Channels per stage.
     pub dims: Vec<i64>,
+    /// How the blocks' pointwise MLP is built (decides the weights' shapes).
     pub mlp: MlpKind,
     /// MLP hidden width = `mlp_ratio * dim`.
     pub mlp_ratio: i64,
@@ -67,13 +70,20 @@ pub struct VisionConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TextConfig {
+    /// Tokens per caption, padding included (open_clip: 77).
     pub context_length: i64,
+    /// Token ids the embedding holds; at least the tokenizer's vocabulary (the largest
+    /// id, end-of-text, is where the tower pools).
     pub vocab_size: i64,
+    /// Residual stream width.
     pub width: i64,
+    /// Attention heads per layer; must divide `width`.
     pub heads: i64,
+    /// Transformer blocks.
     pub layers: i64,
     /// MLP hidden width = `mlp_ratio * width`.
     pub mlp_ratio: i64,
+    /// LayerNorm epsilon of every norm in the tower.
     pub norm_eps: f64,
 }
 
@@ -81,8 +91,11 @@ pub struct TextConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClipConfig {
+    /// Width of the joint embedding both towers project to.
     pub embed_dim: i64,
+    /// The image tower.
     pub vision: VisionConfig,
+    /// The text tower.
     pub text: TextConfig,
     /// Initial value of the learned `logit_scale` (open_clip: ln(1/0.07)).
     pub init_logit_scale: f64,
@@ -92,7 +105,9 @@ pub struct ClipConfig {
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("model config: {field}: {message}")]
 pub struct ConfigError {
+    /// The field's path in the config, e.g. `vision.depths`.
     pub field: String,
+    /// What is wrong with it.
     pub message: String,
 }
 

@@ -22,16 +22,23 @@ pub use byte::ByteTokenizer;
 /// Errors while loading a tokenizer.
 #[derive(Debug, thiserror::Error)]
 pub enum TokenizerError {
+    /// The vocab file cannot be read (or gunzipped).
     #[error("cannot read BPE vocab {path}: {source}")]
     Read {
+        /// The vocab file.
         path: PathBuf,
+        /// The I/O or decompression error.
         #[source]
         source: std::io::Error,
     },
+    /// The vocab file's contents are not a CLIP BPE merges list.
     #[error("BPE vocab {path}, line {line}: {message}")]
     Vocab {
+        /// The vocab file.
         path: PathBuf,
+        /// 1-based line of the (decompressed) file.
         line: usize,
+        /// What is wrong with it.
         message: String,
     },
 }
@@ -112,7 +119,9 @@ impl TokenizerSpec {
 /// A tokenizer of either kind. Cheap to share across threads (`Arc<Tokenizer>`).
 #[derive(Debug, Clone)]
 pub enum Tokenizer {
+    /// UTF-8 bytes (vocab 259).
     Byte(ByteTokenizer),
+    /// open_clip's CLIP BPE.
     Bpe(Box<BpeTokenizer>),
 }
 

@@ -12,9 +12,14 @@ use crate::model::ClipConfig;
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdamWConfig {
+    /// Decay rate of the first moment (the gradient's running mean), in [0, 1).
     pub beta1: f64,
+    /// Decay rate of the second moment (the squared gradient's running mean), in [0, 1).
     pub beta2: f64,
+    /// Added to the second moment's square root before dividing; positive.
     pub eps: f64,
+    /// Decoupled weight decay, scaled by the lr; applied to weights of 2 or more
+    /// dimensions only (not to norms, biases or `logit_scale`, as in open_clip).
     pub weight_decay: f64,
 }
 
@@ -37,6 +42,7 @@ impl Default for AdamWConfig {
 pub enum Precision {
     /// bf16 on CUDA, fp32 on the CPU (where bf16 is slower).
     Auto,
+    /// Everything in float32.
     Fp32,
     /// Matmuls and convolutions in bfloat16 (torch autocast's split).
     Bf16,
@@ -45,28 +51,40 @@ pub enum Precision {
 /// Everything that decides what a training run computes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrainConfig {
+    /// The model to train (resolved from its preset and overrides).
     pub model: ClipConfig,
     /// Global batch: samples per optimizer step.
     pub batch_size: u64,
     /// Samples per forward/backward pass; smaller than `batch_size` turns on exact
     /// gradient accumulation.
     pub micro_batch: Option<u64>,
+    /// Samples per checkpoint interval (open_clip's "epoch"): a checkpoint is written
+    /// after each.
     pub samples_per_interval: u64,
     /// Steps per interval = ceil (open_clip) or floor of samples / batch.
     pub step_rounding: StepRounding,
     /// Total intervals of the schedule (a rewind counts the intervals before it too).
     pub intervals: u64,
+    /// Peak learning rate, reached at the end of warmup (see [`Schedule`]).
     pub lr: f64,
+    /// Warmup length in optimizer steps (the lr rises linearly to `lr` over them).
     pub warmup: u64,
+    /// AdamW's betas, eps and weight decay.
     pub optimizer: AdamWConfig,
+    /// Clip the gradients' total 2-norm to this each step; `None`: no clipping.
     pub grad_clip_norm: Option<f64>,
+    /// Base seed of everything random: initial weights, stochastic-depth masks, data
+    /// order and augmentation.
     pub seed: u64,
+    /// Precision of the forward and backward passes.
     pub precision: Precision,
     /// A metrics record every this many steps (and at the end of every interval).
     pub log_every: u64,
 }
 
 impl TrainConfig {
+    /// Optimizer steps in one interval: `samples_per_interval / batch_size`, rounded as
+    /// `step_rounding` says.
     pub fn steps_per_interval(&self) -> u64 {
         steps_per_interval(
             self.samples_per_interval,
@@ -75,6 +93,8 @@ impl TrainConfig {
         )
     }
 
+    /// The lr schedule over the whole run: `warmup` steps, then cosine decay to zero at
+    /// `steps_per_interval() * intervals`.
     pub fn schedule(&self) -> Schedule {
         Schedule {
             base_lr: self.lr,

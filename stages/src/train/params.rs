@@ -11,7 +11,7 @@ use super::{AdamWConfig, Precision, StepRounding, TrainConfig};
 use crate::data::DataParams;
 use crate::model::{config_from_json, ClipConfig};
 
-/// The params of `kind: train` (and, with [`RewindOverrides`] rules, `kind: rewind`).
+/// The params of `kind: train` (and, with [`Mode::Rewind`] rules, `kind: rewind`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TrainParams {
@@ -21,23 +21,41 @@ pub struct TrainParams {
     /// The webdataset (see [`DataParams`]), or the string `synthetic` for random
     /// tensors (benchmarks and smoke tests; no data input needed).
     pub data: Value,
+    /// Global batch: samples per optimizer step, over all ranks; at least 2.
     pub batch_size: u64,
+    /// Samples per forward/backward pass: smaller than the per-rank batch, gradients
+    /// accumulate exactly (a data-parallel run needs it to divide the per-rank batch);
+    /// absent: the whole per-rank batch.
     pub micro_batch: Option<u64>,
+    /// Samples per checkpoint interval; each interval ends with a checkpoint.
     pub samples_per_interval: u64,
+    /// Intervals of the whole schedule; a rewind counts the ones before its checkpoint
+    /// too and trains the rest.
     pub intervals: u64,
+    /// Peak learning rate (after warmup; cosine decay to zero at the end); positive.
     pub lr: f64,
+    /// Linear warmup, in optimizer steps (default 0).
     #[serde(default)]
     pub warmup: u64,
+    /// AdamW's beta1 (default 0.9).
     pub beta1: Option<f64>,
+    /// AdamW's beta2 (default 0.98).
     pub beta2: Option<f64>,
+    /// AdamW's eps (default 1e-6).
     pub eps: Option<f64>,
+    /// AdamW's decoupled weight decay (default 0.2), on weights of 2+ dimensions only.
     pub weight_decay: Option<f64>,
     /// Gradient-norm clipping; absent or null: none.
     pub grad_clip_norm: Option<f64>,
+    /// Base seed of weights, data order, augmentation and stochastic depth (default 0).
     #[serde(default)]
     pub seed: u64,
+    /// Where to train: `auto` (default), `cpu`, `cuda` or `cuda:N` (see
+    /// [`crate::device::DeviceSpec`]).
     #[serde(default = "default_device")]
     pub device: String,
+    /// Precision of the forward/backward pass (default `auto`: bf16 on CUDA, fp32 on
+    /// the CPU).
     #[serde(default = "default_precision")]
     pub precision: Precision,
     /// libtorch intra-op threads on the CPU (default: 2 with portable numerics,
@@ -46,8 +64,11 @@ pub struct TrainParams {
     /// How the CPU numerics are pinned ([`crate::numerics`]; default portable).
     #[serde(default)]
     pub numerics: crate::numerics::Numerics,
+    /// A metrics record every this many steps, and at every interval's end (default 10).
     #[serde(default = "default_log_every")]
     pub log_every: u64,
+    /// How `samples_per_interval / batch_size` becomes whole steps (default `ceil`, as
+    /// open_clip).
     #[serde(default)]
     pub step_rounding: StepRounding,
     /// Rewind only: `checkpoint` (default: AdamW's moments, step and hyper-parameters
@@ -97,7 +118,9 @@ fn default_log_every() -> u64 {
 /// Which of the two kinds is running.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
+    /// `kind: train`: from fresh weights (`model` required).
     Train,
+    /// `kind: rewind`: from the `from` checkpoint.
     Rewind,
 }
 

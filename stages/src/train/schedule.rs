@@ -6,8 +6,11 @@ use serde::{Deserialize, Serialize};
 /// Warmup + cosine over `total_steps` optimizer steps.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Schedule {
+    /// The peak learning rate, reached at the last warmup step.
     pub base_lr: f64,
+    /// Steps of linear warmup; 0 starts the cosine at `base_lr`.
     pub warmup_steps: u64,
+    /// Steps of the whole schedule, warmup included; the lr reaches zero here.
     pub total_steps: u64,
 }
 
@@ -37,8 +40,10 @@ impl Schedule {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum StepRounding {
+    /// Round up: a partial last batch still makes a step, as in open_clip (the default).
     #[default]
     Ceil,
+    /// Round down: a partial last batch makes no step.
     Floor,
 }
 

@@ -62,7 +62,7 @@ impl StageWork for Training {
     }
 }
 
-/// `eval`.
+/// The worker's side of `eval`: scores the model input.
 struct Evaluation;
 
 impl StageWork for Evaluation {

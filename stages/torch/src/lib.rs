@@ -9,6 +9,8 @@
 //! `tureen-torch` program (the root package's second binary) runs these kinds for
 //! `tureen`, one stage per process.
 
+#![warn(missing_docs)]
+
 pub mod autograd;
 pub mod batch;
 pub mod checkpoint;

@@ -142,7 +142,10 @@ pub fn write_bytes(path: &Path, bytes: &[u8]) -> Result<(), CheckpointError> {
 /// A checkpoint read into tch tensors (on the CPU), with its metadata.
 #[derive(Debug)]
 pub struct TensorFile {
+    /// Every tensor, by its name in the file (a DDP `module.` prefix stripped unless
+    /// the options keep it).
     pub tensors: BTreeMap<String, Tensor>,
+    /// The safetensors `__metadata__` (empty for a `torch.save` file).
     pub metadata: BTreeMap<String, String>,
 }
 

@@ -44,11 +44,17 @@ impl Backend {
 /// A collective or rendezvous step, for error messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Op {
+    /// Meeting the other ranks at the store.
     Rendezvous,
+    /// [`ProcessGroup::all_reduce_sum`].
     AllReduce,
+    /// [`ProcessGroup::all_gather`] (and [`ProcessGroup::all_gather_i64`]).
     AllGather,
+    /// [`ProcessGroup::reduce_scatter_sum`].
     ReduceScatter,
+    /// [`ProcessGroup::broadcast`].
     Broadcast,
+    /// [`ProcessGroup::barrier`].
     Barrier,
 }
 
@@ -102,22 +108,39 @@ impl fmt::Display for Peer {
 /// Errors of the communication layer.
 #[derive(Debug, thiserror::Error)]
 pub enum DistError {
+    /// A collective failed or timed out in c10d.
     #[error("{op} failed on {rank}{}: {peer}: {message}", if *.timed_out { " (timed out)" } else { "" })]
     Failed {
+        /// The collective.
         op: Op,
+        /// This rank.
         rank: Rank,
+        /// Which other rank the failure is down to, from the heartbeats.
         peer: Peer,
+        /// Whether it ran into the group's timeout (rather than failing outright).
         timed_out: bool,
+        /// c10d's message.
         message: String,
     },
+    /// The ranks could not meet: the store is unreachable, a rank did not arrive in
+    /// time, or the ranks disagree on the stage they run.
     #[error("rendezvous of {rank} at {store}: {message}")]
     Rendezvous {
+        /// This rank.
         rank: Rank,
+        /// The store's address (`tcp://HOST:PORT` or `file:///PATH`).
         store: String,
+        /// What went wrong.
         message: String,
     },
+    /// `give_up` said to stop while this rank waited for the others.
     #[error("{rank}: cancelled while waiting for the other ranks")]
-    Cancelled { rank: Rank },
+    Cancelled {
+        /// This rank.
+        rank: Rank,
+    },
+    /// A call the group cannot make (a non-contiguous tensor, shapes that do not
+    /// divide, a backend this build lacks); a bug in the caller, not in a peer.
     #[error("{0}")]
     Usage(String),
 }
@@ -125,6 +148,7 @@ pub enum DistError {
 /// How a group is set up.
 #[derive(Debug, Clone)]
 pub struct GroupOptions {
+    /// The c10d process group to build.
     pub backend: Backend,
     /// Where this rank's tensors live (its GPU for NCCL).
     pub device: tch::Device,
@@ -213,18 +237,22 @@ impl ProcessGroup {
         })
     }
 
+    /// This process's place in the group.
     pub fn rank(&self) -> Rank {
         self.rank
     }
 
+    /// The c10d backend the group runs on.
     pub fn backend(&self) -> Backend {
         self.backend
     }
 
+    /// Where this rank's tensors must live for the collectives.
     pub fn device(&self) -> tch::Device {
         self.device
     }
 
+    /// The bound on each collective ([`GroupOptions::timeout`]).
     pub fn timeout(&self) -> Duration {
         self.timeout
     }

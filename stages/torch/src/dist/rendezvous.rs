@@ -10,7 +10,12 @@ use tureen_engine::kind::Rank;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreAddress {
     /// A `TCPStore` that rank 0 serves on `port` and the others reach at `host:port`.
-    Tcp { host: String, port: u16 },
+    Tcp {
+        /// Rank 0's host, as the other ranks reach it.
+        host: String,
+        /// The port rank 0 listens on.
+        port: u16,
+    },
     /// A `FileStore` on a file every rank sees; it must not exist before the launch.
     File(PathBuf),
 }
@@ -27,7 +32,9 @@ impl std::fmt::Display for StoreAddress {
 /// This process's rank and where the ranks meet.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rendezvous {
+    /// This process's rank (from the launcher's variables).
     pub rank: Rank,
+    /// Where the ranks meet.
     pub store: StoreAddress,
 }
 

@@ -22,7 +22,12 @@ pub enum EvalSource {
     ImageFolder(PathBuf),
     /// Shard pattern (brace expansion, `pipe:`) resolved against `base_dir`; labels come
     /// from `.cls`, captions from `.txt`.
-    WebDataset { shards: String, base_dir: PathBuf },
+    WebDataset {
+        /// The shard list, as [`LoaderConfig::shards`].
+        shards: String,
+        /// The directory relative shards and `pipe:` commands resolve in.
+        base_dir: PathBuf,
+    },
 }
 
 impl EvalSource {
@@ -42,24 +47,38 @@ impl EvalSource {
 
 /// One evaluation batch: images `[B, 3, S, S]`, labels (if known), raw captions.
 pub struct EvalBatch {
+    /// `[B, 3, S, S]` float32 on the CPU, CLIP-normalised.
     pub images: Tensor,
+    /// Class labels: the folder index, or `.cls` when every sample has one.
     pub labels: Option<Vec<i64>>,
+    /// Each sample's `.txt` (empty strings for an image folder).
     pub texts: Vec<String>,
 }
 
 /// Errors reading evaluation data.
 #[derive(Debug, thiserror::Error)]
 pub enum EvalDataError {
+    /// The webdataset loader failed (names the shard or setting).
     #[error(transparent)]
     Data(#[from] DataError),
+    /// A folder or image file of an image folder cannot be read.
     #[error("cannot read {path}: {source}")]
     Io {
+        /// The folder or file.
         path: PathBuf,
+        /// The operating system's error.
         #[source]
         source: std::io::Error,
     },
+    /// An image file that does not decode.
     #[error("cannot decode image {path}: {message}")]
-    Image { path: PathBuf, message: String },
+    Image {
+        /// The image file.
+        path: PathBuf,
+        /// The decoder's message.
+        message: String,
+    },
+    /// The set has nothing to evaluate: no class folders, no images or no samples.
     #[error("{0}")]
     Layout(String),
 }

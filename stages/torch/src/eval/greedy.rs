@@ -144,9 +144,11 @@ fn subset_options(opts: &SoupOptions, chosen: &[usize]) -> SoupOptions {
 /// held-out set, computed exactly like an `eval` stage with `params` (which must
 /// configure `data`, `classnames` and `templates`).
 pub struct ZeroShotScorer {
+    /// The held-out set and how to evaluate it (the soup's `heldout` param).
     pub params: tureen_stages::eval::EvalParams,
     /// Relative paths in `params` resolve against this directory.
     pub base_dir: PathBuf,
+    /// Where each candidate is evaluated.
     pub device: tch::Device,
 }
 

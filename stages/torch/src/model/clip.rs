@@ -17,8 +17,11 @@ use super::ClipConfig;
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("{tensor}: expected {expected}, got {got:?}")]
 pub struct ShapeError {
+    /// `images` or `tokens`.
     pub tensor: &'static str,
+    /// The dtype and shape the config calls for, in words.
     pub expected: String,
+    /// The tensor's actual shape.
     pub got: Vec<i64>,
 }
 
@@ -56,6 +59,7 @@ impl Clip {
         }
     }
 
+    /// The config the model was built from.
     pub fn config(&self) -> &ClipConfig {
         &self.cfg
     }

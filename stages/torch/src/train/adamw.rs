@@ -65,6 +65,7 @@ impl Scratch {
 
 /// The optimizer: one state per trainable variable, in name order.
 pub struct AdamW {
+    /// Betas, eps and weight decay; the lr is given to each step.
     pub config: AdamWConfig,
     params: Vec<ParamState>,
     /// Allocated on the first step (an optimizer that is only loaded and saved needs
@@ -76,6 +77,8 @@ pub struct AdamW {
 }
 
 impl AdamW {
+    /// An optimizer over `vs`'s trainable variables, with zero moments at step 0;
+    /// weight decay skips norms, biases, `logit_scale` and 1-d parameters (as open_clip).
     pub fn new(vs: &VarStore, config: AdamWConfig) -> AdamW {
         let mut vars: Vec<(String, Tensor)> = vs
             .variables()
@@ -114,6 +117,7 @@ impl AdamW {
             .map(|p| p.name.as_str())
     }
 
+    /// Zeroes every parameter's gradient (those not yet defined stay undefined).
     pub fn zero_grad(&mut self) {
         for p in &mut self.params {
             let mut g = p.param.grad();

@@ -23,9 +23,13 @@ pub trait DataSource {
 /// distribution, token rows of random ids ending in the end-of-text id (the vocabulary's
 /// largest). For tests and the throughput benchmark.
 pub struct SyntheticSource {
+    /// Seed of every batch (with the interval and batch index).
     pub seed: u64,
+    /// Side of the square images, in pixels (the model's `image_size`).
     pub image_size: i64,
+    /// Ids per token row (the model's `context_length`).
     pub context_length: i64,
+    /// The model's vocabulary; ids are below it and `vocab_size - 1` ends each caption.
     pub vocab_size: i64,
     /// Reuse one batch per interval (benchmarks measure the model, not the generator).
     pub fixed: bool,

@@ -36,32 +36,71 @@ pub enum Start {
 /// Errors of a training run.
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
+    /// The config's numbers cannot train (see [`TrainConfig::validate`]), or the batch
+    /// does not split over the ranks of a data-parallel run.
     #[error("invalid training config: {0}")]
     Config(String),
+    /// The loss became NaN or infinite; the run stops before writing a checkpoint.
     #[error("loss is {loss} at step {step} (interval {interval}); stopped, the last good checkpoint is kept")]
-    NonFinite { step: u64, interval: u64, loss: f64 },
+    NonFinite {
+        /// The schedule step whose loss it was.
+        step: u64,
+        /// Intervals completed before it.
+        interval: u64,
+        /// The non-finite value (NaN or an infinity).
+        loss: f64,
+    },
+    /// The data source failed, or an interval ran out of batches.
     #[error("data: {0}")]
     Data(String),
+    /// A batch that does not fit the model (shapes, dtypes), or a failing step on it.
     #[error("batch at step {step}: {message}")]
-    Batch { step: u64, message: String },
+    Batch {
+        /// The schedule step.
+        step: u64,
+        /// What is wrong.
+        message: String,
+    },
+    /// Reading or writing a checkpoint failed.
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
+    /// A checkpoint that cannot start this run: another model, an interval beyond the
+    /// run's, optimizer state that does not fit (or none to continue from), or for a
+    /// resume another batch size or interval length.
     #[error("checkpoint {path}: {message}")]
-    Incompatible { path: PathBuf, message: String },
+    Incompatible {
+        /// The checkpoint.
+        path: PathBuf,
+        /// Why it does not fit.
+        message: String,
+    },
+    /// The host asked to stop ([`TrainHooks::cancelled`]); holds the step reached.
     #[error("cancelled at step {0}")]
     Cancelled(u64),
+    /// The host could not store a finished checkpoint ([`TrainHooks::checkpoint`]).
     #[error("committing checkpoint of interval {interval}: {message}")]
-    Commit { interval: u64, message: String },
+    Commit {
+        /// The interval (1-based) the checkpoint ends.
+        interval: u64,
+        /// The host's error.
+        message: String,
+    },
+    /// A collective of a data-parallel run failed.
     #[error(transparent)]
     Dist(#[from] crate::dist::DistError),
 }
 
 /// How the trainer talks to its host (the stage context, or a test).
 pub trait TrainHooks {
+    /// A metrics record (`step`, `interval`, `samples`, `loss`, `lr`, `logit_scale`,
+    /// `samples_per_s`...), every `log_every` steps and at each interval's end (rank 0).
     fn metrics(&mut self, record: &serde_json::Value);
+    /// Steps done out of the schedule's total, after every step.
     fn progress(&mut self, done: u64, total: u64);
     /// A finished checkpoint directory for interval `interval` (1-based); store it.
     fn checkpoint(&mut self, interval: u64, dir: &Path) -> Result<(), String>;
+    /// Whether to stop: checked before every step (a data-parallel run stops all
+    /// ranks together at the end of a step).
     fn cancelled(&self) -> bool;
     /// A log line (ranks other than 0 report their steps here instead of as metrics).
     fn line(&mut self, _line: &str) {}
@@ -70,8 +109,11 @@ pub trait TrainHooks {
 /// What a finished run reports.
 #[derive(Debug, Clone)]
 pub struct TrainOutcome {
+    /// The schedule position reached (steps of the whole schedule, not of this call).
     pub steps: u64,
+    /// Training samples consumed by the run so far, earlier intervals included.
     pub samples_seen: u64,
+    /// The loss of the last step of this call (`None` when it took none).
     pub last_loss: Option<f64>,
     /// Intervals trained in this call (0 when everything was already done).
     pub intervals_trained: u64,
@@ -153,15 +195,22 @@ pub fn clip_grad_norm(grads: &[Tensor], max_norm: f64) -> f64 {
 
 /// A model, its optimizer and where they are in the schedule.
 pub struct Trainer {
+    /// What the run computes (model, batch, schedule, hyper-parameters).
     pub config: TrainConfig,
+    /// Where the model and its batches live.
     pub device: Device,
+    /// The model's variables, under open_clip's `state_dict` names.
     pub vs: VarStore,
+    /// The model's modules, whose parameters are the variables of `vs`.
     pub model: Clip,
+    /// The optimizer and its moments.
     pub optimizer: AdamW,
     /// Intervals completed.
     pub interval: u64,
     /// Schedule position (optimizer steps in the current schedule's terms).
     pub step: u64,
+    /// Training samples consumed so far (carried over from the checkpoint it started
+    /// from).
     pub samples_seen: u64,
     /// Recompute each block in the backward pass instead of keeping its activations
     /// (`grad_checkpointing`); the gradients are the same.
