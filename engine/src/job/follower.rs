@@ -231,6 +231,7 @@ mod tests {
             inputs: BTreeMap::new(),
             deps: Vec::new(),
             env: BTreeMap::new(),
+            world: 1,
         };
         let stage = JobStage {
             name: "core".into(),
