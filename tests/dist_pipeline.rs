@@ -71,3 +71,72 @@ fn several_processes_for_a_kind_that_is_not_data_parallel_are_refused() {
         "{text}"
     );
 }
+
+/// A CLIP small enough that 3 ranks train it in seconds on 2 cores.
+const MODEL: &str = "{embed_dim: 16, init_logit_scale: 2.659260036932778, vision: {timm_model_name: null, depths: [1, 1], dims: [8, 16], mlp: conv1x1, mlp_ratio: 2, kernel_size: 7, ls_init_value: 0.5, norm_eps: 1.0e-6, drop_path: 0.2, image_size: 16, patch_size: 4, proj: linear, proj_bias: false}, text: {context_length: 8, vocab_size: 64, width: 16, heads: 2, layers: 1, mlp_ratio: 2, norm_eps: 1.0e-5}}";
+
+/// The params every training stage here shares: intervals of 3 steps at batch 12.
+fn common_params(intervals: u64) -> String {
+    format!(
+        "      data: synthetic\n      samples_per_interval: 36\n      intervals: {intervals}\n      lr: 2.0e-3\n      warmup: 2\n      grad_clip_norm: 1.0\n      seed: 5\n      device: cpu\n      threads: 1\n      log_every: 1\n      collective_timeout_s: 20.0\n      rendezvous_timeout_s: 30.0\n"
+    )
+}
+
+/// A pipeline with one `train` stage `core` of `intervals` on `tasks` local ranks
+/// (`micro` its micro-batch, if any), and `rest` appended.
+fn core_pipeline(intervals: u64, tasks: u32, micro: Option<u64>, rest: &str) -> String {
+    let micro = micro
+        .map(|m| format!("      micro_batch: {m}\n"))
+        .unwrap_or_default();
+    format!(
+        "tureen: 1\nstages:\n  core:\n    kind: train\n    params:\n      model: {MODEL}\n      batch_size: 12\n{micro}{}    resources: {{tasks_per_node: {tasks}}}\n{rest}",
+        common_params(intervals)
+    )
+}
+
+/// The newest run's directory in `ws`'s store.
+fn run_dir(ws: &Workspace) -> std::path::PathBuf {
+    let ids = engine_common::runs(&ws.store());
+    ws.store().join("runs").join(ids.first().expect("a run"))
+}
+
+/// The bytes of the final checkpoint of stage `name` as the workspace has it.
+fn final_bytes(ws: &Workspace, name: &str) -> Vec<u8> {
+    let path = ws.path().join("outputs").join(name).join("final.safetensors");
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// (step, loss, lr) of every metrics record of `stage` in the newest run.
+fn steps(ws: &Workspace, stage: &str) -> Vec<(u64, f64, f64)> {
+    let path = run_dir(ws).join(format!("{stage}.metrics.jsonl"));
+    std::fs::read_to_string(&path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|r| Some((r["step"].as_u64()?, r["loss"].as_f64()?, r["lr"].as_f64()?)))
+        .collect()
+}
+
+#[test]
+fn tureen_run_launches_two_local_ranks_that_equal_one_process_and_replay_the_same() {
+    let two = Workspace::new();
+    two.write("p.yaml", &core_pipeline(2, 2, None, ""));
+    two.ok(&["run", "p.yaml", "--plain"]);
+    let one = Workspace::new();
+    one.write("p.yaml", &core_pipeline(2, 1, Some(6), ""));
+    one.ok(&["run", "p.yaml", "--plain"]);
+
+    // Bit-identical to one process whose micro-batches are the ranks' shares.
+    assert_eq!(final_bytes(&two, "core"), final_bytes(&one, "core"));
+    let (a, b) = (steps(&two, "core"), steps(&one, "core"));
+    assert_eq!(a.len(), 6);
+    assert_eq!(a, b);
+    // Rank 1 kept its own log in the run's directory.
+    let rank1 = std::fs::read_to_string(run_dir(&two).join("core.rank1.log")).unwrap();
+    assert!(rank1.contains("rank 1 of 2"), "{rank1}");
+    // The two runs have different keys (world 2 and 1), and the replay launches 2 ranks.
+    let replay = two.ok(&["replay", "latest", "--plain"]);
+    assert!(replay.contains("core: same"), "{replay}");
+    let replayed = std::fs::read_to_string(run_dir(&two).join("core.rank1.log"));
+    assert!(replayed.is_ok_and(|l| l.contains("rank 1 of 2")));
+}
