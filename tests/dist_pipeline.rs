@@ -140,3 +140,110 @@ fn tureen_run_launches_two_local_ranks_that_equal_one_process_and_replay_the_sam
     let replayed = std::fs::read_to_string(run_dir(&two).join("core.rank1.log"));
     assert!(replayed.is_ok_and(|l| l.contains("rank 1 of 2")));
 }
+
+/// Pids of the rank-`rank` worker processes whose command line mentions `needle`.
+fn ranks_with(needle: &str, rank: u32) -> Vec<u32> {
+    let want = format!("RANK={rank}");
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+            String::from_utf8_lossy(&cmdline).contains(needle)
+                && environ.split(|&b| b == 0).any(|v| v == want.as_bytes())
+        })
+        .collect()
+}
+
+fn kill(pid: u32, signal: &str) {
+    let ok = std::process::Command::new("kill")
+        .args(["-s", signal, &pid.to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill -s {signal} {pid}");
+}
+
+#[test]
+fn a_killed_rank_fails_the_run_naming_it_and_a_rerun_resumes_to_the_same_bytes() {
+    // Enough intervals after the first that rank 0 cannot finish while the test reacts.
+    const INTERVALS: u64 = 6;
+    let whole = Workspace::new();
+    whole.write("p.yaml", &core_pipeline(INTERVALS, 2, None, ""));
+    whole.ok(&["run", "p.yaml", "--plain"]);
+
+    let ws = Workspace::new();
+    ws.write("p.yaml", &core_pipeline(INTERVALS, 2, None, ""));
+    let mut run = ws
+        .cmd(&["run", "p.yaml", "--plain"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let store = ws.store().display().to_string();
+    let start = std::time::Instant::now();
+    let log = || {
+        engine_common::runs(&ws.store())
+            .first()
+            .and_then(|id| std::fs::read_to_string(ws.store().join("runs").join(id).join("core.log")).ok())
+            .unwrap_or_default()
+    };
+    // Freeze rank 1 as soon as interval 1 is committed: rank 0 then gets no further
+    // than its next collective, however fast the machine. Then kill it.
+    while !log().contains("checkpoint interval 1:") {
+        assert!(start.elapsed().as_secs() < 120, "no checkpoint:\n{}", log());
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    let rank1 = ranks_with(&store, 1);
+    assert_eq!(rank1.len(), 1, "rank 1's process: {rank1:?}");
+    kill(rank1[0], "STOP");
+    assert!(
+        !log().contains(&format!("checkpoint interval {INTERVALS}:")),
+        "rank 0 finished before rank 1 could be stopped:\n{}",
+        log()
+    );
+    kill(rank1[0], "KILL");
+    let killed_at = std::time::Instant::now();
+    let out = run.wait_with_output().unwrap();
+    let text = both(&out);
+    assert!(killed_at.elapsed().as_secs() < 25, "{:?}", killed_at.elapsed());
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("core: FAILED") && text.contains("rank 1 of 2 failed (signal: 9 (SIGKILL))"),
+        "{text}"
+    );
+    assert!(ranks_with(&store, 0).is_empty(), "rank 0 outlived the run");
+
+    // Re-run: both ranks resume from what rank 0 committed and end as if never stopped.
+    let rerun = ws.ok(&["run", "p.yaml", "--plain"]);
+    assert!(rerun.contains("resumed from"), "{rerun}");
+    assert_eq!(final_bytes(&ws, "core"), final_bytes(&whole, "core"));
+}
+
+#[test]
+fn a_rewind_of_a_two_rank_core_follows_the_recomputed_schedule_at_one_and_three_ranks() {
+    // From the checkpoint after interval 2, at batch 18 (divisible by 1, 2 and 3). One
+    // process in micro-batches of 6 draws the drop-path masks the 3 ranks draw.
+    let rewind = |name: &str, tasks: u32, micro: &str| {
+        format!(
+            "  {name}:\n    kind: rewind\n    inputs: {{from: \"core.checkpoints[1]\"}}\n    params:\n      batch_size: 18\n{micro}{}    resources: {{tasks_per_node: {tasks}}}\n",
+            common_params(3).replace("lr: 2.0e-3", "lr: 4.0e-3")
+        )
+    };
+    let rest = rewind("one", 1, "      micro_batch: 6\n") + &rewind("three", 3, "");
+    let ws = Workspace::new();
+    ws.write("p.yaml", &core_pipeline(3, 2, None, &rest));
+    ws.ok(&["run", "p.yaml", "--plain", "-j", "1"]);
+    let (one, three) = (steps(&ws, "one"), steps(&ws, "three"));
+    // 36 samples per interval at batch 18: 2 steps, the schedule entered at 2 x 2.
+    let numbers: Vec<u64> = one.iter().map(|s| s.0).collect();
+    assert_eq!(numbers, vec![5, 6]);
+    assert_eq!(three.len(), 2);
+    for (&(step, loss, lr), &(s3, l3, lr3)) in one.iter().zip(&three) {
+        assert_eq!((step, lr), (s3, lr3));
+        assert!((loss - l3).abs() <= 1e-5 * loss.abs(), "step {step}: {loss} vs {l3}");
+    }
+    let log = std::fs::read_to_string(run_dir(&ws).join("three.rank2.log")).unwrap();
+    assert!(log.contains("rank 2 of 3"), "{log}");
+}
