@@ -175,7 +175,7 @@ fn a_killed_rank_fails_the_run_naming_it_and_a_rerun_resumes_to_the_same_bytes()
 
     let ws = Workspace::new();
     ws.write("p.yaml", &core_pipeline(INTERVALS, 2, None, ""));
-    let mut run = ws
+    let run = ws
         .cmd(&["run", "p.yaml", "--plain"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())

@@ -146,7 +146,7 @@ pub fn per_rank_batch(
     world: u32,
 ) -> Result<u64, ParamError> {
     let world = u64::from(world.max(1));
-    if batch_size % world != 0 {
+    if !batch_size.is_multiple_of(world) {
         return Err(ParamError::param(
             "batch_size",
             format!("{batch_size} does not divide by the world size {world} (nodes x tasks_per_node)"),
@@ -154,7 +154,7 @@ pub fn per_rank_batch(
     }
     let share = batch_size / world;
     match micro_batch {
-        Some(m) if m > 0 && share % m != 0 => Err(ParamError::param(
+        Some(m) if m > 0 && !share.is_multiple_of(m) => Err(ParamError::param(
             "micro_batch",
             format!(
                 "the per-rank batch {share} (batch_size {batch_size} / world size {world}) does not divide by micro_batch {m}"
