@@ -99,6 +99,7 @@ impl Job {
             inputs: digests,
             deps: Vec::new(),
             env: BTreeMap::new(),
+            world: 1,
         };
         let stage = JobStage {
             name: "core".into(),

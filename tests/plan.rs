@@ -291,3 +291,29 @@ fn imagenet_metadata_files_have_1000_classes_and_80_templates() {
     );
     assert_eq!(templates[0], "a bad photo of a {c}.");
 }
+
+#[test]
+fn xxlarge_trains_on_1024_then_1088_ranks_of_80_and_88_rows() {
+    let plan = plan_json(&xxlarge(), &[]);
+    for (name, world, per_rank) in [("core", 1024, 80), ("rewind", 1088, 88)] {
+        let t = &stage(&plan, name)["estimate"]["train"];
+        assert_eq!(t["world"], world, "{name}");
+        assert_eq!(t["per_rank_batch"], per_rank, "{name}");
+    }
+    let out = tureen(&["plan", xxlarge().to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("ranks") && text.contains("batch/rank"), "{text}");
+    let row = |name: &str| {
+        text.lines()
+            .find(|l| l.split_whitespace().next() == Some(name))
+            .unwrap_or_else(|| panic!("no row {name}:\n{text}"))
+            .split_whitespace()
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    let core = row("core");
+    assert!(core.windows(3).any(|w| w == ["81,920", "1,024", "80"]), "{core:?}");
+    let rewind = row("rewind");
+    assert!(rewind.windows(3).any(|w| w == ["95,744", "1,088", "88"]), "{rewind:?}");
+}

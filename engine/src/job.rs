@@ -883,6 +883,7 @@ pub(super) mod tests {
             inputs: BTreeMap::new(),
             deps: Vec::new(),
             env: BTreeMap::new(),
+            world: 1,
         };
         let stage = JobStage {
             name: "train".into(),

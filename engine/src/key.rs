@@ -35,6 +35,20 @@ pub struct Fingerprint {
     /// The declared environment (pipeline `env` merged with the stage's), not the
     /// process environment.
     pub env: BTreeMap<String, String>,
+    /// Processes of a data-parallel stage (its world size). Ranks sum their gradients
+    /// in another order than one process's micro-batches do, so each world size has
+    /// its own last bits and its own key. Left out of the encoding at 1, so every key
+    /// of a single-process stage is what it was before ranks existed.
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub world: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+fn is_one(world: &u32) -> bool {
+    *world == 1
 }
 
 /// The digests of one input.
@@ -113,6 +127,9 @@ impl Fingerprint {
             .map(|(k, v)| (k.clone(), Value::from(v.as_str())))
             .collect();
         diff_maps("env", &old_env, &new_env, &mut why);
+        if self.world != old.world {
+            why.push(format!("world size {} -> {}", old.world, self.world));
+        }
         why
     }
 }
@@ -197,6 +214,7 @@ mod tests {
             inputs: BTreeMap::new(),
             deps: Vec::new(),
             env: BTreeMap::new(),
+            world: 1,
         }
     }
 
@@ -215,5 +233,20 @@ mod tests {
             fp(0.2).diff(&fp(0.1)),
             vec!["param lr: 0.1 -> 0.2".to_string()]
         );
+    }
+
+    #[test]
+    fn the_world_size_is_in_the_key_only_when_there_are_several_ranks() {
+        let single = fp(0.1);
+        let encoded = serde_json::to_value(&single).unwrap();
+        assert!(encoded.get("world").is_none(), "{encoded}");
+        let back: Fingerprint = serde_json::from_value(encoded).unwrap();
+        assert_eq!(back.world, 1);
+        assert_eq!(back.key(), single.key());
+        let two = Fingerprint { world: 2, ..fp(0.1) };
+        let three = Fingerprint { world: 3, ..fp(0.1) };
+        assert_ne!(two.key(), single.key());
+        assert_ne!(two.key(), three.key());
+        assert_eq!(two.diff(&single), vec!["world size 1 -> 2".to_string()]);
     }
 }

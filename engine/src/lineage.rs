@@ -214,6 +214,7 @@ mod tests {
                 .collect(),
             deps: vec![],
             env: BTreeMap::new(),
+            world: 1,
         };
         let entry = CacheEntry {
             key: fingerprint.key(),

@@ -187,6 +187,7 @@ pub fn plan(
                 name: &stage.name,
                 params: &stage.params,
                 input_names: stage.inputs.keys().map(String::as_str).collect(),
+                world: stage.world,
             };
             match registry.get(&stage.kind) {
                 Some(kind) => kind.estimate(&decl, &inputs).map_err(|e| PlanError {

@@ -178,6 +178,7 @@ fn recorded_runner(registry: &KindRegistry, s: &record::StageRecord) -> Runner {
                 name: &s.name,
                 params: &fp.params,
                 input_names: s.inputs.keys().map(String::as_str).collect(),
+                world: fp.world,
             },
         ),
         _ => Runner::InProcess,
@@ -279,6 +280,7 @@ fn restore_workspace(
         name: &s.name,
         params: &fp.params,
         input_names: names,
+        world: fp.world,
     };
     for (name, rel) in kind.workspace_paths(&decl) {
         if let Some(OutputRecord::One(a)) = s.outputs.get(&name) {

@@ -4,7 +4,8 @@
 use serde::{Deserialize, Serialize};
 
 /// What a stage asks for. Local runs schedule on `cpus`, `gpus` and `memory`; `nodes`
-/// and `time` are passed to Slurm.
+/// and `time` are passed to Slurm. A data-parallel stage runs as
+/// [`Resources::world_size`] processes (ranks): `tasks_per_node` on each of `nodes`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Resources {
     /// CPUs per task.
@@ -15,6 +16,10 @@ pub struct Resources {
     pub memory: Option<u64>,
     /// Nodes (Slurm); the local executor runs on one.
     pub nodes: u32,
+    /// Processes per node as written (`None`: the default, see
+    /// [`Resources::tasks_per_node`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tasks_per_node: Option<u32>,
     /// Slurm time limit as written (`HH:MM:SS`, `D-HH:MM`, minutes).
     pub time: Option<String>,
 }
@@ -26,8 +31,32 @@ impl Default for Resources {
             gpus: 0,
             memory: None,
             nodes: 1,
+            tasks_per_node: None,
             time: None,
         }
+    }
+}
+
+impl Resources {
+    /// Processes per node: as written, else one per GPU (`gpus`), else 1.
+    pub fn tasks_per_node(&self) -> u32 {
+        match self.tasks_per_node {
+            Some(t) => t,
+            None if self.gpus > 0 => self.gpus,
+            None => 1,
+        }
+    }
+
+    /// Processes of a data-parallel stage: `nodes x tasks_per_node` (saturating; the
+    /// card's 128 x 8 = 1,024).
+    pub fn world_size(&self) -> u32 {
+        self.nodes.max(1).saturating_mul(self.tasks_per_node())
+    }
+
+    /// GPUs each process sees: the node's GPUs shared out among its processes (0 on the
+    /// CPU). With the default `tasks_per_node` that is 1 per rank.
+    pub fn gpus_per_task(&self) -> u32 {
+        self.gpus / self.tasks_per_node().max(1)
     }
 }
 
@@ -54,6 +83,24 @@ pub fn parse_memory(s: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn world_size_is_nodes_times_tasks_per_node_which_defaults_to_the_gpus() {
+        let r = |nodes, gpus, tasks_per_node| Resources {
+            nodes,
+            gpus,
+            tasks_per_node,
+            ..Resources::default()
+        };
+        assert_eq!(r(1, 0, None).world_size(), 1);
+        assert_eq!(r(128, 8, None).world_size(), 1024);
+        assert_eq!(r(136, 8, None).world_size(), 1088);
+        assert_eq!(r(1, 0, Some(2)).world_size(), 2);
+        assert_eq!(r(2, 8, Some(4)).world_size(), 8);
+        assert_eq!(r(2, 8, Some(4)).gpus_per_task(), 2);
+        assert_eq!(r(1, 8, None).gpus_per_task(), 1);
+        assert_eq!(r(1, 0, Some(2)).gpus_per_task(), 0);
+    }
 
     #[test]
     fn memory_sizes_parse() {

@@ -45,7 +45,7 @@ pub fn run(
         let _ = std::fs::remove_file(&result_file);
     }
     let mut spec = SlurmJobSpec::stage_exec(&job.run_id, &job.stage, tureen, &job.store, &job_file);
-    spec.resources = SlurmResources::from_pipeline(resources);
+    spec.resources = SlurmResources::from_pipeline(resources, job.fingerprint.world);
     spec.retries = retries;
     spec.env = job.env.clone();
     let outcome = slurm::run_job(&spec, &options, cancel, &mut |e| {

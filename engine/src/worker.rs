@@ -20,6 +20,8 @@ use anyhow::Context as _;
 use crate::job::{self, JobEvent, JobResult, JobStatus, StageJob};
 use crate::kind::{KindRegistry, Runner};
 
+mod ranks;
+
 /// How long a worker may take to stop after SIGINT before it is killed.
 const STOP_GRACE: Duration = Duration::from_secs(30);
 
@@ -59,7 +61,9 @@ pub fn program_for(job: &StageJob, tureen_exe: &Path) -> anyhow::Result<Option<P
 }
 
 /// Executes `job` on this machine where its kind runs: in this process, or in the
-/// kind's worker program (found beside `tureen_exe`).
+/// kind's worker program (found beside `tureen_exe`). A data-parallel stage of several
+/// ranks runs as that many processes of its worker (of `tureen stage-exec` for a kind
+/// that runs in tureen).
 pub fn execute_here(
     job: &StageJob,
     registry: &KindRegistry,
@@ -68,6 +72,7 @@ pub fn execute_here(
     observer: &mut (dyn FnMut(JobEvent) + Send),
 ) -> anyhow::Result<JobResult> {
     match program_for(job, tureen_exe)? {
+        None if job.fingerprint.world > 1 => ranks::run(job, tureen_exe, cancel, observer),
         None => job::execute(job, registry, cancel, observer),
         Some(exe) => run(job, &exe, cancel, observer),
     }
@@ -78,29 +83,43 @@ pub fn job_path(job: &StageJob) -> PathBuf {
     job.log.with_extension("job.json")
 }
 
-/// Runs `job` in the worker program `exe` and waits for its result.
+/// `exe stage-exec --job JOB --result RESULT [--events]`, its stdin closed and (for
+/// events) its stdout and stderr piped.
+fn worker_command(exe: &Path, job_file: &Path, result_file: &Path, events: bool) -> Command {
+    let mut command = Command::new(exe);
+    command
+        .arg("stage-exec")
+        .arg("--job")
+        .arg(job_file)
+        .arg("--result")
+        .arg(result_file)
+        .stdin(Stdio::null());
+    if events {
+        command
+            .arg("--events")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+    }
+    command
+}
+
+/// Runs `job` in the worker program `exe` and waits for its result (as its
+/// `fingerprint.world` ranks when that is more than 1).
 pub fn run(
     job: &StageJob,
     exe: &Path,
     cancel: &AtomicBool,
     observer: &mut (dyn FnMut(JobEvent) + Send),
 ) -> anyhow::Result<JobResult> {
+    if job.fingerprint.world > 1 {
+        return ranks::run(job, exe, cancel, observer);
+    }
     let job_file = job_path(job);
     let result_file = crate::slurm_dispatch::result_path(&job_file);
     job.write(&job_file)?;
     let _ = std::fs::remove_file(&result_file);
 
-    let mut command = Command::new(exe);
-    command
-        .arg("stage-exec")
-        .arg("--job")
-        .arg(&job_file)
-        .arg("--result")
-        .arg(&result_file)
-        .arg("--events")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    let mut command = worker_command(exe, &job_file, &result_file, true);
     // The worker sees only the GPUs handed to this stage, as `cuda:0`, `cuda:1`, ...
     // (a stage that asked for none inherits tureen's environment).
     if !job.gpus.is_empty() {
@@ -218,6 +237,7 @@ pub fn serve(args: &ServeArgs, registry: &KindRegistry) -> anyhow::Result<bool> 
     // says so.
     let rank = crate::rank::Rank::from_env()
         .map_err(|e| anyhow::anyhow!("stage {}: launcher variable {e}", job.stage))?;
+    check_world(&job, rank)?;
     let cancel = crate::interrupt::install();
     let events = args.events;
     let mut observer = |e: JobEvent| {
@@ -246,6 +266,21 @@ pub fn serve(args: &ServeArgs, registry: &KindRegistry) -> anyhow::Result<bool> 
             Ok(false)
         }
     }
+}
+
+/// A stage planned for W ranks (its key says so) runs only as W ranks. A job planned
+/// for one process may still be started by a site's own launcher as any number.
+fn check_world(job: &StageJob, rank: crate::rank::Rank) -> anyhow::Result<()> {
+    let planned = job.fingerprint.world;
+    if planned > 1 && rank.world != planned {
+        anyhow::bail!(
+            "stage {}: planned for {planned} ranks (resources: nodes x tasks_per_node), \
+             but the launcher started {} (WORLD_SIZE or SLURM_NTASKS)",
+            job.stage,
+            rank.world
+        );
+    }
+    Ok(())
 }
 
 #[cfg(test)]

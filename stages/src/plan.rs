@@ -63,6 +63,11 @@ pub struct ModelSummary {
 pub struct TrainWork {
     /// Global batch size.
     pub batch: u64,
+    /// Processes that train the stage together (`nodes x tasks_per_node` of a
+    /// data-parallel stage; 1 for a single process).
+    pub world: u32,
+    /// Rows of each global batch one rank trains on (`batch / world`).
+    pub per_rank_batch: u64,
     /// Samples per checkpoint interval as declared.
     pub samples_per_interval: u64,
     /// Optimizer steps per interval (derived from samples and batch).
@@ -320,6 +325,18 @@ pub fn model_from_params(params: &Params) -> Result<(ClipConfig, String), ParamE
     Ok((cfg, name))
 }
 
+impl TrainWork {
+    /// The same work shared out among `world` ranks.
+    fn on_ranks(self, world: u32) -> TrainWork {
+        let world = world.max(1);
+        TrainWork {
+            world,
+            per_rank_batch: self.batch / u64::from(world),
+            ..self
+        }
+    }
+}
+
 /// The schedule and work of a training run over intervals `first..=last` (1-based).
 #[allow(clippy::too_many_arguments)]
 fn train_work(
@@ -337,6 +354,8 @@ fn train_work(
     let steps = spi * run_intervals;
     TrainWork {
         batch,
+        world: 1,
+        per_rank_batch: batch,
         samples_per_interval,
         steps_per_interval: spi,
         intervals,
@@ -379,10 +398,10 @@ pub fn estimate_train(
     decl: &StageDecl<'_>,
     _inputs: &EstimateInputs<'_>,
 ) -> Result<Option<StageEstimate>, ParamError> {
-    train_estimate_from(decl.params).map(Some)
+    train_estimate_from(decl.params, decl.world).map(Some)
 }
 
-fn train_estimate_from(params: &Params) -> Result<StageEstimate, ParamError> {
+fn train_estimate_from(params: &Params, world: u32) -> Result<StageEstimate, ParamError> {
     let (cfg, name) = model_from_params(params)?;
     let batch = required(param_u64(params, "batch_size")?, "batch_size")?;
     let spi = required(
@@ -406,7 +425,8 @@ fn train_estimate_from(params: &Params) -> Result<StageEstimate, ParamError> {
         1,
         warmup,
         lr,
-    );
+    )
+    .on_ranks(world);
     Ok(train_estimate(&cfg, &name, work))
 }
 
@@ -419,11 +439,12 @@ pub fn estimate_rewind(
     decl: &StageDecl<'_>,
     inputs: &EstimateInputs<'_>,
 ) -> Result<Option<StageEstimate>, ParamError> {
-    rewind_estimate_from(decl.params, inputs, "from").map(Some)
+    rewind_estimate_from(decl.params, decl.world, inputs, "from").map(Some)
 }
 
 fn rewind_estimate_from(
     params: &Params,
+    world: u32,
     inputs: &EstimateInputs<'_>,
     input: &str,
 ) -> Result<StageEstimate, ParamError> {
@@ -488,7 +509,8 @@ fn rewind_estimate_from(
         resumed_after + 1,
         warmup,
         lr,
-    );
+    )
+    .on_ranks(world);
     Ok(train_estimate(&cfg, &name, work))
 }
 

@@ -91,12 +91,16 @@ pub(super) fn execute(
     };
     let resumed_from = journal.committed().len();
 
+    // Rank 0 hands out a cached result only when the job may use the cache (not in a
+    // replay, not under --force); only then is a cache entry a reason to stop.
+    let watch_cache = job.use_cache && !job.force;
+    let cached = || watch_cache.then(|| cache::lookup(store, &job.key)).flatten();
     let stop = AtomicBool::new(false);
     let finished = AtomicBool::new(false);
     let outcome = std::thread::scope(|scope| {
         scope.spawn(|| {
             while !finished.load(Ordering::Relaxed) {
-                if cancel.load(Ordering::Relaxed) || cache::lookup(store, &job.key).is_some() {
+                if cancel.load(Ordering::Relaxed) || cached().is_some() {
                     stop.store(true, Ordering::Relaxed);
                 }
                 std::thread::sleep(CACHE_POLL);
@@ -129,7 +133,7 @@ pub(super) fn execute(
             log.line(&format!("== tureen: stage {} {rank} finished", job.stage));
             finish(JobStatus::Ran, BTreeMap::new(), None, 1, resumed_from)
         }
-        Err(e) => match cache::lookup(store, &job.key) {
+        Err(e) => match cached() {
             Some(entry) => {
                 log.line("== tureen: the stage is in the action cache; stopped");
                 finish(JobStatus::Cached, entry.outputs, None, 0, resumed_from)
@@ -231,6 +235,7 @@ mod tests {
             inputs: BTreeMap::new(),
             deps: Vec::new(),
             env: BTreeMap::new(),
+            world: 1,
         };
         let stage = JobStage {
             name: "core".into(),

@@ -135,6 +135,9 @@ pub struct StageDecl<'a> {
     pub params: &'a Map<String, Value>,
     /// Names of the declared inputs (references are resolved later).
     pub input_names: Vec<&'a str>,
+    /// Processes that run the stage together (its ranks): the world size of its
+    /// resources for a [`StageKind::data_parallel`] kind, else 1.
+    pub world: u32,
 }
 
 /// Human-readable log lines and machine-readable metrics of one stage.

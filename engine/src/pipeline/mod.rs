@@ -186,6 +186,9 @@ pub struct Stage {
     pub runner: Runner,
     /// What it asks of the machine.
     pub resources: Resources,
+    /// Processes that run it together (its ranks): [`Resources::world_size`] for a
+    /// data-parallel kind, 1 for every other.
+    pub world: u32,
     /// How often a failed attempt is retried.
     pub retries: u32,
     /// Which executor runs it.

@@ -15,7 +15,7 @@ use crate::diag::{suggest, Pos, Sink};
 use crate::resources::{parse_memory, Resources};
 
 /// The keys `resources:` takes.
-const RESOURCE_KEYS: &[&str] = &["cpus", "gpus", "memory", "nodes", "time"];
+const RESOURCE_KEYS: &[&str] = &["cpus", "gpus", "memory", "nodes", "tasks_per_node", "time"];
 
 /// Reports every key of `map` not in `allowed`, with a "did you mean".
 pub(super) fn check_keys(sink: &mut Sink, map: &MarkedMappingNode, allowed: &[&str], what: &str) {
@@ -87,6 +87,10 @@ pub(super) fn resources(sink: &mut Sink, node: &Node, defaults: &Resources) -> R
             "cpus" => r.cpus = at_least_one(sink, v, "resources.cpus").unwrap_or(r.cpus),
             "gpus" => r.gpus = uint(sink, v, "resources.gpus").unwrap_or(r.gpus),
             "nodes" => r.nodes = at_least_one(sink, v, "resources.nodes").unwrap_or(r.nodes),
+            "tasks_per_node" => {
+                r.tasks_per_node = at_least_one(sink, v, "resources.tasks_per_node")
+                    .or(r.tasks_per_node)
+            }
             "memory" => match parse_memory(&yaml::plain_text(&yaml::to_json(v))) {
                 Some(bytes) if bytes > 0 => r.memory = Some(bytes),
                 _ => sink.error(

@@ -105,6 +105,7 @@ pub(super) fn read(
             Some(n) => schema::resources(sink, n, &defaults.resources),
             None => defaults.resources.clone(),
         },
+        world: 1,
         retries: map
             .get_node("retries")
             .and_then(|n| schema::uint(sink, n, "retries"))
@@ -309,10 +310,12 @@ pub(super) fn declare(sink: &mut Sink, raw: &mut RawStage, registry: &KindRegist
     let Some(kind) = registry.get(&raw.stage.kind).cloned() else {
         return;
     };
+    raw.stage.world = world_of(sink, &raw.stage, kind.as_ref(), registry);
     let decl = StageDecl {
         name: &raw.stage.name,
         params: &raw.stage.params,
         input_names: raw.inputs.iter().map(|(n, _)| n.as_str()).collect(),
+        world: raw.stage.world,
     };
     if let Err(e) = kind.validate(&decl) {
         let at = position_of(raw, &e);
@@ -325,6 +328,34 @@ pub(super) fn declare(sink: &mut Sink, raw: &mut RawStage, registry: &KindRegist
     raw.stage.workspace_paths = kind.workspace_paths(&decl).into_iter().collect();
     raw.stage.runner = runner_for(kind.as_ref(), &decl);
     raw.declared = true;
+}
+
+/// How many processes run `stage`: its resources' world size when its kind is
+/// data-parallel. Another kind runs as one process; asking it for more processes per
+/// node is an error (more nodes stay a Slurm allocation its command may use itself).
+fn world_of(sink: &mut Sink, stage: &Stage, kind: &dyn StageKind, registry: &KindRegistry) -> u32 {
+    let r = &stage.resources;
+    if kind.data_parallel() {
+        return r.world_size();
+    }
+    if let Some(t) = r.tasks_per_node.filter(|&t| t > 1) {
+        let parallel: Vec<&str> = registry
+            .names()
+            .filter(|n| registry.get(n).is_some_and(|k| k.data_parallel()))
+            .collect();
+        sink.error(
+            stage.pos_of("resources"),
+            format!(
+                "stage `{}`: `resources.tasks_per_node: {t}` asks for {} processes, but kind `{}` \
+                 is not data-parallel (it runs as one process; data-parallel kinds: {})",
+                stage.name,
+                r.world_size(),
+                stage.kind,
+                if parallel.is_empty() { "none".to_string() } else { parallel.join(", ") }
+            ),
+        );
+    }
+    1
 }
 
 /// Where the field a kind's error is about is written.

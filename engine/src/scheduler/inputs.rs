@@ -64,6 +64,7 @@ pub(super) fn fingerprint(
         inputs: digests,
         deps,
         env: stage.env.clone(),
+        world: stage.world,
     };
     Ok((fp, inputs))
 }

@@ -51,7 +51,7 @@ impl Pool {
         if self.jobs == 0 {
             return Ok(None);
         }
-        let cpus = stage.resources.cpus.min(machine_cpus());
+        let cpus = cpus_of(stage);
         if cpus > self.cpus && running > 0 {
             return Ok(None);
         }
@@ -91,7 +91,7 @@ impl Pool {
             return;
         }
         self.jobs += 1;
-        self.cpus += stage.resources.cpus.min(machine_cpus());
+        self.cpus += cpus_of(stage);
         if let (Some(mem), Some(free)) = (stage.resources.memory, self.memory.as_mut()) {
             *free += mem;
         }
@@ -100,6 +100,16 @@ impl Pool {
             pool.sort_unstable();
         }
     }
+}
+
+/// CPUs a local stage holds: `cpus` is per process, and a data-parallel stage runs
+/// `world` of them (as Slurm's `--cpus-per-task` counts); at most the machine's.
+fn cpus_of(stage: &Stage) -> u32 {
+    stage
+        .resources
+        .cpus
+        .saturating_mul(stage.world.max(1))
+        .min(machine_cpus())
 }
 
 /// CPUs of this machine (as the scheduler of this process sees them), asked once: std

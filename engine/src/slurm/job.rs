@@ -270,6 +270,7 @@ mod tests {
         );
         spec.resources = SlurmResources {
             nodes: 2,
+            tasks_per_node: 4,
             gpus_per_node: 4,
             cpus_per_task: 16,
             mem_bytes: None,
@@ -290,6 +291,7 @@ mod tests {
                 "--open-mode=append",
                 "--chdir=/s/50%",
                 "--nodes=2",
+                "--ntasks-per-node=4",
                 "--gpus-per-node=4",
                 "--cpus-per-task=16",
                 "--time=1:00:00",

@@ -11,8 +11,10 @@
 //! | `slurm.qos` / `.constraint`     | `--qos` / `--constraint`     |
 //! | `slurm.sbatch_args`             | passed through, as written   |
 //!
-//! One task runs per node, so per-task CPUs and per-node memory and GPUs describe the
-//! same thing for the usual one-node stage.
+//! | ranks per node of a data-parallel stage | `--ntasks-per-node=T` (if > 1) |
+//!
+//! One task runs per node, except for a data-parallel stage: one task per rank,
+//! `tasks_per_node` on each node (CPUs are per task, memory and GPUs per node).
 
 use serde_json::Value;
 
@@ -24,6 +26,8 @@ use crate::pipeline;
 pub struct SlurmResources {
     /// `--nodes`; one task (one `tureen stage-exec`) runs on each.
     pub nodes: u32,
+    /// `--ntasks-per-node`: the ranks on each node of a data-parallel stage, else 1.
+    pub tasks_per_node: u32,
     /// `--gpus-per-node`; 0 asks for no GPU.
     pub gpus_per_node: u32,
     /// `--cpus-per-task`.
@@ -38,6 +42,7 @@ impl Default for SlurmResources {
     fn default() -> Self {
         SlurmResources {
             nodes: 1,
+            tasks_per_node: 1,
             gpus_per_node: 0,
             cpus_per_task: 1,
             mem_bytes: None,
@@ -47,10 +52,12 @@ impl Default for SlurmResources {
 }
 
 impl SlurmResources {
-    /// The Slurm view of a pipeline stage's `resources:`.
-    pub fn from_pipeline(resources: &pipeline::Resources) -> Self {
+    /// The Slurm view of a pipeline stage's `resources:`, for a stage of `world` ranks
+    /// (1 unless its kind is data-parallel).
+    pub fn from_pipeline(resources: &pipeline::Resources, world: u32) -> Self {
         SlurmResources {
             nodes: resources.nodes,
+            tasks_per_node: (world / resources.nodes.max(1)).max(1),
             gpus_per_node: resources.gpus,
             cpus_per_task: resources.cpus,
             mem_bytes: resources.memory,
@@ -68,6 +75,9 @@ impl SlurmResources {
             return Err(SlurmError::config("resources.cpus", "must be at least 1"));
         }
         let mut args = vec![format!("--nodes={}", self.nodes)];
+        if self.tasks_per_node > 1 {
+            args.push(format!("--ntasks-per-node={}", self.tasks_per_node));
+        }
         if self.gpus_per_node > 0 {
             args.push(format!("--gpus-per-node={}", self.gpus_per_node));
         }
@@ -282,6 +292,7 @@ mod tests {
     fn resources_map_to_sbatch_options() {
         let r = SlurmResources {
             nodes: 2,
+            tasks_per_node: 1,
             gpus_per_node: 8,
             cpus_per_task: 12,
             mem_bytes: Some(64 << 30),

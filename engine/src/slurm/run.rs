@@ -169,6 +169,7 @@ pub(crate) fn submit(
         command: &spec.command,
         env: &spec.env,
         nodes: spec.resources.nodes,
+        tasks_per_node: spec.resources.tasks_per_node,
         cpus_per_task: spec.resources.cpus_per_task,
         attempt,
         sbatch_command: &sbatch_command,

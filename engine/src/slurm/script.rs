@@ -31,8 +31,10 @@ pub struct ScriptSpec<'a> {
     pub command: &'a [String],
     /// Exported before `srun` (the job otherwise inherits the submitting environment).
     pub env: &'a BTreeMap<String, String>,
-    /// `--nodes` of the allocation (one task per node).
+    /// `--nodes` of the allocation.
     pub nodes: u32,
+    /// Tasks on each node: the ranks of a data-parallel stage, else 1.
+    pub tasks_per_node: u32,
     /// `--cpus-per-task`, repeated on `srun`: since Slurm 22.05 a step no longer inherits
     /// it from the allocation.
     pub cpus_per_task: u32,
@@ -97,9 +99,11 @@ pub fn build(spec: &ScriptSpec<'_>) -> Result<String, SlurmError> {
     // Each task records its own exit code: srun itself may exit 0 when a node under it
     // fails, so "every task finished" is checked rather than trusted.
     s.push_str(&format!(
-        "srun --nodes={n} --ntasks={n} --ntasks-per-node=1 --cpus-per-task={c} --kill-on-bad-exit=1 \\\n    \
+        "srun --nodes={n} --ntasks={tasks} --ntasks-per-node={t} --cpus-per-task={c} --kill-on-bad-exit=1 \\\n    \
          /bin/sh -c '\"$@\"; status=$?; echo \"$status\" > \"$TUREEN_TASKS-$SLURM_PROCID\"; exit \"$status\"' tureen-task",
         n = spec.nodes,
+        t = spec.tasks_per_node.max(1),
+        tasks = total_tasks(spec),
         c = spec.cpus_per_task
     ));
     for arg in spec.command {
@@ -116,7 +120,7 @@ pub fn build(spec: &ScriptSpec<'_>) -> Result<String, SlurmError> {
          echo \"tureen: only ${{#finished[@]}} of {n} tasks finished (node failure?); no exit code recorded\" >&2\n    \
          exit 1\n\
          fi\n",
-        n = spec.nodes
+        n = total_tasks(spec)
     ));
     s.push_str("sentinel=\"$dir/slurm-$SLURM_JOB_ID.exit\"\n");
     s.push_str(
@@ -128,6 +132,11 @@ pub fn build(spec: &ScriptSpec<'_>) -> Result<String, SlurmError> {
     s.push_str("fi\n");
     s.push_str("exit \"$code\"\n");
     Ok(s)
+}
+
+/// Every task of the job: `nodes x tasks_per_node` (each writes its own exit code).
+fn total_tasks(spec: &ScriptSpec<'_>) -> u32 {
+    spec.nodes.saturating_mul(spec.tasks_per_node.max(1))
 }
 
 /// What a finished job wrote in its sentinel.
@@ -189,10 +198,30 @@ mod tests {
             command,
             env,
             nodes: 2,
+            tasks_per_node: 1,
             cpus_per_task: 8,
             attempt: 3,
             sbatch_command: "sbatch --parsable --job-name=tureen-r1-core",
         }
+    }
+
+    #[test]
+    fn a_data_parallel_stage_runs_one_task_per_rank_and_waits_for_every_one() {
+        let command: Vec<String> = ["/opt/tureen-torch", "stage-exec"].map(String::from).into();
+        let env = BTreeMap::new();
+        let script = build(&ScriptSpec {
+            tasks_per_node: 4,
+            ..spec(&command, &env)
+        })
+        .unwrap();
+        assert!(
+            script.contains("srun --nodes=2 --ntasks=8 --ntasks-per-node=4 --cpus-per-task=8 "),
+            "{script}"
+        );
+        assert!(
+            script.contains("if [ \"${#finished[@]}\" -ne 8 ]; then"),
+            "{script}"
+        );
     }
 
     #[test]

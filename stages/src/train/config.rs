@@ -103,6 +103,12 @@ impl TrainConfig {
         }
     }
 
+    /// Rows of each global batch that one of `world` ranks trains on (see
+    /// [`per_rank_batch`]).
+    pub fn per_rank_batch(&self, world: u32) -> Result<u64, ParamError> {
+        per_rank_batch(self.batch_size, self.micro_batch, world)
+    }
+
     /// Checks the numbers, naming the param at fault.
     pub fn validate(&self) -> Result<(), ParamError> {
         let bad = |param: &str, m: &str| Err(ParamError::param(param, m));
@@ -148,5 +154,32 @@ impl TrainConfig {
             return bad("log_every", "must be at least 1");
         }
         Ok(())
+    }
+}
+
+/// The share of a global batch of `batch_size` that each of `world` data-parallel ranks
+/// trains on. `batch_size` must divide by `world`, and that share by `micro_batch` when
+/// given (each rank accumulates its share in micro-batches); the error names both numbers.
+pub fn per_rank_batch(
+    batch_size: u64,
+    micro_batch: Option<u64>,
+    world: u32,
+) -> Result<u64, ParamError> {
+    let world = u64::from(world.max(1));
+    if !batch_size.is_multiple_of(world) {
+        return Err(ParamError::param(
+            "batch_size",
+            format!("{batch_size} does not divide by the world size {world} (nodes x tasks_per_node)"),
+        ));
+    }
+    let share = batch_size / world;
+    match micro_batch {
+        Some(m) if m > 0 && !share.is_multiple_of(m) => Err(ParamError::param(
+            "micro_batch",
+            format!(
+                "the per-rank batch {share} (batch_size {batch_size} / world size {world}) does not divide by micro_batch {m}"
+            ),
+        )),
+        _ => Ok(share),
     }
 }

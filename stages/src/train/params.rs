@@ -277,6 +277,7 @@ pub fn validate(decl: &StageDecl<'_>, mode: Mode) -> Result<(), ParamError> {
         let cfg = config_from_json(m).map_err(crate::params::model_error)?;
         p.config(cfg).validate()?;
     }
+    super::config::per_rank_batch(p.batch_size, p.micro_batch, decl.world)?;
     Ok(())
 }
 

@@ -315,21 +315,9 @@ impl Trainer {
     /// batch must divide by `micro_batch` when set). Checks that every rank starts at
     /// the same place and gives every rank rank 0's parameters (as DDP does).
     pub fn join(&mut self, group: ProcessGroup) -> Result<(), TrainError> {
-        let world = group.rank().world as u64;
-        let b = self.config.batch_size;
-        if b % world != 0 {
-            return Err(TrainError::Config(format!(
-                "batch_size {b} does not divide by the world size {world}"
-            )));
-        }
-        if let Some(m) = self.config.micro_batch {
-            if (b / world) % m != 0 {
-                return Err(TrainError::Config(format!(
-                    "the per-rank batch {} (batch_size {b} / world size {world}) does not divide by micro_batch {m}",
-                    b / world
-                )));
-            }
-        }
+        self.config
+            .per_rank_batch(group.rank().world)
+            .map_err(|e| TrainError::Config(e.to_string()))?;
         let mut parallel = DataParallel::new(group);
         let position = [
             self.interval,
