@@ -389,7 +389,7 @@ impl<'a> Vm<'a> {
 
     /// `dict[k] = v` for each pair, on the dict at `target`.
     fn set_items(&mut self, target: Id, pairs: &[Id]) -> Step<()> {
-        if pairs.len() % 2 != 0 {
+        if !pairs.len().is_multiple_of(2) {
             return self.err("SETITEMS with an odd number of items");
         }
         let keys = pairs
