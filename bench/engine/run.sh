@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 # Engine overhead benchmark: a no-op `tureen run` of a 4-stage command pipeline against
-# `dvc repro` and `snakemake -c1` on the same pipeline, then planning and no-op running
-# a generated 1,000-stage DAG. Prints a table of medians (RUNS runs each, after a
-# warm-up).
+# `dvc repro` and `snakemake -c1` on the same pipeline, then the first run, the first
+# no-op after it, and steady no-op runs of generated 1,000- and 10,000-stage DAGs.
+# Prints a table of medians (RUNS runs each, after a warm-up). With BEFORE set to an
+# older tureen binary, every tureen row is measured for both in the same run and the
+# table gains a ratio column (after / before): these machines are noisy, so compare
+# within one run, never across runs.
 #
-#   bench/engine/run.sh                     # uses target/release/tureen
-#   TUREEN=/path/to/tureen RUNS=9 bench/engine/run.sh
+#   bench/engine/run.sh                          # target/release/tureen only
+#   BEFORE=/path/to/old/tureen RUNS=9 bench/engine/run.sh
+#   SIZES="1000" bench/engine/run.sh             # skip the 10,000-stage DAG
 #
 # DVC and Snakemake come from a throwaway venv (VENV, default /work/venv-bench), created
 # with pip on first use; the comparison is skipped if they cannot be installed.
@@ -13,20 +17,24 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 TUREEN=$(realpath "${TUREEN:-$repo/target/release/tureen}")
+BEFORE=${BEFORE:+$(realpath "$BEFORE")}
 RUNS=${RUNS:-7}
-N=${N:-1000}
+SIZES=${SIZES:-1000 10000}
 VENV=${VENV:-/work/venv-bench}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 timeit() { python3 "$here/timeit.py" "$RUNS" "$@"; }
+cputime() { python3 "$here/timeit.py" --cpu "$RUNS" "$@"; }
+ms_since() { python3 -c "import sys; print(f'{($(date +%s.%N) - $1) * 1000:.0f}')"; }
 
 if [ ! -x "$VENV/bin/dvc" ] || [ ! -x "$VENV/bin/snakemake" ]; then
   (python3 -m venv "$VENV" && "$VENV/bin/pip" install -q dvc snakemake) >/dev/null 2>&1 || true
 fi
 
 # --- the same 4-stage pipeline for every tool: gen -> (left, right) -> join ---
-mkdir -p "$work/tureen" "$work/dvc" "$work/snakemake"
-cat > "$work/tureen/p.yaml" <<'YAML'
+small_pipeline() {
+  mkdir -p "$1"
+  cat > "$1/p.yaml" <<'YAML'
 tureen: 1
 stages:
   gen:
@@ -49,6 +57,8 @@ stages:
     deps: [left.txt, right.txt]
     outs: [join.txt]
 YAML
+}
+mkdir -p "$work/dvc" "$work/snakemake"
 cat > "$work/dvc/dvc.yaml" <<'YAML'
 stages:
   gen:
@@ -87,12 +97,50 @@ rule join:
     shell: "cat left.txt right.txt > join.txt"
 SMK
 
-export TUREEN_STORE="$work/tureen/.tureen"
-"$TUREEN" -q run "$work/tureen/p.yaml" >/dev/null
-t_tureen=$(timeit "$work/tureen" "$TUREEN" -q run p.yaml)
-e_tureen=$(python3 "$here/engine_time.py" "$RUNS" "$work/tureen" "$TUREEN" -v run --plain p.yaml)
-t_status=$(timeit "$work/tureen" "$TUREEN" -q status p.yaml)
-t_version=$(timeit "$work/tureen" "$TUREEN" --version)
+# rows[i] = label; vals[<bin>:i] = value. Rows are added in the order measured.
+declare -a rows=()
+declare -A vals=()
+row() { # row BIN LABEL VALUE
+  local i
+  for i in "${!rows[@]}"; do [ "${rows[$i]}" = "$2" ] && break; done
+  if [ "${rows[$i]:-}" != "$2" ]; then rows+=("$2"); i=$((${#rows[@]} - 1)); fi
+  vals["$1:$i"]=$3
+}
+
+# Every tureen row, for the binary $2 under the tag $1.
+measure() {
+  local tag=$1 bin=$2 dir="$work/$1"
+  small_pipeline "$dir/small"
+  export TUREEN_STORE="$dir/small/.tureen"
+  "$bin" -q run "$dir/small/p.yaml" >/dev/null
+  row "$tag" "tureen --version (process start only)" "$(timeit "$dir/small" "$bin" --version)"
+  row "$tag" "tureen run, 4-stage no-op (target < 20)" "$(timeit "$dir/small" "$bin" -q run p.yaml)"
+  row "$tag" "  4-stage no-op, engine only (after start-up)" \
+    "$(python3 "$here/engine_time.py" "$RUNS" "$dir/small" "$bin" -v run --plain p.yaml)"
+  row "$tag" "tureen status, 4 stages" "$(timeit "$dir/small" "$bin" -q status p.yaml)"
+  local n big start
+  for n in $SIZES; do
+    big="$dir/big$n"
+    python3 "$here/gen_dag.py" "$n" "$big"
+    export TUREEN_STORE="$big/.tureen"
+    start=$(date +%s.%N)
+    "$bin" -q run "$big/big.yaml" -j 2 >/dev/null
+    row "$tag" "tureen run, $n-stage first run (-j 2, once)" "$(ms_since "$start")"
+    start=$(date +%s.%N)
+    "$bin" -q run "$big/big.yaml" >/dev/null
+    row "$tag" "tureen run, $n-stage first no-op after it (once)" "$(ms_since "$start")"
+    row "$tag" "tureen run, $n-stage no-op (target < 300 at 10,000)" "$(timeit "$big" "$bin" -q run big.yaml)"
+    row "$tag" "  $n-stage no-op, CPU time (user + system)" "$(cputime "$big" "$bin" -q run big.yaml)"
+    row "$tag" "  $n-stage no-op, engine only (after start-up)" \
+      "$(python3 "$here/engine_time.py" "$RUNS" "$big" "$bin" -v run --plain big.yaml)"
+    row "$tag" "tureen run --dry-run, $n-stage plan (all cached)" "$(timeit "$big" "$bin" -q run big.yaml --dry-run)"
+    row "$tag" "tureen status, $n stages" "$(timeit "$big" "$bin" -q status big.yaml)"
+    rm -rf "$big"
+  done
+}
+
+[ -n "$BEFORE" ] && measure before "$BEFORE"
+measure after "$TUREEN"
 
 t_dvc=n/a; t_smk=n/a
 if [ -x "$VENV/bin/dvc" ]; then
@@ -104,28 +152,19 @@ if [ -x "$VENV/bin/snakemake" ]; then
     t_smk=$(timeit "$work/snakemake" "$VENV/bin/snakemake" -c1 -q) || t_smk=failed
 fi
 
-# --- a generated N-stage DAG ---
-mkdir -p "$work/big"
-python3 "$here/gen_dag.py" "$N" "$work/big"
-export TUREEN_STORE="$work/big/.tureen"
-first_start=$(date +%s.%N)
-"$TUREEN" -q run "$work/big/big.yaml" -j 2 >/dev/null
-first=$(python3 -c "print(f'{($(date +%s.%N) - $first_start) * 1000:.0f}')")
-t_plan=$(timeit "$work/big" "$TUREEN" -q run big.yaml --dry-run)
-t_big=$(timeit "$work/big" "$TUREEN" -q run big.yaml)
-e_big=$(python3 "$here/engine_time.py" "$RUNS" "$work/big" "$TUREEN" -v run --plain big.yaml)
-t_big_status=$(timeit "$work/big" "$TUREEN" -q status big.yaml)
-
-printf '\n%-48s %12s\n' "benchmark (median of $RUNS, ms)" "time"
-printf '%-48s %12s\n' "------------------------------------------------" "------------"
-printf '%-48s %12s\n' "tureen --version (process start only)" "$t_version"
-printf '%-48s %12s   (target < 20)\n' "tureen run, 4-stage no-op" "$t_tureen"
-printf '%-48s %12s\n' "  of which engine (in-process, after start-up)" "$e_tureen"
-printf '%-48s %12s\n' "tureen status, 4 stages" "$t_status"
-printf '%-48s %12s\n' "dvc repro, 4-stage no-op" "$t_dvc"
-printf '%-48s %12s\n' "snakemake -c1, 4-stage no-op" "$t_smk"
-printf '%-48s %12s\n' "tureen run, $N-stage first run (-j 2, once)" "$first"
-printf '%-48s %12s\n' "tureen run --dry-run, $N-stage plan (all cached)" "$t_plan"
-printf '%-48s %12s   (target < 300)\n' "tureen run, $N-stage no-op" "$t_big"
-printf '%-48s %12s\n' "  of which engine (in-process, after start-up)" "$e_big"
-printf '%-48s %12s\n' "tureen status, $N stages" "$t_big_status"
+echo
+if [ -n "$BEFORE" ]; then
+  printf '%-54s %10s %10s %7s\n' "benchmark (median of $RUNS, ms)" before after ratio
+  printf '%-54s %10s %10s %7s\n' "$(printf -- '-%.0s' {1..54})" ---------- ---------- -------
+  for i in "${!rows[@]}"; do
+    b=${vals["before:$i"]:-n/a} a=${vals["after:$i"]:-n/a}
+    r=$(python3 -c "print(f'{$a / $b:.2f}x')" 2>/dev/null || echo n/a)
+    printf '%-54s %10s %10s %7s\n' "${rows[$i]}" "$b" "$a" "$r"
+  done
+else
+  printf '%-54s %10s\n' "benchmark (median of $RUNS, ms)" time
+  printf '%-54s %10s\n' "$(printf -- '-%.0s' {1..54})" ----------
+  for i in "${!rows[@]}"; do printf '%-54s %10s\n' "${rows[$i]}" "${vals["after:$i"]:-n/a}"; done
+fi
+printf '%-54s %10s\n' "dvc repro, 4-stage no-op" "$t_dvc"
+printf '%-54s %10s\n' "snakemake -c1, 4-stage no-op" "$t_smk"

@@ -32,7 +32,7 @@ use crate::fsutil;
 use crate::writeback::Writeback;
 use crate::Digest;
 use lock::FileLock;
-use statcache::{FileStamp, StatCache};
+use statcache::{FileStamp, Margin, StatCache};
 pub use tree::{is_safe_relative_path, join_relative, Tree, TREE_MAGIC};
 
 /// Errors from store operations. Each names the path or digest involved.
@@ -313,6 +313,13 @@ fn stat_cache_key(
     Some(key)
 }
 
+/// Whether the file at `key` still has the stamp and the content it had when `r` was
+/// taken (stamp checked before and after hashing, so a write meanwhile is noticed).
+fn still_holds(key: &Path, r: &Recent) -> bool {
+    let same_stamp = || fs::metadata(key).is_ok_and(|m| FileStamp::of(&m) == r.stamp);
+    same_stamp() && Digest::of_file(key).is_ok_and(|d| d == r.digest) && same_stamp()
+}
+
 /// What `stat` says of `path` (following a symbolic link), and whether it is one: one
 /// system call for a path that is not a link.
 fn stat(path: &Path) -> io::Result<(fs::Metadata, bool)> {
@@ -329,7 +336,26 @@ fn stat(path: &Path) -> io::Result<(fs::Metadata, bool)> {
 struct StatState {
     cache: StatCache,
     dirs: HashMap<PathBuf, PathBuf>,
+    /// Each device's settle margin, asked of the file system once.
+    margins: HashMap<u64, Margin>,
+    /// Digests of files hashed too soon after they were written to be cached as they
+    /// are, by stat-cache key; [`Store::settle_and_flush_stat_cache`] confirms them.
+    recent: HashMap<PathBuf, Recent>,
 }
+
+/// A digest not yet trusted: the file was modified within its margin of being hashed.
+#[derive(Debug)]
+struct Recent {
+    stamp: FileStamp,
+    digest: Digest,
+    margin: Margin,
+}
+
+/// Files larger than this hashed just after being written are not confirmed later:
+/// rehashing them at the end of a run would cost more than it saves.
+const RECENT_MAX_BYTES: u64 = 16 << 20;
+/// At most this many unconfirmed digests are kept (memory stays bounded).
+const RECENT_MAX_FILES: usize = 1 << 20;
 
 /// A content-addressed store rooted at a directory. Cheap to open; safe to share between
 /// threads (`&Store` methods) and between processes (all writes are atomic renames).
@@ -596,6 +622,12 @@ impl Store {
             return Err(io_err("rename into place", dest)(e));
         }
         fsutil::sync_dir(dir).map_err(io_err("fsync", dir))?;
+        // Its digest is known: the next run need not hash the copy to find it unchanged.
+        if let Ok((meta, is_link)) = stat(dest) {
+            if meta.is_file() {
+                self.remember(dest, &meta, is_link, *digest);
+            }
+        }
         Ok(placement)
     }
 
@@ -639,24 +671,41 @@ impl Store {
 
     fn cached_digest(&self, path: &Path, meta: &fs::Metadata, is_link: bool) -> Option<Digest> {
         let mut state = self.stat.lock().ok()?;
-        let StatState { cache, dirs } = &mut *state;
+        let StatState { cache, dirs, .. } = &mut *state;
         let key = stat_cache_key(path, is_link, dirs)?;
         cache.lookup(&self.root, &key, &FileStamp::of(meta))
     }
 
-    /// Records a digest in the stat cache (if the file is settled), persisted at the next
-    /// [`Store::flush_stat_cache`] (at the latest when the store is dropped).
+    /// Records a digest in the stat cache, persisted at the next flush (at the latest
+    /// when the store is dropped). The digest of a file modified too recently to trust
+    /// its stamp is kept aside for [`Store::settle_and_flush_stat_cache`] instead.
     fn remember(&self, path: &Path, meta: &fs::Metadata, is_link: bool, digest: Digest) {
         let stamp = FileStamp::of(meta);
-        if !stamp.is_settled() {
-            return;
-        }
         let Ok(mut state) = self.stat.lock() else {
             return;
         };
-        let StatState { cache, dirs } = &mut *state;
-        if let Some(key) = stat_cache_key(path, is_link, dirs) {
+        use std::os::unix::fs::MetadataExt as _;
+        let StatState {
+            cache,
+            dirs,
+            margins,
+            recent,
+        } = &mut *state;
+        let Some(key) = stat_cache_key(path, is_link, dirs) else {
+            return;
+        };
+        let margin = *margins
+            .entry(meta.dev())
+            .or_insert_with(|| Margin::of_filesystem(&key));
+        if stamp.is_settled(margin) {
             cache.insert(key, stamp, digest);
+        } else if stamp.size() <= RECENT_MAX_BYTES && recent.len() < RECENT_MAX_FILES {
+            let r = Recent {
+                stamp,
+                digest,
+                margin,
+            };
+            recent.insert(key, r);
         }
     }
 
@@ -666,6 +715,33 @@ impl Store {
         if let Ok(mut state) = self.stat.lock() {
             let _ = state.cache.flush(&self.root);
         }
+    }
+
+    /// Like [`Store::flush_stat_cache`], but first confirms the digests of files that
+    /// were hashed just after being written (a run's own outputs): once a file's margin
+    /// has passed, a file whose stamp is unchanged and whose content hashes the same
+    /// again is cached, as if it had been hashed then. On file systems with fine
+    /// timestamps this waits out the margin (at most 50 ms) so that the next run finds
+    /// every output cached; elsewhere, files still within their margin are left out.
+    pub fn settle_and_flush_stat_cache(&self) {
+        let Ok(mut state) = self.stat.lock() else {
+            return;
+        };
+        let recent = std::mem::take(&mut state.recent);
+        let wait = recent
+            .values()
+            .filter(|r| r.margin.is_short())
+            .map(|r| r.margin.remaining(&r.stamp))
+            .max();
+        if let Some(wait) = wait {
+            std::thread::sleep(wait);
+        }
+        for (key, r) in recent {
+            if r.stamp.is_settled(r.margin) && still_holds(&key, &r) {
+                state.cache.insert(key, r.stamp, r.digest);
+            }
+        }
+        let _ = state.cache.flush(&self.root);
     }
 
     // ----- pins ---------------------------------------------------------------------

@@ -44,15 +44,90 @@ impl FileStamp {
         }
     }
 
-    /// A file modified within the last two seconds may be modified again within the same
-    /// timestamp tick without its stamp changing ("racily clean", as git calls it); such
-    /// files are hashed but not cached.
-    pub(crate) fn is_settled(&self) -> bool {
-        let now_ns = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as i64)
-            .unwrap_or(0);
-        now_ns - self.mtime_ns > 2_000_000_000
+    /// Whether a later write could still leave this stamp unchanged: a file modified
+    /// within `margin` of now may be modified again within the same timestamp tick
+    /// ("racily clean", as git calls it), so its digest is not cached as is.
+    pub(crate) fn is_settled(&self, margin: Margin) -> bool {
+        self.age_ns() > margin.0
+    }
+
+    /// Nanoseconds since the file was last modified (negative for a future mtime).
+    fn age_ns(&self) -> i64 {
+        now_ns() - self.mtime_ns
+    }
+
+    /// The file's size in bytes.
+    pub(crate) fn size(&self) -> u64 {
+        self.size
+    }
+}
+
+fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+/// How long after a write a file's timestamps may still not show the next write: the
+/// file system's timestamp granularity, with room to spare.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct Margin(i64);
+
+impl Margin {
+    /// File systems whose timestamps come from the local kernel's clock, kept in
+    /// nanoseconds and advanced at least once a scheduler tick (at most 10 ms): a file
+    /// 50 ms old has a stamp that any later write changes.
+    const LOCAL_CLOCK: Margin = Margin(50_000_000);
+    /// Anything else (NFS, FUSE, FAT's 2-second mtimes, a server's clock): two seconds.
+    const UNKNOWN: Margin = Margin(2_000_000_000);
+
+    /// The margin for files on the file system holding `path`.
+    pub(crate) fn of_filesystem(path: &Path) -> Margin {
+        // `statfs`'s f_type magic numbers (linux/magic.h) of file systems with
+        // nanosecond timestamps from the kernel's clock.
+        const LOCAL: [i64; 7] = [
+            0xEF53,     // ext2/3/4
+            0x5846_5342, // xfs
+            0x9123_683E, // btrfs
+            0x0102_1994, // tmpfs
+            0x794C_7630, // overlayfs (its upper layer is one of these)
+            0x2FC1_2FC1, // zfs
+            0xF2F5_2010, // f2fs
+        ];
+        use std::os::unix::ffi::OsStrExt;
+        let Ok(c_path) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
+            return Margin::UNKNOWN;
+        };
+        let mut buf = std::mem::MaybeUninit::<libc::statfs>::uninit();
+        // SAFETY: `c_path` is a valid NUL-terminated string and `buf` is large enough
+        // for the kernel to fill; it is read only when the call succeeds.
+        let ok = unsafe { libc::statfs(c_path.as_ptr(), buf.as_mut_ptr()) } == 0;
+        if !ok {
+            return Margin::UNKNOWN;
+        }
+        // SAFETY: the call succeeded, so the kernel initialized `buf`.
+        let f_type = unsafe { buf.assume_init() }.f_type as i64;
+        if LOCAL.contains(&f_type) {
+            Margin::LOCAL_CLOCK
+        } else {
+            Margin::UNKNOWN
+        }
+    }
+
+    /// Whether waiting out this margin is cheap enough to do before a process exits.
+    pub(crate) fn is_short(self) -> bool {
+        self <= Margin::LOCAL_CLOCK
+    }
+
+    /// How long until a file with `stamp` is settled (zero if it is).
+    pub(crate) fn remaining(self, stamp: &FileStamp) -> std::time::Duration {
+        let left = self.0 - stamp.age_ns();
+        if left < 0 {
+            return std::time::Duration::ZERO;
+        }
+        // A millisecond more, so the file is settled by the time the wait ends.
+        std::time::Duration::from_nanos(left as u64 + 1_000_000)
     }
 }
 

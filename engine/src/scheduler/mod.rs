@@ -305,6 +305,9 @@ fn execute(mut run: RunState<'_>, cancel: &AtomicBool) -> anyhow::Result<RunOutc
 
     let interrupted = cancel.load(Ordering::Relaxed);
     let failed = run.failed;
+    // This run's outputs were hashed just after they were written; confirmed now, the
+    // next run finds them in the stat cache instead of hashing them again.
+    run.store.settle_and_flush_stat_cache();
     let store_root = run.store.root().to_path_buf();
     let (stages, plan) = run.into_records(interrupted);
     record.stages = stages;
