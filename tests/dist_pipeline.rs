@@ -212,18 +212,26 @@ fn freeze_rank_1_after_the_first_checkpoint(ws: &Workspace) -> u32 {
     rank1[0]
 }
 
-#[test]
-fn a_killed_rank_fails_the_run_naming_it_and_a_rerun_resumes_to_the_same_bytes() {
+/// The 2-rank `core` (with `rest` appended to its stage) run while its rank 1 is
+/// frozen after the first checkpoint and then killed: the uninterrupted run's final
+/// bytes, the workspace, `tureen run`'s output and how long it took after the kill.
+fn run_losing_rank_1(rest: &str) -> (Vec<u8>, Workspace, std::process::Output, std::time::Duration) {
     let whole = uninterrupted_final();
     let ws = Workspace::new();
-    ws.write("p.yaml", &core_pipeline(INTERVALS, 2, None, ""));
+    ws.write("p.yaml", &core_pipeline(INTERVALS, 2, None, rest));
     let run = spawn_run(&ws);
     let rank1 = freeze_rank_1_after_the_first_checkpoint(&ws);
     kill(rank1, "KILL");
     let killed_at = std::time::Instant::now();
     let out = run.wait_with_output().unwrap();
+    (whole, ws, out, killed_at.elapsed())
+}
+
+#[test]
+fn a_killed_rank_fails_the_run_naming_it_and_a_rerun_resumes_to_the_same_bytes() {
+    let (whole, ws, out, took) = run_losing_rank_1("");
     let text = both(&out);
-    assert!(killed_at.elapsed().as_secs() < 25, "{:?}", killed_at.elapsed());
+    assert!(took.as_secs() < 25, "{took:?}");
     assert_eq!(out.status.code(), Some(1), "{text}");
     assert!(
         text.contains("core: FAILED") && text.contains("rank 1 of 2 failed (signal: 9 (SIGKILL))"),
@@ -240,13 +248,7 @@ fn a_killed_rank_fails_the_run_naming_it_and_a_rerun_resumes_to_the_same_bytes()
 
 #[test]
 fn with_retries_a_lost_rank_relaunches_every_rank_and_the_run_ends_with_the_uninterrupted_bytes() {
-    let whole = uninterrupted_final();
-    let ws = Workspace::new();
-    ws.write("p.yaml", &core_pipeline(INTERVALS, 2, None, "    retries: 1\n"));
-    let run = spawn_run(&ws);
-    let lost = freeze_rank_1_after_the_first_checkpoint(&ws);
-    kill(lost, "KILL");
-    let out = run.wait_with_output().unwrap();
+    let (whole, ws, out, _) = run_losing_rank_1("    retries: 1\n");
     let text = both(&out);
     assert!(out.status.success(), "the retry did not save the run:\n{text}");
 
