@@ -165,22 +165,30 @@ fn kill(pid: u32, signal: &str) {
     assert!(ok, "kill -s {signal} {pid}");
 }
 
-#[test]
-fn a_killed_rank_fails_the_run_naming_it_and_a_rerun_resumes_to_the_same_bytes() {
-    // Enough intervals after the first that rank 0 cannot finish while the test reacts.
-    const INTERVALS: u64 = 6;
+/// Enough intervals after the first that rank 0 cannot finish while a test reacts.
+const INTERVALS: u64 = 6;
+
+/// The final checkpoint of an uninterrupted 2-rank run of `core_pipeline(INTERVALS, ..)`.
+fn uninterrupted_final() -> Vec<u8> {
     let whole = Workspace::new();
     whole.write("p.yaml", &core_pipeline(INTERVALS, 2, None, ""));
     whole.ok(&["run", "p.yaml", "--plain"]);
+    final_bytes(&whole, "core")
+}
 
-    let ws = Workspace::new();
-    ws.write("p.yaml", &core_pipeline(INTERVALS, 2, None, ""));
-    let run = ws
-        .cmd(&["run", "p.yaml", "--plain"])
+/// `tureen run p.yaml --plain` in `ws`, its output piped.
+fn spawn_run(ws: &Workspace) -> std::process::Child {
+    ws.cmd(&["run", "p.yaml", "--plain"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
-        .unwrap();
+        .unwrap()
+}
+
+/// Waits until `ws`'s running 2-rank `core` has committed interval 1, then freezes
+/// (SIGSTOP) rank 1: rank 0 then gets no further than its next collective, however
+/// fast the machine. Returns rank 1's pid.
+fn freeze_rank_1_after_the_first_checkpoint(ws: &Workspace) -> u32 {
     let store = ws.store().display().to_string();
     let start = std::time::Instant::now();
     let log = || {
@@ -189,8 +197,6 @@ fn a_killed_rank_fails_the_run_naming_it_and_a_rerun_resumes_to_the_same_bytes()
             .and_then(|id| std::fs::read_to_string(ws.store().join("runs").join(id).join("core.log")).ok())
             .unwrap_or_default()
     };
-    // Freeze rank 1 as soon as interval 1 is committed: rank 0 then gets no further
-    // than its next collective, however fast the machine. Then kill it.
     while !log().contains("checkpoint interval 1:") {
         assert!(start.elapsed().as_secs() < 120, "no checkpoint:\n{}", log());
         std::thread::sleep(std::time::Duration::from_millis(2));
@@ -203,22 +209,91 @@ fn a_killed_rank_fails_the_run_naming_it_and_a_rerun_resumes_to_the_same_bytes()
         "rank 0 finished before rank 1 could be stopped:\n{}",
         log()
     );
-    kill(rank1[0], "KILL");
+    rank1[0]
+}
+
+/// The 2-rank `core` (with `rest` appended to its stage) run while its rank 1 is
+/// frozen after the first checkpoint and then killed: the uninterrupted run's final
+/// bytes, the workspace, `tureen run`'s output and how long it took after the kill.
+fn run_losing_rank_1(rest: &str) -> (Vec<u8>, Workspace, std::process::Output, std::time::Duration) {
+    let whole = uninterrupted_final();
+    let ws = Workspace::new();
+    ws.write("p.yaml", &core_pipeline(INTERVALS, 2, None, rest));
+    let run = spawn_run(&ws);
+    let rank1 = freeze_rank_1_after_the_first_checkpoint(&ws);
+    kill(rank1, "KILL");
     let killed_at = std::time::Instant::now();
     let out = run.wait_with_output().unwrap();
+    (whole, ws, out, killed_at.elapsed())
+}
+
+#[test]
+fn a_killed_rank_fails_the_run_naming_it_and_a_rerun_resumes_to_the_same_bytes() {
+    let (whole, ws, out, took) = run_losing_rank_1("");
     let text = both(&out);
-    assert!(killed_at.elapsed().as_secs() < 25, "{:?}", killed_at.elapsed());
+    assert!(took.as_secs() < 25, "{took:?}");
     assert_eq!(out.status.code(), Some(1), "{text}");
     assert!(
         text.contains("core: FAILED") && text.contains("rank 1 of 2 failed (signal: 9 (SIGKILL))"),
         "{text}"
     );
+    let store = ws.store().display().to_string();
     assert!(ranks_with(&store, 0).is_empty(), "rank 0 outlived the run");
 
     // Re-run: both ranks resume from what rank 0 committed and end as if never stopped.
     let rerun = ws.ok(&["run", "p.yaml", "--plain"]);
     assert!(rerun.contains("resumed from"), "{rerun}");
-    assert_eq!(final_bytes(&ws, "core"), final_bytes(&whole, "core"));
+    assert_eq!(final_bytes(&ws, "core"), whole);
+}
+
+#[test]
+fn with_retries_a_lost_rank_relaunches_every_rank_and_the_run_ends_with_the_uninterrupted_bytes() {
+    let (whole, ws, out, _) = run_losing_rank_1("    retries: 1\n");
+    let text = both(&out);
+    assert!(out.status.success(), "the retry did not save the run:\n{text}");
+
+    // Attempt 1 lost rank 1; attempt 2 was both ranks, resuming from rank 0's commit.
+    let log = std::fs::read_to_string(run_dir(&ws).join("core.log")).unwrap();
+    assert!(
+        log.contains("== tureen: relaunching all 2 ranks (attempt 2/2) after: rank 1 of 2 failed (signal: 9 (SIGKILL))"),
+        "{log}"
+    );
+    let rank1 = std::fs::read_to_string(run_dir(&ws).join("core.rank1.log")).unwrap();
+    assert!(rank1.contains("resuming from committed checkpoint"), "{rank1}");
+    let store = ws.store().display().to_string();
+    assert!(ranks_with(&store, 0).is_empty() && ranks_with(&store, 1).is_empty());
+    assert_eq!(final_bytes(&ws, "core"), whole);
+    let record = engine_common::record(&ws.store(), &engine_common::runs(&ws.store())[0]);
+    let core = record["stages"].as_array().unwrap().iter().find(|s| s["name"] == "core");
+    assert_eq!(core.and_then(|s| s["attempts"].as_u64()), Some(2), "{record}");
+}
+
+#[test]
+fn a_hung_rank_fails_the_run_within_the_collective_timeout_naming_it() {
+    const TIMEOUT_S: u64 = 4;
+    let ws = Workspace::new();
+    ws.write(
+        "p.yaml",
+        &core_pipeline(INTERVALS, 2, None, "").replace(
+            "collective_timeout_s: 20.0",
+            &format!("collective_timeout_s: {TIMEOUT_S}.0"),
+        ),
+    );
+    let run = spawn_run(&ws);
+    // Stopped, never killed by the test: alive to the kernel, silent to its peers.
+    freeze_rank_1_after_the_first_checkpoint(&ws);
+    let stopped_at = std::time::Instant::now();
+    let out = run.wait_with_output().unwrap();
+    let took = stopped_at.elapsed();
+    let text = both(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    // The collective timeout, the heartbeat diagnosis and the launcher's grace for the
+    // other ranks: bounded, and nowhere near a hang.
+    assert!(took.as_secs() < TIMEOUT_S + 25, "took {took:?}:\n{text}");
+    assert!(text.contains("core: FAILED"), "{text}");
+    assert!(text.contains("peer rank 1 has stopped"), "the hung rank is not named:\n{text}");
+    let store = ws.store().display().to_string();
+    assert!(ranks_with(&store, 1).is_empty(), "the stopped rank outlived the run");
 }
 
 #[test]

@@ -408,6 +408,47 @@ fn gpu_stage_gets_a_gres_gpu() {
     );
 }
 
+/// A CLIP small enough that 2 ranks train it in seconds on 2 cores (tests/dist_pipeline.rs's).
+const DIST_MODEL: &str = "{embed_dim: 16, init_logit_scale: 2.659260036932778, vision: {timm_model_name: null, depths: [1, 1], dims: [8, 16], mlp: conv1x1, mlp_ratio: 2, kernel_size: 7, ls_init_value: 0.5, norm_eps: 1.0e-6, drop_path: 0.2, image_size: 16, patch_size: 4, proj: linear, proj_bias: false}, text: {context_length: 8, vocab_size: 64, width: 16, heads: 2, layers: 1, mlp_ratio: 2, norm_eps: 1.0e-5}}";
+
+/// A 2-rank gloo `train` stage (one node, two CPU tasks) run by `executor`.
+fn two_rank_train(executor: &str) -> String {
+    pipeline(&format!(
+        "  core:\n    kind: train\n    executor: {executor}\n    params:\n      model: {DIST_MODEL}\n      batch_size: 12\n      data: synthetic\n      samples_per_interval: 36\n      intervals: 2\n      lr: 2.0e-3\n      warmup: 2\n      grad_clip_norm: 1.0\n      seed: 5\n      device: cpu\n      backend: gloo\n      threads: 1\n      log_every: 1\n      collective_timeout_s: 30.0\n      rendezvous_timeout_s: 60.0\n    resources: {{nodes: 1, tasks_per_node: 2}}\n"
+    ))
+}
+
+#[test]
+fn two_rank_train_stage_on_slurm_ends_with_the_local_two_rank_checkpoint() {
+    let Some(conf) = cluster() else { return };
+    let on_slurm = Workspace::new(&conf, &two_rank_train("slurm"));
+    let out = finish(on_slurm.spawn_run(), Duration::from_secs(300));
+    assert!(out.status.success(), "tureen run (slurm) failed:\n{}", stderr(&out));
+    let local = Workspace::new(&conf, &two_rank_train("local"));
+    let out = finish(local.spawn_run(), Duration::from_secs(300));
+    assert!(out.status.success(), "tureen run (local) failed:\n{}", stderr(&out));
+
+    // One job of two srun tasks (ranks) on the one node, both of which finished.
+    let (job_id, finished) = on_slurm.recorded_job().expect("a Slurm job record");
+    assert!(finished);
+    let shown = on_slurm.slurm(&["scontrol", "show", "job", "-o", &job_id]);
+    assert!(shown.contains("NumNodes=1 ") && shown.contains("NumTasks=2 "), "{shown}");
+    assert!(on_slurm.jobcomp_line(&job_id).contains("JobState=COMPLETED"));
+    let log = std::fs::read_to_string(&on_slurm.job_logs()[0]).unwrap();
+    assert!(log.contains("rank 1 of 2"), "rank 1 did not run under srun:\n{log}");
+
+    let bytes = |ws: &Workspace| {
+        let path = ws.path("outputs/core/final.safetensors");
+        std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    };
+    let (slurm_final, local_final) = (bytes(&on_slurm), bytes(&local));
+    assert!(!slurm_final.is_empty());
+    assert!(
+        slurm_final == local_final,
+        "the final checkpoint on Slurm differs from the local 2-rank launch's"
+    );
+}
+
 fn walk(dir: &Path) -> Vec<PathBuf> {
     let mut files = Vec::new();
     let mut stack = vec![dir.to_path_buf()];

@@ -2,7 +2,7 @@
 //! `executor: slurm` is written as a [`StageJob`] file under
 //! `<store>/slurm/<key-hex>/job.json` (stable per key, so a restarted tureen re-attaches
 //! to the job it submitted), submitted through [`crate::slurm::run_job`] as
-//! `tureen stage-exec --job job.json`, and its [`JobResult`] read back from
+//! `tureen stage-exec --job job.json` (or the kind's worker program's), and its [`JobResult`] read back from
 //! `job.result.json`.
 
 use std::path::{Path, PathBuf};
@@ -44,7 +44,7 @@ pub fn run(
     if slurm::pending_job(&dir)?.is_none() {
         let _ = std::fs::remove_file(&result_file);
     }
-    let mut spec = SlurmJobSpec::stage_exec(&job.run_id, &job.stage, tureen, &job.store, &job_file);
+    let mut spec = SlurmJobSpec::stage_exec(&job.run_id, &job.stage, tureen, &job_file);
     spec.resources = SlurmResources::from_pipeline(resources, job.fingerprint.world);
     spec.retries = retries;
     spec.env = job.env.clone();

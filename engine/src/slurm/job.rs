@@ -30,16 +30,11 @@ pub struct SlurmJobSpec {
 }
 
 impl SlurmJobSpec {
-    /// The usual job: `TUREEN --store STORE stage-exec --job JOB_FILE`, with its Slurm
-    /// files next to the job file. `tureen` and `store` should be absolute paths that the
-    /// compute nodes see (e.g. `std::env::current_exe()` on a shared filesystem).
-    pub fn stage_exec(
-        run_id: &str,
-        stage: &str,
-        tureen: &Path,
-        store: &Path,
-        job_file: &Path,
-    ) -> Self {
+    /// The usual job: `PROGRAM stage-exec --job JOB_FILE`, with its Slurm files next to
+    /// the job file. `program` (tureen, or a kind's worker such as `tureen-torch`, which
+    /// has no `--store` option: the job file names the store) and `job_file` should be
+    /// absolute paths that the compute nodes see (on a shared filesystem).
+    pub fn stage_exec(run_id: &str, stage: &str, program: &Path, job_file: &Path) -> Self {
         let path = |p: &Path| p.to_string_lossy().into_owned();
         SlurmJobSpec {
             run_id: run_id.to_string(),
@@ -49,9 +44,7 @@ impl SlurmJobSpec {
                 .map(Path::to_path_buf)
                 .unwrap_or_else(|| PathBuf::from(".")),
             command: vec![
-                path(tureen),
-                "--store".to_string(),
-                path(store),
+                path(program),
                 "stage-exec".to_string(),
                 "--job".to_string(),
                 path(job_file),
@@ -241,7 +234,6 @@ mod tests {
             "20261122-2215-ab12",
             "core/seed 1",
             Path::new("/opt/tureen"),
-            Path::new("/shared/.tureen"),
             Path::new("/shared/.tureen/slurm/k/job.json"),
         );
         assert_eq!(spec.job_name(), "tureen-20261122-2215-ab12-core_seed_1");
@@ -250,8 +242,6 @@ mod tests {
             spec.command,
             [
                 "/opt/tureen",
-                "--store",
-                "/shared/.tureen",
                 "stage-exec",
                 "--job",
                 "/shared/.tureen/slurm/k/job.json"
@@ -265,7 +255,6 @@ mod tests {
             "r1",
             "train",
             Path::new("/t"),
-            Path::new("/s"),
             Path::new("/s/50%/job.json"),
         );
         spec.resources = SlurmResources {

@@ -393,7 +393,6 @@ mod tests {
             "r",
             "s",
             Path::new("/t"),
-            Path::new("/s"),
             &dir.path().join("job.json"),
         );
         spec.command = vec!["/bin/true".into()];

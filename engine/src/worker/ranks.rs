@@ -106,11 +106,18 @@ impl Ranks {
         failed
     }
 
+    /// Sends `signal` to every rank still running, then SIGCONT: a rank that was
+    /// stopped (SIGSTOP, a debugger let go of) acts on it now instead of after
+    /// [`STOP_GRACE`].
     fn signal_running(&mut self, signal: libc::c_int) {
         let running: Vec<usize> = self.running().collect();
         for r in running {
+            let pid = self.children[r].id() as libc::pid_t;
             // SAFETY: kill(2) on our own, not yet reaped, child's pid.
-            unsafe { libc::kill(self.children[r].id() as libc::pid_t, signal) };
+            unsafe {
+                libc::kill(pid, signal);
+                libc::kill(pid, libc::SIGCONT);
+            }
         }
     }
 }
