@@ -9,10 +9,10 @@ use std::path::Path;
 use tureen_stages::checkpoint::TrainState;
 
 use super::Trainer;
-use crate::train::error::TrainError;
 use crate::checkpoint::open_clip::{is_torch_save, OpenClipCheckpoint};
 use crate::checkpoint::{copy_into, load_weights, MODEL_FILE};
 use crate::model::ClipConfig;
+use crate::train::error::TrainError;
 
 /// The model config of a rewind's `from` checkpoint when the stage gives none: a tureen
 /// checkpoint's `state.json` has it; a `torch.save` file does not.
