@@ -1,6 +1,6 @@
 //! `tureen run PIPELINE`: run every stage once, in dependency order, cached by content.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use tureen_engine::record::StageStatus;
 
