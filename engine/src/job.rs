@@ -9,9 +9,9 @@
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::{LineWriter, Write};
-use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context as _;
@@ -19,18 +19,19 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use tureen_artifacts::{Digest, Store};
 
-use crate::cache::{self, ArtifactRecord, CacheEntry, OutputRecord};
+use crate::cache::{self, ArtifactRecord, OutputRecord};
 use crate::clock::now_rfc3339;
 use crate::journal::{artifact_path, StoreJournal};
 use crate::key::Fingerprint;
 use crate::kind::{
-    Artifact, InputValue, KindRegistry, OutputDecl, OutputShape, Produced, Runner, StageContext,
-    StageLog,
+    Artifact, InputValue, KindRegistry, OutputDecl, OutputShape, Produced, Runner, StageLog,
+    StageWork,
 };
 use tureen_artifacts::store::lock::FileLock;
 use crate::rank::Rank;
 
 mod follower;
+mod leader;
 
 pub use follower::rank_path;
 
@@ -285,21 +286,7 @@ pub fn execute_as(
     let _gc_guard = store.lock_shared()?;
     // What killed runs left in `tmp/` (their pids are dead) goes now.
     store.remove_stale_temps();
-    let work = registry
-        .work(&job.kind)
-        .cloned()
-        .ok_or_else(|| match &job.runner {
-            Runner::Worker(program) => anyhow::anyhow!(
-                "stage `{}`: kind `{}` runs in `{program}`, not in this program",
-                job.stage,
-                job.kind
-            ),
-            Runner::InProcess => anyhow::anyhow!(
-                "stage `{}`: kind `{}` is not registered in this program",
-                job.stage,
-                job.kind
-            ),
-        })?;
+    let work = registered_work(job, registry)?;
     let finish = |status, outputs, error: Option<String>, attempts, resumed_from| JobResult {
         status,
         outputs,
@@ -321,15 +308,7 @@ pub fn execute_as(
         job.attempts.max(1)
     };
 
-    let lock_path = store.lock_path(&format!("{}.lock", job.key.to_hex()));
-    let note = crate::host::lock_note();
-    let Some(_lock) = FileLock::exclusive_waiting(&lock_path, &note, cancel, |holder| {
-        observer(JobEvent::Waiting(format!(
-            "waiting for {holder} (same stage key)"
-        )));
-    })
-    .with_context(|| format!("cannot take the stage's lock {}", lock_path.display()))?
-    else {
+    let Some(_lock) = lock_stage_key(&store, job, cancel, observer)? else {
         return Ok(finish(
             JobStatus::Cancelled,
             BTreeMap::new(),
@@ -350,95 +329,26 @@ pub fn execute_as(
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
     let mut log = FileLog::open(job, observer)?;
+    let leader = leader::Leader {
+        job,
+        store: &store,
+        work: work.as_ref(),
+        inputs: &inputs,
+        scratch: scratch.path(),
+        cancel,
+        rank,
+    };
     let mut last_error = None;
     let mut resumed_from = 0;
     for attempt in 1..=attempts {
         if cancel.load(Ordering::Relaxed) {
             break;
         }
-        log.observer_event(JobEvent::Attempt(attempt));
-        log.line(&format!(
-            "== tureen: stage {} attempt {attempt}/{attempts} (key {}) at {}{}",
-            job.stage,
-            job.key,
-            now_rfc3339(),
-            match rank.world {
-                1 => String::new(),
-                w => format!(", rank 0 of {w}"),
-            }
-        ));
-        let work_dir = store.tmp_dir().join(format!(
-            "work-{}.{}.{attempt}",
-            &job.key.to_hex()[..16],
-            tureen_artifacts::stale::owner_token()
-        ));
-        let _ = std::fs::remove_dir_all(&work_dir);
-        std::fs::create_dir_all(&work_dir)
-            .with_context(|| format!("cannot create {}", work_dir.display()))?;
-        let mut journal = StoreJournal::open(&store, scratch.path(), &job.key, &job.stage);
-        resumed_from = crate::kind::CheckpointJournal::committed(&journal).len();
-        if resumed_from > 0 {
-            log.line(&format!(
-                "== tureen: resuming: {resumed_from} checkpoint(s) committed by an interrupted run"
-            ));
-        }
-        let outcome = {
-            let mut ctx = StageContext {
-                stage: &job.stage,
-                params: &job.params,
-                inputs: &inputs,
-                work_dir: &work_dir,
-                workspace: &job.workspace,
-                env: &job.env,
-                log: &mut log,
-                journal: &mut journal,
-                gpus: &job.gpus,
-                cancel,
-                rank,
-            };
-            match std::panic::catch_unwind(AssertUnwindSafe(|| work.run(&mut ctx))) {
-                Ok(r) => r,
-                Err(panic) => {
-                    let msg = panic
-                        .downcast_ref::<String>()
-                        .cloned()
-                        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                        .unwrap_or_else(|| "unknown panic".into());
-                    Err(anyhow::anyhow!("the {} kind panicked: {msg}", job.kind))
-                }
-            }
-        };
-        let stored = outcome.and_then(|produced| store_outputs(&store, job, produced, &journal));
-        tureen_artifacts::stale::make_writable(&work_dir);
-        let _ = std::fs::remove_dir_all(&work_dir);
-        match stored {
+        let tried = leader.attempt(attempt, attempts, &mut log)?;
+        resumed_from = tried.resumed_from;
+        match tried.outputs {
             Ok(outputs) => {
-                let entry = CacheEntry {
-                    key: job.key,
-                    stage: job.stage.clone(),
-                    kind: job.kind.clone(),
-                    run_id: job.run_id.clone(),
-                    created: now_rfc3339(),
-                    fingerprint: job.fingerprint.clone(),
-                    outputs: outputs.clone(),
-                };
-                if job.use_cache {
-                    cache::insert(&store, &entry).context("cannot write the action cache entry")?;
-                }
-                journal.remove();
-                let machine = crate::machine::MachineInfo::path_for_log(&job.log);
-                if let Err(e) = crate::machine::MachineInfo::current().write(&machine) {
-                    log.line(&format!(
-                        "== tureen: cannot write {}: {e}",
-                        machine.display()
-                    ));
-                }
-                log.line(&format!(
-                    "== tureen: stage {} succeeded in {:.2}s",
-                    job.stage,
-                    clock.elapsed().as_secs_f64()
-                ));
-                log.flush();
+                leader.succeed(&outputs, tried.journal, &mut log, clock)?;
                 return Ok(finish(JobStatus::Ran, outputs, None, attempt, resumed_from));
             }
             Err(e) => {
@@ -468,6 +378,43 @@ pub fn execute_as(
         attempts,
         resumed_from,
     ))
+}
+
+/// The work of `job`'s kind, as registered in this program.
+fn registered_work(job: &StageJob, registry: &KindRegistry) -> anyhow::Result<Arc<dyn StageWork>> {
+    registry
+        .work(&job.kind)
+        .cloned()
+        .ok_or_else(|| match &job.runner {
+            Runner::Worker(program) => anyhow::anyhow!(
+                "stage `{}`: kind `{}` runs in `{program}`, not in this program",
+                job.stage,
+                job.kind
+            ),
+            Runner::InProcess => anyhow::anyhow!(
+                "stage `{}`: kind `{}` is not registered in this program",
+                job.stage,
+                job.kind
+            ),
+        })
+}
+
+/// Takes the exclusive lock of the stage's key, telling `observer` whom it waits for;
+/// `None` when interrupted while waiting.
+fn lock_stage_key(
+    store: &Store,
+    job: &StageJob,
+    cancel: &AtomicBool,
+    observer: &mut (dyn FnMut(JobEvent) + Send),
+) -> anyhow::Result<Option<FileLock>> {
+    let lock_path = store.lock_path(&format!("{}.lock", job.key.to_hex()));
+    let note = crate::host::lock_note();
+    FileLock::exclusive_waiting(&lock_path, &note, cancel, |holder| {
+        observer(JobEvent::Waiting(format!(
+            "waiting for {holder} (same stage key)"
+        )));
+    })
+    .with_context(|| format!("cannot take the stage's lock {}", lock_path.display()))
 }
 
 /// A job's private scratch directory under `<store>/tmp` (`views-<key>.<pid>@<host>`):
@@ -823,7 +770,7 @@ pub(super) mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::kind::{ParamError, StageDecl, StageKind, StageWork};
+    use crate::kind::{ParamError, StageContext, StageDecl, StageKind, StageWork};
 
     /// Writes three checkpoints through the journal; crashes after the first one
     /// while `crash` is set.

@@ -1,5 +1,7 @@
 //! What a stage asks of the machine: [`Resources`], read from a pipeline's
 //! `resources:` and used by both executors (the local pool and Slurm's `sbatch` options).
+//! The forms its values take ([`parse_memory`], [`validate_time`]) are checked here, once,
+//! for the loader and for the Slurm executor alike.
 
 use serde::{Deserialize, Serialize};
 
@@ -60,6 +62,44 @@ impl Resources {
     }
 }
 
+/// Checks a time limit against the forms `sbatch --time` accepts: `M`, `M:S`, `H:M:S`,
+/// `D-H`, `D-H:M`, `D-H:M:S`, and `UNLIMITED`/`INFINITE`.
+pub fn validate_time(time: &str) -> Result<(), String> {
+    let t = time.trim();
+    if t.eq_ignore_ascii_case("unlimited") || t.eq_ignore_ascii_case("infinite") {
+        return Ok(());
+    }
+    let bad = || {
+        Err(format!(
+            "`{time}` is not a Slurm time limit (use minutes, `H:MM:SS`, `D-HH:MM:SS`, or `UNLIMITED`)"
+        ))
+    };
+    let is_num = |s: &str| !s.is_empty() && s.len() <= 9 && s.bytes().all(|b| b.is_ascii_digit());
+    let (days, clock) = match t.split_once('-') {
+        Some((d, rest)) => (Some(d), rest),
+        None => (None, t),
+    };
+    if let Some(d) = days {
+        if !is_num(d) {
+            return bad();
+        }
+    }
+    let parts: Vec<&str> = clock.split(':').collect();
+    if !parts.iter().all(|p| is_num(p)) {
+        return bad();
+    }
+    // `M`, `M:S`, `H:M:S` without days; `H`, `H:M`, `H:M:S` after `D-`: 1 to 3 fields either way.
+    if !(1..=3).contains(&parts.len()) {
+        return bad();
+    }
+    if parts.iter().all(|p| p.bytes().all(|b| b == b'0'))
+        && days.is_none_or(|d| d.bytes().all(|b| b == b'0'))
+    {
+        return Err(format!("`{time}` is a zero time limit"));
+    }
+    Ok(())
+}
+
 /// `16G`, `512MiB`, `1.5T`, `1000000` -> bytes; `None` for anything else.
 pub fn parse_memory(s: &str) -> Option<u64> {
     let s = s.trim();
@@ -83,6 +123,27 @@ pub fn parse_memory(s: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn slurm_time_forms_are_accepted() {
+        for t in [
+            "90",
+            "30:00",
+            "1:30:00",
+            "2-0",
+            "2-12:00",
+            "2-12:00:00",
+            "UNLIMITED",
+            "infinite",
+        ] {
+            assert_eq!(validate_time(t), Ok(()), "{t}");
+        }
+        for t in [
+            "", "1:2:3:4", "1h", "-5", "1-", "a-1", "0", "0:00:00", "1:-1",
+        ] {
+            assert!(validate_time(t).is_err(), "{t}");
+        }
+    }
 
     #[test]
     fn world_size_is_nodes_times_tasks_per_node_which_defaults_to_the_gpus() {

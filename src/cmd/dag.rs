@@ -27,7 +27,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args, _global: &Global) -> anyhow::Result<ExitCode> {
-    let (pipeline, _) = match super::run::load(&args.pipeline, &args.params) {
+    let (pipeline, _) = match super::load::load(&args.pipeline, &args.params) {
         Ok(v) => v,
         Err(code) => return Ok(code),
     };

@@ -13,6 +13,7 @@ pub mod diff;
 pub mod discover;
 pub mod init;
 pub mod inspect;
+pub mod load;
 pub mod logs;
 pub mod output;
 pub mod plan;

@@ -1,14 +1,13 @@
 //! `tureen run PIPELINE`: run every stage once, in dependency order, cached by content.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use tureen_engine::record::StageStatus;
 
-use tureen_engine::kind::KindRegistry;
-use tureen_engine::pipeline::{self, LoadError, Pipeline};
 use tureen_engine::progress::Mode;
 use tureen_engine::scheduler::{self, Decision, RunOptions};
 
+use super::load::{invalid, load};
 use super::Global;
 
 #[derive(clap::Args, Debug)]
@@ -40,35 +39,6 @@ pub struct Args {
     /// With --dry-run: print the plan as JSON.
     #[arg(long, requires = "dry_run")]
     pub json: bool,
-}
-
-/// Loads and validates a pipeline with every registered kind; validation errors are
-/// printed (one `file:line:column: message` per line) and become exit status 2.
-pub fn load(path: &Path, overrides: &[String]) -> Result<(Pipeline, KindRegistry), ExitCode> {
-    let mut registry = KindRegistry::new();
-    tureen_stages::register_all(&mut registry);
-    match pipeline::load(path, &registry, overrides) {
-        Ok(p) => Ok((p, registry)),
-        Err(LoadError::Invalid(diags)) => Err(invalid(path, &diags)),
-        Err(e) => {
-            eprintln!("error: {:#}", anyhow::Error::from(e));
-            Err(ExitCode::from(2))
-        }
-    }
-}
-
-/// Prints every diagnostic of the invalid pipeline at `path`: exit status 2.
-pub fn invalid(path: &Path, diags: &tureen_engine::diag::Diagnostics) -> ExitCode {
-    for d in &diags.0 {
-        eprintln!("error: {d}");
-    }
-    let n = diags.0.len();
-    eprintln!(
-        "{} is invalid ({n} error{}); nothing was run",
-        path.display(),
-        if n == 1 { "" } else { "s" }
-    );
-    ExitCode::from(2)
 }
 
 /// The progress mode for these flags.

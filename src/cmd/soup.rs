@@ -1,15 +1,17 @@
 //! `tureen soup`: average checkpoints into a soup (see `tureen_artifacts::soup`).
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::{bail, Context};
 use tureen_artifacts::safetensors::Dtype;
 use tureen_artifacts::soup::config::SoupConfig;
-use tureen_artifacts::soup::{soup_files, Accumulate, IntPolicy, KeyPolicy, SoupOptions};
-use tureen_artifacts::Store;
+use tureen_artifacts::soup::{
+    soup_files, Accumulate, IntPolicy, KeyPolicy, SoupOptions, SoupReport,
+};
+use tureen_artifacts::{Digest, Store};
 
 use super::ckpt_args::OutputPath;
 use super::Global;
@@ -134,73 +136,11 @@ fn parse_weights(items: &[String]) -> anyhow::Result<Vec<f64>> {
 }
 
 pub fn run(args: Args, global: &Global) -> anyhow::Result<ExitCode> {
-    let mut opts = SoupOptions {
-        keys: match args.keys {
-            KeysArg::Strict => KeyPolicy::Strict,
-            KeysArg::Intersection => KeyPolicy::Intersection,
-            KeysArg::Union => KeyPolicy::Union,
-        },
-        int_policy: match args.int_policy {
-            IntPolicyArg::RequireEqual => IntPolicy::RequireEqual,
-            IntPolicyArg::First => IntPolicy::First,
-            IntPolicyArg::Error => IntPolicy::Error,
-        },
-        accumulate: match args.accumulate {
-            AccumulateArg::F32 => Accumulate::F32,
-            AccumulateArg::F64 => Accumulate::F64,
-        },
-        provenance: !args.no_metadata,
-        fsync: !args.no_fsync,
-        source: args.source.options(),
-        out_shard_size: args.out_shard_size,
-        ..SoupOptions::default()
-    };
-    let (inputs, weights) = match &args.config {
-        Some(path) => {
-            let cfg = SoupConfig::from_file(path)?;
-            cfg.apply(&mut opts);
-            if matches!(args.accumulate, AccumulateArg::F64) {
-                opts.accumulate = Accumulate::F64;
-            }
-            (cfg.inputs, Some(cfg.weights))
-        }
-        None => (
-            args.inputs.clone(),
-            args.weights.as_deref().map(parse_weights).transpose()?,
-        ),
-    };
-    if args.out_dtype.is_some() {
-        opts.out_dtype = args.out_dtype;
-    }
-    match inputs.len() {
-        0 => bail!("no input checkpoints given"),
-        1 => bail!(
-            "only one checkpoint given ({}): a soup averages two or more; to rewrite one checkpoint as safetensors use `tureen convert`",
-            inputs[0].display()
-        ),
-        _ => {}
-    }
+    let mut opts = soup_options(&args);
+    let (inputs, weights) = inputs_and_weights(&args, &mut opts)?;
     let output = OutputPath::resolve(&args.output, args.out_shard_size.is_some())?;
-
-    // `--store` (or TUREEN_STORE) given explicitly: the soup goes into the store too.
-    let store = match &global.store {
-        Some(dir) => {
-            Some(Store::open(dir).with_context(|| format!("opening the store {}", dir.display()))?)
-        }
-        None => None,
-    };
-    // The ingredients' digests (provenance) come from a stat cache where one is at hand:
-    // the store's, or that of an existing `.tureen` here (which gets no soup added). A
-    // checkpoint souped before, hashed by `store hash` or written by a run is then not
-    // read twice; otherwise the soup hashes the inputs while it averages them.
-    let here = match &store {
-        Some(_) => None,
-        None => {
-            let dir = global.store_dir();
-            dir.is_dir().then(|| Store::open(&dir)).transpose()?
-        }
-    };
-    let digest_cache = store.as_ref().or(here.as_ref());
+    let stores = Stores::open(global)?;
+    let digest_cache = stores.digest_cache();
     let stamps: Vec<Option<std::fs::Metadata>> = inputs
         .iter()
         .map(|p| std::fs::metadata(p).ok().filter(|m| is_one_file(p, m)))
@@ -213,17 +153,7 @@ pub fn run(args: Args, global: &Global) -> anyhow::Result<ExitCode> {
             .collect::<Option<Vec<_>>>();
     }
 
-    let bar = (!global.quiet && std::io::stderr().is_terminal()).then(|| {
-        let bar = indicatif::ProgressBar::new(0);
-        bar.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{spinner} soup [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-            )
-            .expect("valid template")
-            .progress_chars("=> "),
-        );
-        bar
-    });
+    let bar = progress_bar(global);
     let high_water = AtomicU64::new(0);
     let on_progress = |done: u64, total: u64| {
         if let Some(bar) = &bar {
@@ -256,7 +186,7 @@ pub fn run(args: Args, global: &Global) -> anyhow::Result<ExitCode> {
         }
     }
 
-    let stored = match &store {
+    let stored = match &stores.store {
         Some(store) if output.is_dir() => Some(store.add_dir(&output)),
         Some(store) => Some(store.add_file(&output)),
         None => None,
@@ -264,30 +194,7 @@ pub fn run(args: Args, global: &Global) -> anyhow::Result<ExitCode> {
     .transpose()
     .with_context(|| format!("adding {} to the store", output.display()))?;
     if !global.quiet {
-        println!(
-            "{}: {} tensors averaged, {} copied, {} in {:.2}s ({})",
-            output.display(),
-            report.averaged,
-            report.copied,
-            super::store::human_bytes(report.output_bytes),
-            elapsed.as_secs_f64(),
-            report.numerics
-        );
-        if !report.dropped.is_empty() {
-            println!(
-                "left out {} tensors missing from some inputs (--keys intersection)",
-                report.dropped.len()
-            );
-        }
-        if !report.partial.is_empty() {
-            println!(
-                "averaged {} tensors over only the inputs that have them (--keys union)",
-                report.partial.len()
-            );
-        }
-        if let Some(d) = stored {
-            println!("stored as {d}");
-        }
+        print_summary(&output, &report, elapsed, stored);
     }
     if !report.non_finite_inherited.is_empty() {
         eprintln!(
@@ -299,9 +206,152 @@ pub fn run(args: Args, global: &Global) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The soup's options as the flags give them (a `--config` may change some later).
+fn soup_options(args: &Args) -> SoupOptions {
+    SoupOptions {
+        keys: match args.keys {
+            KeysArg::Strict => KeyPolicy::Strict,
+            KeysArg::Intersection => KeyPolicy::Intersection,
+            KeysArg::Union => KeyPolicy::Union,
+        },
+        int_policy: match args.int_policy {
+            IntPolicyArg::RequireEqual => IntPolicy::RequireEqual,
+            IntPolicyArg::First => IntPolicy::First,
+            IntPolicyArg::Error => IntPolicy::Error,
+        },
+        accumulate: match args.accumulate {
+            AccumulateArg::F32 => Accumulate::F32,
+            AccumulateArg::F64 => Accumulate::F64,
+        },
+        provenance: !args.no_metadata,
+        fsync: !args.no_fsync,
+        source: args.source.options(),
+        out_shard_size: args.out_shard_size,
+        ..SoupOptions::default()
+    }
+}
+
+/// The ingredients and their weights, from the command line or a mergekit `--config`
+/// (which also sets dtypes in `opts`; `--accumulate f64` and `--out-dtype` still win).
+/// A soup needs two or more.
+fn inputs_and_weights(
+    args: &Args,
+    opts: &mut SoupOptions,
+) -> anyhow::Result<(Vec<PathBuf>, Option<Vec<f64>>)> {
+    let (inputs, weights) = match &args.config {
+        Some(path) => {
+            let cfg = SoupConfig::from_file(path)?;
+            cfg.apply(opts);
+            if matches!(args.accumulate, AccumulateArg::F64) {
+                opts.accumulate = Accumulate::F64;
+            }
+            (cfg.inputs, Some(cfg.weights))
+        }
+        None => (
+            args.inputs.clone(),
+            args.weights.as_deref().map(parse_weights).transpose()?,
+        ),
+    };
+    if args.out_dtype.is_some() {
+        opts.out_dtype = args.out_dtype;
+    }
+    match inputs.len() {
+        0 => bail!("no input checkpoints given"),
+        1 => bail!(
+            "only one checkpoint given ({}): a soup averages two or more; to rewrite one checkpoint as safetensors use `tureen convert`",
+            inputs[0].display()
+        ),
+        _ => {}
+    }
+    Ok((inputs, weights))
+}
+
+/// The stores a soup touches: the one it is added to, or else one that only lends its
+/// stat cache.
+struct Stores {
+    /// `--store` (or TUREEN_STORE) given explicitly: the soup goes into the store too.
+    store: Option<Store>,
+    /// Without one, an existing `.tureen` here (which gets no soup added).
+    here: Option<Store>,
+}
+
+impl Stores {
+    fn open(global: &Global) -> anyhow::Result<Stores> {
+        let store = match &global.store {
+            Some(dir) => Some(
+                Store::open(dir).with_context(|| format!("opening the store {}", dir.display()))?,
+            ),
+            None => None,
+        };
+        let here = match &store {
+            Some(_) => None,
+            None => {
+                let dir = global.store_dir();
+                dir.is_dir().then(|| Store::open(&dir)).transpose()?
+            }
+        };
+        Ok(Stores { store, here })
+    }
+
+    /// Where the ingredients' digests (provenance) come from: a checkpoint souped
+    /// before, hashed by `store hash` or written by a run is then not read twice;
+    /// otherwise the soup hashes the inputs while it averages them.
+    fn digest_cache(&self) -> Option<&Store> {
+        self.store.as_ref().or(self.here.as_ref())
+    }
+}
+
+/// A progress bar on a terminal, unless `--quiet`.
+fn progress_bar(global: &Global) -> Option<indicatif::ProgressBar> {
+    (!global.quiet && std::io::stderr().is_terminal()).then(|| {
+        let bar = indicatif::ProgressBar::new(0);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} soup [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+            )
+            .expect("valid template")
+            .progress_chars("=> "),
+        );
+        bar
+    })
+}
+
+/// What was averaged, copied, left out and stored.
+fn print_summary(
+    output: &Path,
+    report: &SoupReport,
+    elapsed: std::time::Duration,
+    stored: Option<Digest>,
+) {
+    println!(
+        "{}: {} tensors averaged, {} copied, {} in {:.2}s ({})",
+        output.display(),
+        report.averaged,
+        report.copied,
+        super::store::human_bytes(report.output_bytes),
+        elapsed.as_secs_f64(),
+        report.numerics
+    );
+    if !report.dropped.is_empty() {
+        println!(
+            "left out {} tensors missing from some inputs (--keys intersection)",
+            report.dropped.len()
+        );
+    }
+    if !report.partial.is_empty() {
+        println!(
+            "averaged {} tensors over only the inputs that have them (--keys union)",
+            report.partial.len()
+        );
+    }
+    if let Some(d) = stored {
+        println!("stored as {d}");
+    }
+}
+
 /// Whether the stat cache may hold `path`'s digest: a regular file that is the whole
 /// checkpoint. A shard index is one file, but its digest covers its shards, whose
 /// changes would not change the index's stamp.
-fn is_one_file(path: &std::path::Path, meta: &std::fs::Metadata) -> bool {
+fn is_one_file(path: &Path, meta: &std::fs::Metadata) -> bool {
     meta.is_file() && !path.to_string_lossy().ends_with(".json")
 }

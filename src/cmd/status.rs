@@ -26,7 +26,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args, global: &Global) -> anyhow::Result<ExitCode> {
-    let (pipeline, registry) = match super::run::load(&args.pipeline, &args.params) {
+    let (pipeline, registry) = match super::load::load(&args.pipeline, &args.params) {
         Ok(v) => v,
         Err(code) => return Ok(code),
     };

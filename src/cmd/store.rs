@@ -1,7 +1,7 @@
 //! `tureen store ...`: inspect and maintain the content-addressed store.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context};
@@ -75,165 +75,193 @@ pub enum StoreCommand {
 
 pub fn run(command: StoreCommand, global: &Global) -> anyhow::Result<ExitCode> {
     if let StoreCommand::Hash { files } = &command {
-        // Hashing needs no store (and must not create one). With an explicit `--store` (or
-        // TUREEN_STORE), that store's stat cache is used and updated, so that later soups
-        // and pipelines using the store do not hash the same files again.
-        let store = match &global.store {
-            Some(dir) => Some(
-                Store::open(dir).with_context(|| format!("opening the store {}", dir.display()))?,
-            ),
-            None => None,
-        };
-        for f in files {
-            let d = match &store {
-                Some(store) => store.hash_file_cached(f).map_err(anyhow::Error::from),
-                None => Digest::of_file(f).map_err(anyhow::Error::from),
-            }
-            .with_context(|| format!("hashing {}", f.display()))?;
-            println!("{}  {}", d.to_hex(), f.display());
-        }
-        return Ok(ExitCode::SUCCESS);
+        return hash(files, global);
     }
     let dir = global.store_dir();
     let store =
         Store::open(&dir).with_context(|| format!("opening the store {}", dir.display()))?;
     match command {
         StoreCommand::Hash { .. } => unreachable!("handled above"),
-        StoreCommand::Add { paths, pin } => {
-            // A killed `store add` left its temp object: gone now.
-            store.remove_stale_temps();
-            for p in paths {
-                let meta =
-                    std::fs::metadata(&p).with_context(|| format!("cannot add {}", p.display()))?;
-                let d = if meta.is_dir() {
-                    store.add_dir(&p)?
-                } else {
-                    store.add_file(&p)?
-                };
-                if pin {
-                    store.pin(&d)?;
-                }
-                println!("{d}  {}", p.display());
-            }
-        }
-        StoreCommand::Ls { json } => {
-            let pins = store.pins()?;
-            let mut out = std::io::stdout().lock();
-            for o in store.list()? {
-                let pinned = pins.contains(&o.digest);
-                let r = if json {
-                    let v = serde_json::json!({"digest": o.digest, "size": o.size, "kind": o.kind, "pinned": pinned});
-                    writeln!(out, "{v}")
-                } else {
-                    writeln!(
-                        out,
-                        "{}  {:>10}  {}{}",
-                        o.digest,
-                        human_bytes(o.size),
-                        o.kind,
-                        if pinned { "  pinned" } else { "" }
-                    )
-                };
-                if ignore_broken_pipe(r)? {
-                    break;
-                }
-            }
-        }
-        StoreCommand::Verify => {
-            let report = store.verify()?;
-            for p in &report.stale_removed {
-                println!("removed {} (left by a process that died)", p.display());
-            }
-            for p in &report.problems {
-                println!("{p}");
-            }
-            if report.problems.is_empty() {
-                if !global.quiet {
-                    println!(
-                        "verified {} objects ({}): all intact",
-                        report.checked,
-                        human_bytes(report.bytes)
-                    );
-                }
-            } else {
-                eprintln!(
-                    "error: {} problem(s) in {} objects ({}) of {}",
-                    report.problems.len(),
-                    report.checked,
-                    human_bytes(report.bytes),
-                    store.root().display()
-                );
-                return Ok(ExitCode::from(1));
-            }
-        }
-        StoreCommand::Gc { dry_run } => {
-            let report = store.gc(&GcOptions { dry_run })?;
-            let verb = if dry_run { "would remove" } else { "removed" };
-            for (d, size) in &report.removed {
-                if global.verbose > 0 || dry_run {
-                    println!("{verb} {d}  {}", human_bytes(*size));
-                }
-            }
-            if !global.quiet {
-                println!(
-                    "{verb} {} objects ({}), kept {}{}",
-                    report.removed.len(),
-                    human_bytes(report.freed_bytes),
-                    report.kept,
-                    if report.stale_temps_removed > 0 {
-                        format!(", {} stale temp files", report.stale_temps_removed)
-                    } else {
-                        String::new()
-                    }
-                );
-            }
-        }
-        StoreCommand::Cat { digest } => {
-            let d = resolve(&store, &digest)?;
-            let mut f = store.open_object(&d)?;
-            let mut out = std::io::stdout().lock();
-            let r = std::io::copy(&mut f, &mut out)
-                .map(|_| ())
-                .and_then(|_| out.flush());
-            ignore_broken_pipe(r)?;
-        }
-        StoreCommand::Materialize { digest, dest } => {
-            let d = resolve(&store, &digest)?;
-            let kind = store.kind(&d)?;
-            let how = store.materialize(&d, &dest)?;
-            if !global.quiet {
-                let how = match how {
-                    Placement::Reflink => "reflinked",
-                    Placement::Hardlink => "hard-linked (read-only)",
-                    Placement::Copy => "copied",
-                };
-                let what = if kind == ObjectKind::Tree {
-                    "tree"
-                } else {
-                    "file"
-                };
-                println!("{d} -> {} ({what}, {how})", dest.display());
-            }
-        }
-        StoreCommand::Pin { digests } => {
-            for s in digests {
-                let d = resolve(&store, &s)?;
-                let new = store.pin(&d)?;
-                println!("{d} {}", if new { "pinned" } else { "already pinned" });
-            }
-        }
-        StoreCommand::Unpin { digests } => {
-            for s in digests {
-                let d = match Digest::parse_lenient(&s) {
-                    Ok(d) => d,
-                    Err(_) => resolve(&store, &s)?,
-                };
-                let was = store.unpin(&d)?;
-                println!("{d} {}", if was { "unpinned" } else { "was not pinned" });
-            }
-        }
+        StoreCommand::Add { paths, pin } => add(&store, &paths, pin)?,
+        StoreCommand::Ls { json } => ls(&store, json)?,
+        StoreCommand::Verify => return verify(&store, global),
+        StoreCommand::Gc { dry_run } => gc(&store, dry_run, global)?,
+        StoreCommand::Cat { digest } => cat(&store, &digest)?,
+        StoreCommand::Materialize { digest, dest } => materialize(&store, &digest, &dest, global)?,
+        StoreCommand::Pin { digests } => pin(&store, &digests)?,
+        StoreCommand::Unpin { digests } => unpin(&store, &digests)?,
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `store hash`: needs no store (and must not create one). With an explicit `--store`
+/// (or TUREEN_STORE), that store's stat cache is used and updated, so that later soups
+/// and pipelines using the store do not hash the same files again.
+fn hash(files: &[PathBuf], global: &Global) -> anyhow::Result<ExitCode> {
+    let store = match &global.store {
+        Some(dir) => {
+            Some(Store::open(dir).with_context(|| format!("opening the store {}", dir.display()))?)
+        }
+        None => None,
+    };
+    for f in files {
+        let d = match &store {
+            Some(store) => store.hash_file_cached(f).map_err(anyhow::Error::from),
+            None => Digest::of_file(f).map_err(anyhow::Error::from),
+        }
+        .with_context(|| format!("hashing {}", f.display()))?;
+        println!("{}  {}", d.to_hex(), f.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn add(store: &Store, paths: &[PathBuf], pin: bool) -> anyhow::Result<()> {
+    // A killed `store add` left its temp object: gone now.
+    store.remove_stale_temps();
+    for p in paths {
+        let meta = std::fs::metadata(p).with_context(|| format!("cannot add {}", p.display()))?;
+        let d = if meta.is_dir() {
+            store.add_dir(p)?
+        } else {
+            store.add_file(p)?
+        };
+        if pin {
+            store.pin(&d)?;
+        }
+        println!("{d}  {}", p.display());
+    }
+    Ok(())
+}
+
+fn ls(store: &Store, json: bool) -> anyhow::Result<()> {
+    let pins = store.pins()?;
+    let mut out = std::io::stdout().lock();
+    for o in store.list()? {
+        let pinned = pins.contains(&o.digest);
+        let r = if json {
+            let v = serde_json::json!({"digest": o.digest, "size": o.size, "kind": o.kind, "pinned": pinned});
+            writeln!(out, "{v}")
+        } else {
+            writeln!(
+                out,
+                "{}  {:>10}  {}{}",
+                o.digest,
+                human_bytes(o.size),
+                o.kind,
+                if pinned { "  pinned" } else { "" }
+            )
+        };
+        if ignore_broken_pipe(r)? {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// `store verify`: exit code 1 when an object is damaged.
+fn verify(store: &Store, global: &Global) -> anyhow::Result<ExitCode> {
+    let report = store.verify()?;
+    for p in &report.stale_removed {
+        println!("removed {} (left by a process that died)", p.display());
+    }
+    for p in &report.problems {
+        println!("{p}");
+    }
+    if !report.problems.is_empty() {
+        eprintln!(
+            "error: {} problem(s) in {} objects ({}) of {}",
+            report.problems.len(),
+            report.checked,
+            human_bytes(report.bytes),
+            store.root().display()
+        );
+        return Ok(ExitCode::from(1));
+    }
+    if !global.quiet {
+        println!(
+            "verified {} objects ({}): all intact",
+            report.checked,
+            human_bytes(report.bytes)
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn gc(store: &Store, dry_run: bool, global: &Global) -> anyhow::Result<()> {
+    let report = store.gc(&GcOptions { dry_run })?;
+    let verb = if dry_run { "would remove" } else { "removed" };
+    for (d, size) in &report.removed {
+        if global.verbose > 0 || dry_run {
+            println!("{verb} {d}  {}", human_bytes(*size));
+        }
+    }
+    if !global.quiet {
+        println!(
+            "{verb} {} objects ({}), kept {}{}",
+            report.removed.len(),
+            human_bytes(report.freed_bytes),
+            report.kept,
+            if report.stale_temps_removed > 0 {
+                format!(", {} stale temp files", report.stale_temps_removed)
+            } else {
+                String::new()
+            }
+        );
+    }
+    Ok(())
+}
+
+fn cat(store: &Store, digest: &str) -> anyhow::Result<()> {
+    let d = resolve(store, digest)?;
+    let mut f = store.open_object(&d)?;
+    let mut out = std::io::stdout().lock();
+    let r = std::io::copy(&mut f, &mut out)
+        .map(|_| ())
+        .and_then(|_| out.flush());
+    ignore_broken_pipe(r)?;
+    Ok(())
+}
+
+fn materialize(store: &Store, digest: &str, dest: &Path, global: &Global) -> anyhow::Result<()> {
+    let d = resolve(store, digest)?;
+    let kind = store.kind(&d)?;
+    let how = store.materialize(&d, dest)?;
+    if !global.quiet {
+        let how = match how {
+            Placement::Reflink => "reflinked",
+            Placement::Hardlink => "hard-linked (read-only)",
+            Placement::Copy => "copied",
+        };
+        let what = if kind == ObjectKind::Tree {
+            "tree"
+        } else {
+            "file"
+        };
+        println!("{d} -> {} ({what}, {how})", dest.display());
+    }
+    Ok(())
+}
+
+fn pin(store: &Store, digests: &[String]) -> anyhow::Result<()> {
+    for s in digests {
+        let d = resolve(store, s)?;
+        let new = store.pin(&d)?;
+        println!("{d} {}", if new { "pinned" } else { "already pinned" });
+    }
+    Ok(())
+}
+
+/// `store unpin` also takes a full digest that is no longer in the store.
+fn unpin(store: &Store, digests: &[String]) -> anyhow::Result<()> {
+    for s in digests {
+        let d = match Digest::parse_lenient(s) {
+            Ok(d) => d,
+            Err(_) => resolve(store, s)?,
+        };
+        let was = store.unpin(&d)?;
+        println!("{d} {}", if was { "unpinned" } else { "was not pinned" });
+    }
+    Ok(())
 }
 
 /// Resolves `blake3:<hex>`, bare hex, or a unique hex prefix (at least 4 digits) of an

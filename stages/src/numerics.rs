@@ -14,8 +14,6 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use tureen_engine::kind::ParamError;
 
-use crate::kinds::{eval, rewind, soup, train};
-
 /// How a stage's CPU numerics are pinned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -81,23 +79,6 @@ impl NumericsSetting {
         };
         Ok(NumericsSetting { numerics, threads })
     }
-
-    /// The setting of a job of `kind` with `params`: a greedy soup's lives in its
-    /// `heldout` params; `None` for kinds that do no libtorch work.
-    pub fn for_stage(kind: &str, params: &Map<String, Value>) -> Result<Option<Self>, ParamError> {
-        match kind {
-            k if [train::NAME, rewind::NAME, eval::NAME].contains(&k) => {
-                Self::from_params(params).map(Some)
-            }
-            k if k == soup::NAME => match params.get("heldout") {
-                Some(Value::Object(heldout)) => Self::from_params(heldout)
-                    .map(Some)
-                    .map_err(|e| e.within("heldout")),
-                _ => Ok(None),
-            },
-            _ => Ok(None),
-        }
-    }
 }
 
 #[cfg(test)]
@@ -135,21 +116,5 @@ mod tests {
         );
         let e = setting(json!({"threads": 0})).unwrap_err();
         assert!(e.contains("params.threads"), "{e}");
-    }
-
-    #[test]
-    fn a_greedy_soup_takes_its_setting_from_heldout() {
-        let p = json!({"method": "greedy", "heldout": {"numerics": "native"}});
-        let s = NumericsSetting::for_stage("soup", p.as_object().unwrap()).unwrap();
-        assert_eq!(s.map(|s| s.numerics), Some(Numerics::Native));
-        let p = json!({"method": "uniform"});
-        assert_eq!(
-            NumericsSetting::for_stage("soup", p.as_object().unwrap()).unwrap(),
-            None
-        );
-        assert_eq!(
-            NumericsSetting::for_stage("command", &Map::new()).unwrap(),
-            None
-        );
     }
 }

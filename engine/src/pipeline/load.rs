@@ -18,44 +18,20 @@
 //! [`resolve`]: super::resolve
 //! [`cycles`]: super::cycles
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use marked_yaml::types::MarkedMappingNode;
 use marked_yaml::Node;
 use serde_json::{Map, Value};
 
+use super::error::LoadError;
 use super::params::Overrides;
 use super::stage::{Defaults, RawStage};
 use super::yaml::{self, pos, type_name};
 use super::{cycles, expand, params, resolve, schema, source, stage, Executor, Pipeline};
-use crate::diag::{Diagnostics, Pos, Sink};
+use crate::diag::{Pos, Sink};
 use crate::kind::KindRegistry;
 use crate::resources::Resources;
-
-/// Why a pipeline could not be loaded.
-#[derive(Debug, thiserror::Error)]
-pub enum LoadError {
-    /// The file (or its directory) could not be read.
-    #[error("cannot read {}", path.display())]
-    Read {
-        /// What could not be read.
-        path: PathBuf,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// The path is not a regular file (a FIFO would block the read forever).
-    #[error("{}: not a regular file", path.display())]
-    NotAFile {
-        /// The path given.
-        path: PathBuf,
-    },
-    /// `-P` problems (they are on the command line, not in the file).
-    #[error("{0}")]
-    Override(String),
-    /// Problems in the file, each with its position.
-    #[error("{0}")]
-    Invalid(Diagnostics),
-}
 
 /// Reads and validates the pipeline at `path`. `overrides` are `-P name=value` or
 /// `-P stage.param=value` strings.

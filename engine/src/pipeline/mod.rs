@@ -7,6 +7,7 @@
 //! anything. The passes it runs, one module each, are listed in `load.rs`.
 
 mod cycles;
+mod error;
 mod expand;
 mod load;
 mod params;
@@ -26,7 +27,8 @@ use crate::diag::Pos;
 use crate::kind::{OutputDecl, Runner};
 pub use crate::resources::Resources;
 
-pub use load::{load, load_str, LoadError};
+pub use error::LoadError;
+pub use load::{load, load_str};
 pub use reference::Select;
 pub(crate) use resolve::{resolved as resolved_path, Resolved};
 

@@ -11,7 +11,7 @@ use marked_yaml::types::MarkedScalarNode;
 use marked_yaml::Node;
 use serde_json::{Map, Value};
 
-use super::load::LoadError;
+use super::error::LoadError;
 use super::yaml::{self, pos, type_name};
 use crate::diag::{suggest, Sink};
 

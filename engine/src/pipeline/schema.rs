@@ -12,7 +12,7 @@ use serde_json::Value;
 use super::yaml::{self, pos, type_name};
 use super::Executor;
 use crate::diag::{suggest, Pos, Sink};
-use crate::resources::{parse_memory, Resources};
+use crate::resources::{parse_memory, validate_time, Resources};
 
 /// The keys `resources:` takes.
 const RESOURCE_KEYS: &[&str] = &["cpus", "gpus", "memory", "nodes", "tasks_per_node", "time"];
@@ -100,7 +100,7 @@ pub(super) fn resources(sink: &mut Sink, node: &Node, defaults: &Resources) -> R
             },
             "time" => {
                 let time = yaml::plain_text(&yaml::to_json(v));
-                if let Err(m) = crate::slurm::validate_time(&time) {
+                if let Err(m) = validate_time(&time) {
                     sink.error(pos(v), format!("`resources.time`: {m}"));
                 }
                 r.time = Some(time);

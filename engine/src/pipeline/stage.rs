@@ -9,7 +9,7 @@ use marked_yaml::Node;
 use serde_json::Map;
 
 use super::expand::Template;
-use super::load::LoadError;
+use super::error::LoadError;
 use super::params::{self, StageOverride};
 use super::schema;
 use super::yaml::{self, pos, type_name};

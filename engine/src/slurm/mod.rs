@@ -67,7 +67,7 @@ pub use gpus::{allocated_gpus, parse_gpu_list};
 pub use job::{JobEvent, JobOutcome, SlurmJobSpec};
 pub use options::{SlurmOptions, OPTION_KEYS};
 pub use record::{JobRecord, RECORD_FILE};
-pub use resources::{validate_time, SlurmResources, SlurmSettings, SETTINGS_KEYS};
+pub use resources::{SlurmResources, SlurmSettings, SETTINGS_KEYS};
 pub use run::{pending_job, run_job};
 pub use script::{log_name, parse_sentinel, sentinel_name, Sentinel};
 pub use state::{Disposition, JobInfo, JobState};

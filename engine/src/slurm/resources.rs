@@ -19,7 +19,7 @@
 use serde_json::Value;
 
 use super::SlurmError;
-use crate::pipeline;
+use crate::resources::{validate_time, Resources};
 
 /// The resources of one stage, in Slurm's terms.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,7 +54,7 @@ impl Default for SlurmResources {
 impl SlurmResources {
     /// The Slurm view of a pipeline stage's `resources:`, for a stage of `world` ranks
     /// (1 unless its kind is data-parallel).
-    pub fn from_pipeline(resources: &pipeline::Resources, world: u32) -> Self {
+    pub fn from_pipeline(resources: &Resources, world: u32) -> Self {
         SlurmResources {
             nodes: resources.nodes,
             tasks_per_node: (world / resources.nodes.max(1)).max(1),
@@ -98,44 +98,6 @@ impl SlurmResources {
         }
         Ok(args)
     }
-}
-
-/// Checks a time limit against the forms `sbatch --time` accepts: `M`, `M:S`, `H:M:S`,
-/// `D-H`, `D-H:M`, `D-H:M:S`, and `UNLIMITED`/`INFINITE`.
-pub fn validate_time(time: &str) -> Result<(), String> {
-    let t = time.trim();
-    if t.eq_ignore_ascii_case("unlimited") || t.eq_ignore_ascii_case("infinite") {
-        return Ok(());
-    }
-    let bad = || {
-        Err(format!(
-            "`{time}` is not a Slurm time limit (use minutes, `H:MM:SS`, `D-HH:MM:SS`, or `UNLIMITED`)"
-        ))
-    };
-    let is_num = |s: &str| !s.is_empty() && s.len() <= 9 && s.bytes().all(|b| b.is_ascii_digit());
-    let (days, clock) = match t.split_once('-') {
-        Some((d, rest)) => (Some(d), rest),
-        None => (None, t),
-    };
-    if let Some(d) = days {
-        if !is_num(d) {
-            return bad();
-        }
-    }
-    let parts: Vec<&str> = clock.split(':').collect();
-    if !parts.iter().all(|p| is_num(p)) {
-        return bad();
-    }
-    // `M`, `M:S`, `H:M:S` without days; `H`, `H:M`, `H:M:S` after `D-`: 1 to 3 fields either way.
-    if !(1..=3).contains(&parts.len()) {
-        return bad();
-    }
-    if parts.iter().all(|p| p.bytes().all(|b| b == b'0'))
-        && days.is_none_or(|d| d.bytes().all(|b| b == b'0'))
-    {
-        return Err(format!("`{time}` is a zero time limit"));
-    }
-    Ok(())
 }
 
 /// Cluster-wide options of the Slurm executor: the pipeline's top-level `slurm:` mapping.
@@ -358,27 +320,6 @@ mod tests {
             err.to_string().contains("resources.time") && err.to_string().contains("two hours"),
             "{err}"
         );
-    }
-
-    #[test]
-    fn slurm_time_forms_are_accepted() {
-        for t in [
-            "90",
-            "30:00",
-            "1:30:00",
-            "2-0",
-            "2-12:00",
-            "2-12:00:00",
-            "UNLIMITED",
-            "infinite",
-        ] {
-            assert_eq!(validate_time(t), Ok(()), "{t}");
-        }
-        for t in [
-            "", "1:2:3:4", "1h", "-5", "1-", "a-1", "0", "0:00:00", "1:-1",
-        ] {
-            assert!(validate_time(t).is_err(), "{t}");
-        }
     }
 
     #[test]

@@ -35,6 +35,18 @@ impl Default for AdamWConfig {
     }
 }
 
+/// open_clip's rule: parameters excluded from weight decay (fewer than 2 dims, or a name
+/// with `bn`, `ln`, `bias` or `logit_scale`). Part of what [`AdamWConfig::weight_decay`]
+/// means, and needed without libtorch's optimizer too: reading an open_clip checkpoint's
+/// parameter groups.
+pub fn excluded_from_decay(name: &str, dims: usize) -> bool {
+    dims < 2
+        || name.contains("bn")
+        || name.contains("ln")
+        || name.contains("bias")
+        || name.contains("logit_scale")
+}
+
 /// Numeric precision of the forward/backward pass. Master weights and optimizer state
 /// are always float32.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

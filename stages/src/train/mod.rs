@@ -9,6 +9,6 @@ pub mod config;
 pub mod params;
 pub mod schedule;
 
-pub use config::{AdamWConfig, Precision, TrainConfig};
+pub use config::{excluded_from_decay, AdamWConfig, Precision, TrainConfig};
 pub use params::{Mode, TrainParams};
 pub use schedule::{steps_per_interval, Schedule, StepRounding};

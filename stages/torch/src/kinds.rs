@@ -9,8 +9,7 @@ use anyhow::Context as _;
 use serde_json::Value;
 use tureen_engine::kind::{InputValue, KindRegistry, Produced, StageContext, StageWork};
 use tureen_stages::kinds::soup::{self, Method, SoupInputs, SoupKind};
-use tureen_stages::kinds::{eval as eval_kind, rewind, train};
-use tureen_stages::numerics::NumericsSetting;
+use tureen_stages::kinds::{eval as eval_kind, numerics_setting, rewind, train};
 use tureen_stages::train::Mode;
 
 use crate::eval::greedy;
@@ -37,7 +36,7 @@ pub fn register_all(registry: &mut KindRegistry) {
 /// Pins the CPU numerics of a stage of kind `kind` as its params say (before its first
 /// tensor: kernels and thread counts are chosen once per process), and logs what it got.
 fn pin_numerics(kind: &str, ctx: &mut StageContext<'_>) -> anyhow::Result<()> {
-    if let Some(setting) = NumericsSetting::for_stage(kind, ctx.params)? {
+    if let Some(setting) = numerics_setting(kind, ctx.params)? {
         let info = crate::numerics::apply(&setting)?;
         ctx.log.line(&format!(
             "numerics: {} ({} kernels, {} threads, libtorch {}, {})",

@@ -17,7 +17,6 @@
 //! fsync, rename).
 
 pub mod open_clip;
-pub mod rewind;
 pub mod tensor_file;
 mod train_checkpoint;
 

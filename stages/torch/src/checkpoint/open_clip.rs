@@ -20,10 +20,9 @@ use std::path::Path;
 use tch::Tensor;
 use tureen_artifacts::checkpoint::{Checkpoint, Format, OpenOptions};
 use tureen_artifacts::torch::{Node, TorchFile};
-use tureen_stages::train::AdamWConfig;
+use tureen_stages::train::{excluded_from_decay, AdamWConfig};
 
 use super::{tensor_file, CheckpointError};
-use crate::train::excluded_from_decay;
 
 /// Whether `path` is a `torch.save` file (not a tureen checkpoint directory).
 pub fn is_torch_save(path: &Path) -> bool {

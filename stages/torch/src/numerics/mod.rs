@@ -75,7 +75,7 @@ pub fn reexec_pinned(job_file: &Path) -> anyhow::Result<()> {
     let Ok(job) = StageJob::read(job_file) else {
         return Ok(());
     };
-    match NumericsSetting::for_stage(&job.kind, &job.params) {
+    match tureen_stages::kinds::numerics_setting(&job.kind, &job.params) {
         Ok(Some(setting)) => ensure_pinned(&setting),
         _ => Ok(()),
     }

@@ -9,16 +9,7 @@ use std::collections::BTreeMap;
 
 use tch::nn::VarStore;
 use tch::Tensor;
-use tureen_stages::train::AdamWConfig;
-
-/// open_clip's rule: parameters excluded from weight decay.
-pub fn excluded_from_decay(name: &str, dims: usize) -> bool {
-    dims < 2
-        || name.contains("bn")
-        || name.contains("ln")
-        || name.contains("bias")
-        || name.contains("logit_scale")
-}
+use tureen_stages::train::{excluded_from_decay, AdamWConfig};
 
 struct ParamState {
     name: String,

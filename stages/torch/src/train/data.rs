@@ -47,8 +47,9 @@ impl DataSource for SyntheticSource {
         let b = batch_size as i64;
         let make = move |index: u64| {
             let index = if fixed { 0 } else { index };
-            let mut rng =
-                ChaCha8Rng::seed_from_u64(super::trainer::mix(&[seed, 0xda7a, interval, index]));
+            let mut rng = ChaCha8Rng::seed_from_u64(tureen_stages::rng::mix(&[
+                seed, 0xda7a, interval, index,
+            ]));
             let pixels: Vec<f32> = (0..b * 3 * s * s)
                 .map(|_| rng.sample(StandardNormal))
                 .collect();

@@ -19,16 +19,16 @@
 
 pub mod adamw;
 pub mod data;
+mod error;
 mod parallel;
 pub mod stage;
 mod step;
 mod trainer;
 
-pub use adamw::{excluded_from_decay, AdamW};
+pub use adamw::AdamW;
 pub use data::{DataSource, LoaderSource, SyntheticSource};
-pub use trainer::{
-    clip_grad_norm, resolve_device, Start, TrainError, TrainHooks, TrainOutcome, Trainer,
-};
+pub use error::TrainError;
+pub use trainer::{clip_grad_norm, resolve_device, Start, TrainHooks, TrainOutcome, Trainer};
 pub use tureen_stages::train::{
     steps_per_interval, AdamWConfig, Precision, Schedule, StepRounding, TrainConfig,
 };

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use tch::Tensor;
 
-use super::trainer::TrainError;
+use super::error::TrainError;
 use crate::dist::{GradBuckets, ProcessGroup, Rank, BUCKET_BYTES};
 
 /// The process group of a data-parallel run and what its steps need.

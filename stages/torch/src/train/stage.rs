@@ -15,7 +15,8 @@ use tureen_stages::train::params::shards_need_base_dir;
 use tureen_stages::train::{Mode, TrainConfig, TrainParams};
 
 use super::data::{DataSource, LoaderSource, SyntheticSource};
-use super::trainer::{resolve_device, Start, TrainError, TrainHooks, Trainer};
+use super::error::TrainError;
+use super::trainer::{resolve_device, Start, TrainHooks, Trainer};
 use crate::checkpoint::MODEL_FILE;
 use crate::dist::{Backend, GroupOptions, ProcessGroup, Rendezvous};
 use crate::model::config_from_json;
@@ -99,7 +100,7 @@ pub fn run(ctx: &mut StageContext<'_>, mode: Mode) -> anyhow::Result<BTreeMap<St
 
     let model = match (&p.model, &from) {
         (Some(m), _) => config_from_json(m).map_err(|e| anyhow::anyhow!("params.{e}"))?,
-        (None, Some(dir)) => crate::checkpoint::rewind::model_config(dir)?,
+        (None, Some(dir)) => super::trainer::rewind::model_config(dir)?,
         (None, None) => anyhow::bail!("params.model: required"),
     };
     let config = p.config(model);

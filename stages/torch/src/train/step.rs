@@ -25,7 +25,10 @@
 
 use tch::{Kind, Tensor};
 
-use super::trainer::{mix, TrainError, Trainer};
+use tureen_stages::rng::mix;
+
+use super::error::TrainError;
+use super::trainer::Trainer;
 use crate::model::{amp, clip_loss, clip_loss_rows, Recompute};
 
 /// Rows of the global batch one forward/backward pass covers.

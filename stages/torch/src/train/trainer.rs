@@ -7,14 +7,20 @@ use tureen_stages::device::DeviceSpec;
 use serde_json::json;
 use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
+use tureen_stages::rng::mix;
 use tureen_stages::train::{Precision, TrainConfig};
 
 use super::adamw::AdamW;
 use super::data::DataSource;
+use super::error::TrainError;
 use super::parallel::DataParallel;
 use crate::checkpoint::{self, CheckpointError, TrainCheckpoint, TrainState};
 use crate::dist::ProcessGroup;
 use crate::model::Clip;
+
+// Starting a trainer from a checkpoint that is not its own (a child: it sets the
+// trainer's position and optimizer state).
+pub(super) mod rewind;
 
 /// Where a run starts.
 #[derive(Debug, Clone)]
@@ -31,63 +37,6 @@ pub enum Start {
     /// Like `Rewind` from the checkpoint's weights only: AdamW starts from zero moments
     /// with this stage's hyper-parameters (`optimizer: fresh`).
     RewindFresh(PathBuf),
-}
-
-/// Errors of a training run.
-#[derive(Debug, thiserror::Error)]
-pub enum TrainError {
-    /// The config's numbers cannot train (see [`TrainConfig::validate`]), or the batch
-    /// does not split over the ranks of a data-parallel run.
-    #[error("invalid training config: {0}")]
-    Config(String),
-    /// The loss became NaN or infinite; the run stops before writing a checkpoint.
-    #[error("loss is {loss} at step {step} (interval {interval}); stopped, the last good checkpoint is kept")]
-    NonFinite {
-        /// The schedule step whose loss it was.
-        step: u64,
-        /// Intervals completed before it.
-        interval: u64,
-        /// The non-finite value (NaN or an infinity).
-        loss: f64,
-    },
-    /// The data source failed, or an interval ran out of batches.
-    #[error("data: {0}")]
-    Data(String),
-    /// A batch that does not fit the model (shapes, dtypes), or a failing step on it.
-    #[error("batch at step {step}: {message}")]
-    Batch {
-        /// The schedule step.
-        step: u64,
-        /// What is wrong.
-        message: String,
-    },
-    /// Reading or writing a checkpoint failed.
-    #[error(transparent)]
-    Checkpoint(#[from] CheckpointError),
-    /// A checkpoint that cannot start this run: another model, an interval beyond the
-    /// run's, optimizer state that does not fit (or none to continue from), or for a
-    /// resume another batch size or interval length.
-    #[error("checkpoint {path}: {message}")]
-    Incompatible {
-        /// The checkpoint.
-        path: PathBuf,
-        /// Why it does not fit.
-        message: String,
-    },
-    /// The host asked to stop ([`TrainHooks::cancelled`]); holds the step reached.
-    #[error("cancelled at step {0}")]
-    Cancelled(u64),
-    /// The host could not store a finished checkpoint ([`TrainHooks::checkpoint`]).
-    #[error("committing checkpoint of interval {interval}: {message}")]
-    Commit {
-        /// The interval (1-based) the checkpoint ends.
-        interval: u64,
-        /// The host's error.
-        message: String,
-    },
-    /// A collective of a data-parallel run failed.
-    #[error(transparent)]
-    Dist(#[from] crate::dist::DistError),
 }
 
 /// How the trainer talks to its host (the stage context, or a test).
@@ -173,9 +122,6 @@ fn keep_freed_memory_for_reuse() {
     }
 }
 
-/// The seed of libtorch's generator for one forward pass (and the initial weights).
-pub(crate) use tureen_stages::rng::mix;
-
 /// `torch.nn.utils.clip_grad_norm_(params, max_norm)`: scales every gradient by
 /// `min(1, max_norm / (total_norm + 1e-6))`; returns the total 2-norm before clipping.
 pub fn clip_grad_norm(grads: &[Tensor], max_norm: f64) -> f64 {
@@ -258,14 +204,14 @@ impl Trainer {
             Start::Fresh => {}
             Start::Resume(dir) => trainer.restore(dir, false)?,
             Start::Rewind(dir) => trainer.restore(dir, true)?,
-            Start::RewindFresh(from) => checkpoint::rewind::fresh(&mut trainer, from)?,
+            Start::RewindFresh(from) => rewind::fresh(&mut trainer, from)?,
         }
         Ok(trainer)
     }
 
     fn restore(&mut self, dir: &Path, rewind: bool) -> Result<(), TrainError> {
         if rewind && checkpoint::open_clip::is_torch_save(dir) {
-            return checkpoint::rewind::from_torch_save(self, dir, false);
+            return rewind::from_torch_save(self, dir, false);
         }
         let ckpt = TrainState::read(dir)?;
         let incompatible = |message: String| TrainError::Incompatible {

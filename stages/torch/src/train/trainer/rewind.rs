@@ -1,5 +1,5 @@
 //! Rewinds that do not start from a tureen checkpoint directory with its optimizer:
-//! from an open_clip `epoch_N.pt` (see [`super::open_clip`]), or from any checkpoint
+//! from an open_clip `epoch_N.pt` (see [`crate::checkpoint::open_clip`]), or from any checkpoint
 //! with `optimizer: fresh` (AdamW from zero moments and step 0, with the stage's own
 //! betas, eps and weight decay). Either way the schedule is entered at
 //! `interval x steps_per_interval`, as for every rewind.
@@ -8,10 +8,11 @@ use std::path::Path;
 
 use tureen_stages::checkpoint::TrainState;
 
-use super::open_clip::{is_torch_save, OpenClipCheckpoint};
-use super::{copy_into, load_weights, MODEL_FILE};
+use super::Trainer;
+use crate::checkpoint::open_clip::{is_torch_save, OpenClipCheckpoint};
+use crate::checkpoint::{copy_into, load_weights, MODEL_FILE};
 use crate::model::ClipConfig;
-use crate::train::{TrainError, Trainer};
+use crate::train::error::TrainError;
 
 /// The model config of a rewind's `from` checkpoint when the stage gives none: a tureen
 /// checkpoint's `state.json` has it; a `torch.save` file does not.
