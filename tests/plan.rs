@@ -304,17 +304,9 @@ fn xxlarge_trains_on_1024_then_1088_ranks_of_80_and_88_rows() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
     assert!(text.contains("ranks") && text.contains("batch/rank"), "{text}");
-    let row = |name: &str| {
-        text.lines()
-            .find(|l| l.split_whitespace().next() == Some(name))
-            .unwrap_or_else(|| panic!("no row {name}:\n{text}"))
-            .split_whitespace()
-            .map(str::to_string)
-            .collect::<Vec<_>>()
-    };
-    let core = row("core");
+    let core = row_of(&text, "core");
     assert!(core.windows(3).any(|w| w == ["81,920", "1,024", "80"]), "{core:?}");
-    let rewind = row("rewind");
+    let rewind = row_of(&text, "rewind");
     assert!(rewind.windows(3).any(|w| w == ["95,744", "1,088", "88"]), "{rewind:?}");
 }
 

@@ -5,8 +5,8 @@ use std::path::PathBuf;
 
 use tureen_artifacts::checkpoint::{Checkpoint, OpenOptions};
 use tureen_artifacts::safetensors::{write_file, Dtype, SafetensorsFile};
-use tureen_artifacts::torch::{TorchError, TorchFile, TorchProblem};
 use tureen_artifacts::soup::config::SoupConfig;
+use tureen_artifacts::torch::{TorchError, TorchFile, TorchProblem};
 use tureen_engine::kind::KindRegistry;
 
 /// A tensor as `write_file` takes it: name, dtype, shape, data.
@@ -347,8 +347,8 @@ impl TorchPickle {
         use std::io::Write as _;
         let file = std::fs::File::create(path).expect("create input");
         let mut zip = zip::ZipWriter::new(file);
-        let stored = zip::write::FileOptions::default()
-            .compression_method(zip::CompressionMethod::Stored);
+        let stored =
+            zip::write::FileOptions::default().compression_method(zip::CompressionMethod::Stored);
         let mut entry = |name: &str, bytes: &[u8]| {
             zip.start_file(format!("archive/{name}"), stored)
                 .expect("zip entry");
@@ -421,7 +421,9 @@ impl Target for TorchPickle {
             };
             match bytes {
                 None => storages.insert(key, Vec::new()),
-                Some(n) if n <= MAX_STORAGE_BYTES && storages.get(&key).is_none_or(Vec::is_empty) => {
+                Some(n)
+                    if n <= MAX_STORAGE_BYTES && storages.get(&key).is_none_or(Vec::is_empty) =>
+                {
                     // A recognisable pattern, different in every storage.
                     let salt = storages.len() as u8;
                     storages.insert(key, (0..n).map(|i| (i as u8).wrapping_add(salt)).collect())

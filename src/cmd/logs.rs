@@ -167,7 +167,7 @@ fn rank_log(
         );
     }
     let path = path_of(rank);
-    if !path.is_file() && !(follow && log.running) {
+    if !(path.is_file() || (follow && log.running)) {
         bail!(
             "rank {rank} of stage `{stage}` in run {id} has no log: {} does not exist",
             path.display()

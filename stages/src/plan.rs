@@ -547,7 +547,9 @@ pub fn estimate_open_clip(
         .ok_or_else(too_large)?;
     let workers = p.workers.unwrap_or(1).max(1);
     let steps_per_epoch = p.train_num_samples.div_ceil(global).div_ceil(workers) * workers;
-    let steps = steps_per_epoch.checked_mul(p.epochs).ok_or_else(too_large)?;
+    let steps = steps_per_epoch
+        .checked_mul(p.epochs)
+        .ok_or_else(too_large)?;
     let samples = steps.checked_mul(global).ok_or_else(too_large)?;
     let mut notes = vec![format!(
         "open_clip: batch_size {} per GPU x {world} {} = {global} per step; an epoch is ceil(train_num_samples / {global}) steps rounded up to a multiple of {workers} worker{}",
@@ -600,11 +602,13 @@ pub fn estimate_open_clip(
 
 /// The model `--model` in open_clip's extra arguments names, if they name one.
 fn other_model(args: &[String]) -> Option<String> {
-    args.iter().enumerate().find_map(|(i, a)| match a.strip_prefix("--model") {
-        Some("") => Some(args.get(i + 1).cloned().unwrap_or_default()),
-        Some(rest) => rest.strip_prefix('=').map(str::to_string),
-        None => None,
-    })
+    args.iter()
+        .enumerate()
+        .find_map(|(i, a)| match a.strip_prefix("--model") {
+            Some("") => Some(args.get(i + 1).cloned().unwrap_or_default()),
+            Some(rest) => rest.strip_prefix('=').map(str::to_string),
+            None => None,
+        })
 }
 
 /// The config of an upstream model summary (by preset name).

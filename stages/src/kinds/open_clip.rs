@@ -47,8 +47,8 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 use tureen_engine::kind::estimate::{EstimateInputs, StageEstimate};
 use tureen_engine::kind::{
-    InputValue, OutputDecl, OutputShape, ParamError, Produced, StageContext, StageDecl,
-    StageKind, StageWork,
+    InputValue, OutputDecl, OutputShape, ParamError, Produced, StageContext, StageDecl, StageKind,
+    StageWork,
 };
 
 use super::command::{prepare, supervise, supervised_command};
