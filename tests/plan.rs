@@ -304,16 +304,128 @@ fn xxlarge_trains_on_1024_then_1088_ranks_of_80_and_88_rows() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
     assert!(text.contains("ranks") && text.contains("batch/rank"), "{text}");
-    let row = |name: &str| {
-        text.lines()
-            .find(|l| l.split_whitespace().next() == Some(name))
-            .unwrap_or_else(|| panic!("no row {name}:\n{text}"))
-            .split_whitespace()
-            .map(str::to_string)
-            .collect::<Vec<_>>()
-    };
-    let core = row("core");
+    let core = row_of(&text, "core");
     assert!(core.windows(3).any(|w| w == ["81,920", "1,024", "80"]), "{core:?}");
-    let rewind = row("rewind");
+    let rewind = row_of(&text, "rewind");
     assert!(rewind.windows(3).any(|w| w == ["95,744", "1,088", "88"]), "{rewind:?}");
+}
+
+/// An `open_clip` stage (`executor` and `extra` substituted) beside a `train` stage of
+/// the same model and global batch, and a soup of the open_clip checkpoints.
+fn open_clip_pipeline(executor: &str, resources: &str, extra: &str) -> String {
+    format!(
+        r#"
+tureen: 1
+stages:
+  oc:
+    kind: open_clip
+    executor: {executor}
+    resources: {resources}
+    params:
+      train_data: "/data/train/{{000000..000007}}.tar"
+      train_num_samples: 1000
+      batch_size: 64
+      epochs: 3
+      warmup: 5
+      lr: 1.0e-3
+      workers: 3
+      model: convnext_atto_64
+{extra}  soup:
+    kind: soup
+    inputs: {{checkpoints: oc.checkpoints}}
+"#
+    )
+}
+
+fn plan_of(yaml: &str) -> (Value, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("oc.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    let json = plan_json(&path, &[]);
+    let out = tureen(&["plan", path.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    (json, text)
+}
+
+/// The cells of the row of stage `name` in a text plan.
+fn row_of(text: &str, name: &str) -> Vec<String> {
+    text.lines()
+        .find(|l| l.split_whitespace().next() == Some(name))
+        .unwrap_or_else(|| panic!("no row {name}:\n{text}"))
+        .split_whitespace()
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn a_local_open_clip_stage_is_estimated_as_open_clip_counts_its_steps() {
+    let (plan, text) = plan_of(&open_clip_pipeline("local", "{cpus: 1}", ""));
+    let oc = &stage(&plan, "oc")["estimate"];
+    let t = &oc["train"];
+    // One local process: the global batch is batch_size. open_clip's loader makes
+    // ceil(1000 / 64) = 16 batches, rounded up to a multiple of 3 workers: 18 per epoch.
+    assert_eq!(t["world"], 1);
+    assert_eq!(t["batch"], 64);
+    assert_eq!(t["per_rank_batch"], 64);
+    assert_eq!(t["steps_per_interval"], 18);
+    assert_eq!((t["first_interval"].clone(), t["last_interval"].clone()), (1.into(), 3.into()));
+    assert_eq!(t["steps"], 3 * 18);
+    assert_eq!(t["samples"], 3 * 18 * 64);
+    assert_eq!(t["warmup"], 5);
+    // The model's compute, counted as for a train stage at the same global batch.
+    let params = oc["model"]["params"].as_u64().unwrap();
+    assert_eq!(params, 19_338_169);
+    let m = &oc["model"];
+    let per_sample = 6.0
+        * (m["image_macs"].as_f64().unwrap()
+            + m["text_macs"].as_f64().unwrap()
+            + 2.0 * 64.0 * m["embed_dim"].as_f64().unwrap());
+    assert_eq!(t["flops_per_sample"].as_f64().unwrap(), per_sample);
+    assert_eq!(oc["flops"].as_f64().unwrap(), per_sample * (3 * 18 * 64) as f64);
+    // An epoch_N.pt per epoch: float32 weights and AdamW's two moments.
+    assert_eq!(oc["outputs"][0]["count"], 3);
+    assert_eq!(oc["outputs"][0]["bytes_each"], params * 12);
+    // A soup downstream knows the model from it.
+    assert_eq!(stage(&plan, "soup")["estimate"]["outputs"][0]["bytes_each"], params * 4);
+
+    let row = row_of(&text, "oc");
+    assert!(
+        row.windows(6).any(|w| w == ["1-3", "18", "54", "64", "1", "64"]),
+        "{row:?}\n{text}"
+    );
+    assert!(row.contains(&"3,456".to_string()), "{row:?}");
+    assert!(text.contains("x 1 local process = 64 per step"), "{text}");
+}
+
+#[test]
+fn an_open_clip_stage_on_slurm_runs_one_process_per_gpu() {
+    let (plan, text) = plan_of(&open_clip_pipeline("slurm", "{gpus: 8, cpus: 6}", ""));
+    let t = &stage(&plan, "oc")["estimate"]["train"];
+    // 8 processes of 64: ceil(1000 / 512) = 2 batches, a multiple of 3 workers: 3.
+    assert_eq!(t["world"], 8);
+    assert_eq!(t["per_rank_batch"], 64);
+    assert_eq!(t["batch"], 512);
+    assert_eq!(t["steps_per_interval"], 3);
+    assert_eq!(t["samples"], 3 * 3 * 512);
+    let row = row_of(&text, "oc");
+    assert!(row.windows(3).any(|w| w == ["512", "8", "64"]), "{row:?}\n{text}");
+}
+
+#[test]
+fn an_open_clip_model_tureen_has_no_config_for_is_said_to_be_unknown() {
+    let extra = "      extra_args: [--model, ViT-B-32]\n";
+    let (plan, text) = plan_of(&open_clip_pipeline("local", "{cpus: 1}", extra));
+    let oc = &stage(&plan, "oc")["estimate"];
+    // Steps and samples do not depend on the model; its compute and sizes do.
+    assert_eq!(oc["train"]["steps"], 3 * 18);
+    assert!(oc["model"].is_null(), "{oc}");
+    assert!(oc["flops"].is_null(), "unknown FLOPs are null, not 0: {oc}");
+    assert!(plan["plan"]["totals"]["flops"].is_null(), "{}", plan["plan"]["totals"]);
+    let row = row_of(&text, "oc");
+    assert!(row.contains(&"54".to_string()), "{row:?}");
+    assert!(row.iter().filter(|c| *c == "unknown").count() >= 3, "{row:?}\n{text}");
+    assert!(text.contains("compute unknown") && text.contains("ViT-B-32"), "{text}");
+    let total = row_of(&text, "total");
+    assert!(total.contains(&"unknown".to_string()), "{total:?}");
 }

@@ -4,12 +4,15 @@
 # runs each target for MINUTES minutes. Prints inputs tried, accepted, crashes and slow
 # inputs per target; crashers are saved under fuzz/crashes/TARGET/ (turn each into a
 # regression test in the normal suite). Usage: bench/fuzz/run.sh [MINUTES] [TARGET...]
+# Targets: safetensors, pipeline, mergekit-config, torch (whole torch.save files) and
+# torch-pickle (data.pkl alone, zipped again with the storages it declares); the torch
+# seeds in fuzz/seeds/torch/ come from bench/fuzz/torch_seeds.py (the venv's python).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 MINUTES=${1:-5}
 shift || true
 TARGETS=("$@")
-[ ${#TARGETS[@]} -gt 0 ] || TARGETS=(safetensors pipeline mergekit-config)
+[ ${#TARGETS[@]} -gt 0 ] || TARGETS=(safetensors pipeline mergekit-config torch torch-pickle)
 (cd fuzz && cargo build --release -q)
 BIN=fuzz/target/release/tureen-fuzz
 SECS=$((MINUTES * 60))

@@ -159,10 +159,13 @@ pub fn plan(
     let mut totals = Totals::default();
     for i in pipeline.topo_order() {
         let stage = &pipeline.stages[i];
+        let gpus = u64::from(stage.resources.gpus) * u64::from(stage.resources.nodes.max(1));
         let estimate = {
             let mut inputs = EstimateInputs {
                 inputs: BTreeMap::new(),
                 workspace: &pipeline.root,
+                gpus,
+                slurm: stage.executor == crate::pipeline::Executor::Slurm,
             };
             for (name, input) in &stage.inputs {
                 let refs = inputs.inputs.entry(name.as_str()).or_default();
@@ -197,7 +200,6 @@ pub fn plan(
                 None => None,
             }
         };
-        let gpus = u64::from(stage.resources.gpus) * u64::from(stage.resources.nodes.max(1));
         let gpu_hours = estimate
             .as_ref()
             .map_or(0.0, |e| throughput.gpu_seconds(e) / 3600.0);

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use mutate::{mutate, Rng};
-use targets::{MergekitConfig, Pipeline, Safetensors, Target};
+use targets::{MergekitConfig, Pipeline, Safetensors, Target, Torch, TorchPickle};
 
 const MAX_CORPUS: usize = 2000;
 
@@ -23,7 +23,7 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let (Some(name), Some(secs)) = (args.get(1), args.get(2).and_then(|s| s.parse::<u64>().ok()))
     else {
-        eprintln!("usage: tureen-fuzz safetensors|pipeline|mergekit-config SECONDS [SEED]");
+        eprintln!("usage: tureen-fuzz safetensors|pipeline|mergekit-config|torch|torch-pickle SECONDS [SEED]");
         std::process::exit(2);
     };
     let seed = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(1);
@@ -37,6 +37,12 @@ fn main() {
         }),
         "pipeline" => Box::new(Pipeline::new(scratch.path().to_path_buf())),
         "mergekit-config" => Box::new(MergekitConfig::new(scratch.path().to_path_buf())),
+        "torch" => Box::new(Torch {
+            dir: scratch.path().to_path_buf(),
+        }),
+        "torch-pickle" => Box::new(TorchPickle {
+            dir: scratch.path().to_path_buf(),
+        }),
         other => {
             eprintln!("unknown target {other}");
             std::process::exit(2);
@@ -65,7 +71,7 @@ fn main() {
     }
 }
 
-/// /dev/shm when there is one: each safetensors input is written to a file.
+/// /dev/shm when there is one: each safetensors or torch input is written to a file.
 fn scratch_root() -> PathBuf {
     let shm = PathBuf::from("/dev/shm");
     if shm.is_dir() {

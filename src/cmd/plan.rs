@@ -125,9 +125,11 @@ pub fn bytes(n: u64) -> String {
     }
 }
 
-/// FLOPs in scientific notation: `4.622e22`.
+/// FLOPs in scientific notation: `4.622e22`; `unknown` for what a kind could not count.
 pub fn flops(x: f64) -> String {
-    if x == 0.0 {
+    if x.is_nan() {
+        "unknown".into()
+    } else if x == 0.0 {
         "0".into()
     } else {
         format!("{x:.3e}")
@@ -135,7 +137,9 @@ pub fn flops(x: f64) -> String {
 }
 
 fn hours(h: f64) -> String {
-    if h >= 100.0 {
+    if h.is_nan() {
+        "unknown".into()
+    } else if h >= 100.0 {
         grouped(h.round() as u64)
     } else {
         format!("{h:.2}")
@@ -175,7 +179,13 @@ pub fn render(pipeline: &str, plan: &Plan) -> String {
         let Some(clip) = stage.estimate.as_ref().and_then(ClipEstimate::of) else {
             continue;
         };
-        let m = &clip.model;
+        let Some(m) = &clip.model else {
+            out.push_str(&format!(
+                "model of {}: unknown to tureen (no config; compute not counted)\n",
+                stage.name
+            ));
+            continue;
+        };
         if clip.train.is_some() && seen.insert(m.name.clone()) {
             for line in model_lines(m) {
                 out.push_str(&line);
@@ -208,6 +218,7 @@ pub fn render(pipeline: &str, plan: &Plan) -> String {
         "wall-h",
     ];
     let mut rows: Vec<Vec<String>> = Vec::new();
+    let mut unknown_sizes = false;
     for s in &plan.stages {
         let mut row = vec![s.name.clone(), s.kind.clone()];
         match &s.estimate {
@@ -230,7 +241,11 @@ pub fn render(pipeline: &str, plan: &Plan) -> String {
                         grouped(t.per_rank_batch),
                         grouped(t.samples),
                         flops(e.flops),
-                        format!("{:.3}", t.flops_per_sample / 1e12),
+                        if t.flops_per_sample.is_nan() {
+                            "unknown".into()
+                        } else {
+                            format!("{:.3}", t.flops_per_sample / 1e12)
+                        },
                     ]),
                     None => row.extend([
                         "-".into(),
@@ -255,12 +270,17 @@ pub fn render(pipeline: &str, plan: &Plan) -> String {
                         }
                     })
                     .collect();
-                row.push(if outputs.is_empty() {
-                    "-".into()
+                if sizes_unknown(e) {
+                    unknown_sizes = true;
+                    row.extend(["unknown".to_string(), "unknown".to_string()]);
                 } else {
-                    outputs.join(" + ")
-                });
-                row.push(bytes(e.store_bytes()));
+                    row.push(if outputs.is_empty() {
+                        "-".into()
+                    } else {
+                        outputs.join(" + ")
+                    });
+                    row.push(bytes(e.store_bytes()));
+                }
                 row.push(hours(s.gpu_hours));
                 row.push(if s.gpus > 0 {
                     s.gpus.to_string()
@@ -273,21 +293,29 @@ pub fn render(pipeline: &str, plan: &Plan) -> String {
         rows.push(row);
     }
     let t = &plan.totals;
+    let store = if unknown_sizes {
+        format!("{} + unknown", bytes(t.store_bytes))
+    } else {
+        bytes(t.store_bytes)
+    };
+    // One cell per column of `header`.
     let total = vec![
         "total".to_string(),
-        String::new(),
-        String::new(),
-        String::new(),
+        String::new(), // kind
+        String::new(), // intervals
+        String::new(), // steps/int
         grouped(t.steps),
-        String::new(),
+        String::new(), // batch
+        String::new(), // ranks
+        String::new(), // batch/rank
         grouped(t.samples),
         flops(t.flops),
-        String::new(),
-        String::new(),
-        bytes(t.store_bytes),
+        String::new(), // TFLOP/sample
+        String::new(), // outputs
+        store,
         hours(t.gpu_hours),
-        String::new(),
-        String::new(),
+        String::new(), // GPUs
+        String::new(), // wall-h
     ];
     out.push_str(&table(&header, &rows, &total));
     // The same note from several stages is printed once, naming them.
@@ -307,6 +335,12 @@ pub fn render(pipeline: &str, plan: &Plan) -> String {
         }
     }
     out
+}
+
+/// Whether a stage trains a model tureen has no config for, so its checkpoints' sizes
+/// are not known.
+fn sizes_unknown(e: &tureen_engine::kind::estimate::StageEstimate) -> bool {
+    ClipEstimate::of(e).is_some_and(|c| c.model.is_none())
 }
 
 /// Left-aligned names, right-aligned numbers, a rule above the totals.

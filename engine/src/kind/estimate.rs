@@ -90,7 +90,9 @@ impl Serialize for EstimateDetail {
 pub struct StageEstimate {
     /// Steps and samples, for stages that iterate over data (training).
     pub work: Option<Work>,
-    /// All FLOPs of the stage (training, or forward passes of an evaluation).
+    /// All FLOPs of the stage (training, or forward passes of an evaluation); `NaN`
+    /// when the kind cannot count them (a model it has no config for; a note says
+    /// why), so that totals over it are unknown too rather than silently short.
     pub flops: f64,
     /// Outputs that take store space.
     pub outputs: Vec<OutputSize>,
@@ -138,6 +140,11 @@ pub struct EstimateInputs<'a> {
     pub inputs: BTreeMap<&'a str, Vec<UpstreamOutput<'a>>>,
     /// The pipeline's directory: relative paths in params are relative to it.
     pub workspace: &'a std::path::Path,
+    /// GPUs the stage is given in all (`resources.gpus x nodes`).
+    pub gpus: u64,
+    /// Whether Slurm runs the stage: a kind that starts its own processes (open_clip:
+    /// one per GPU under `srun`, one locally) sizes its world from this and `gpus`.
+    pub slurm: bool,
 }
 
 impl<'a> EstimateInputs<'a> {

@@ -45,9 +45,10 @@ use std::path::{Path, PathBuf};
 use anyhow::Context as _;
 use serde::Deserialize;
 use serde_json::{Map, Value};
+use tureen_engine::kind::estimate::{EstimateInputs, StageEstimate};
 use tureen_engine::kind::{
-    InputValue, OutputDecl, OutputShape, ParamError, Produced, StageContext, StageDecl,
-    StageKind, StageWork,
+    InputValue, OutputDecl, OutputShape, ParamError, Produced, StageContext, StageDecl, StageKind,
+    StageWork,
 };
 
 use super::command::{prepare, supervise, supervised_command};
@@ -329,6 +330,13 @@ impl StageKind for OpenClipKind {
         ]
     }
 
+    fn estimate(
+        &self,
+        decl: &StageDecl<'_>,
+        inputs: &EstimateInputs<'_>,
+    ) -> Result<Option<StageEstimate>, ParamError> {
+        crate::plan::estimate_open_clip(decl, inputs)
+    }
 }
 
 impl StageWork for OpenClipKind {
