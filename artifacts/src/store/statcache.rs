@@ -107,6 +107,8 @@ impl Margin {
             return Margin::UNKNOWN;
         }
         // SAFETY: the call succeeded, so the kernel initialized `buf`.
+        // f_type is i64 on x86-64 Linux but narrower on other targets.
+        #[allow(clippy::unnecessary_cast)]
         let f_type = unsafe { buf.assume_init() }.f_type as i64;
         if LOCAL.contains(&f_type) {
             Margin::LOCAL_CLOCK
