@@ -101,10 +101,12 @@ SMK
 declare -a rows=()
 declare -A vals=()
 row() { # row BIN LABEL VALUE
-  local i
-  for i in "${!rows[@]}"; do [ "${rows[$i]}" = "$2" ] && break; done
-  if [ "${rows[$i]:-}" != "$2" ]; then rows+=("$2"); i=$((${#rows[@]} - 1)); fi
-  vals["$1:$i"]=$3
+  local i found=
+  for i in "${!rows[@]}"; do
+    if [ "${rows[$i]}" = "$2" ]; then found=$i; break; fi
+  done
+  if [ -z "$found" ]; then rows+=("$2"); found=$((${#rows[@]} - 1)); fi
+  vals["$1:$found"]=$3
 }
 
 # Every tureen row, for the binary $2 under the tag $1.
