@@ -531,9 +531,16 @@ fn open_clip_stage_trains_under_srun_on_slurm_and_its_checkpoints_land_in_the_st
         log.contains("$ srun ") && log.contains("-m open_clip_train.main"),
         "no srun launch in the job log:\n{log}"
     );
-    assert!(log.contains("Train Epoch: 1"), "no open_clip training lines:\n{log}");
+    assert!(
+        log.contains("Train Epoch: 1"),
+        "no open_clip training lines:\n{log}"
+    );
 
-    let shown = ws.tureen().args(["show", "latest", "--json"]).output().unwrap();
+    let shown = ws
+        .tureen()
+        .args(["show", "latest", "--json"])
+        .output()
+        .unwrap();
     assert!(shown.status.success(), "{}", stderr(&shown));
     let record: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap();
     let core = record["stages"]
@@ -556,8 +563,18 @@ fn open_clip_stage_trains_under_srun_on_slurm_and_its_checkpoints_land_in_the_st
     assert_eq!(final_pt, last, "`final` is the last epoch");
 
     // The final checkpoint reads back as open_clip's torch.save file.
-    let inspect = ws.tureen().arg("inspect").arg("--json").arg(&final_pt).output().unwrap();
-    assert!(inspect.status.success(), "tureen inspect: {}", stderr(&inspect));
+    let inspect = ws
+        .tureen()
+        .arg("inspect")
+        .arg("--json")
+        .arg(&final_pt)
+        .output()
+        .unwrap();
+    assert!(
+        inspect.status.success(),
+        "tureen inspect: {}",
+        stderr(&inspect)
+    );
     let info: serde_json::Value = serde_json::from_slice(&inspect.stdout).unwrap();
     assert!(info["tensors"].as_u64().unwrap_or(0) > 0, "{info}");
     assert_eq!(info["torch"]["key"], "state_dict", "{info}");
