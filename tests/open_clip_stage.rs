@@ -22,8 +22,7 @@ use tureen_torch::checkpoint::tensor_file;
 use tureen_torch::model::{config_from_json, Clip};
 use tureen_torch::train::{Start, Trainer};
 
-/// The model, as JSON (which is also YAML).
-const MODEL: &str = r#"{"preset": "convnext_atto_64", "embed_dim": 64, "text": {"width": 64, "heads": 2, "layers": 2}}"#;
+use common::OPEN_CLIP_MODEL as MODEL;
 
 fn pipeline(python: &Path, vocab: &Path) -> String {
     format!(
@@ -32,29 +31,7 @@ tureen: 1
 params:
   model: {MODEL}
 stages:
-  synth:
-    kind: command
-    cmd: tureen -q data synth --out ${{outs.data}} --shards 2 --per-shard 32 --size 64 --zeroshot-per-class 2 --retrieval 8
-    outs: {{data: synth}}
-  core:
-    kind: open_clip
-    inputs: {{data: synth.data}}
-    params:
-      train_data: "train/{{000000..000001}}.tar"
-      train_num_samples: 64
-      batch_size: 16
-      epochs: 2
-      warmup: 2
-      lr: 1.0e-3
-      beta2: 0.98
-      grad_clip_norm: 5.0
-      precision: fp32
-      device: cpu
-      aug_cfg: {{scale: [0.33, 1.0]}}
-      model: ${{params.model}}
-      workers: 1
-      python: {python}
-  soup:
+{core}  soup:
     kind: soup
     inputs: {{checkpoints: core.checkpoints}}
   eval_soup:
@@ -81,7 +58,7 @@ stages:
       lr: 1.0e-3
       device: cpu
 "#,
-        python = python.display(),
+        core = common::open_clip_stages(python, ""),
         vocab = vocab.display(),
     )
 }
@@ -169,15 +146,7 @@ fn open_clip_trains_resumes_and_its_checkpoints_soup_evaluate_and_rewind() {
     let Some(py) = common::venv_python("the open_clip stage test") else {
         return;
     };
-    let vocab = std::fs::read_dir(py.parent().unwrap().join("../lib"))
-        .unwrap()
-        .flatten()
-        .map(|e| {
-            e.path()
-                .join("site-packages/open_clip/bpe_simple_vocab_16e6.txt.gz")
-        })
-        .find(|p| p.is_file())
-        .expect("open_clip's BPE vocabulary in the venv");
+    let vocab = common::open_clip_vocab(&py);
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     std::fs::write(d.join("pipeline.yaml"), pipeline(&py, &vocab)).unwrap();

@@ -16,6 +16,8 @@ use std::time::{Duration, Instant};
 
 use tureen_engine::slurm::JobRecord;
 
+mod common;
+
 /// The test cluster's slurm.conf, or `None` (after saying so) outside CI.
 fn cluster() -> Option<PathBuf> {
     match std::env::var_os("TUREEN_TEST_SLURM_CONF") {
@@ -498,4 +500,82 @@ fn bad_slurm_options_are_reported_with_file_line_and_column_before_anything_runs
         !dir.path().join(".tureen/slurm").exists(),
         "something was submitted"
     );
+}
+
+#[test]
+fn open_clip_stage_trains_under_srun_on_slurm_and_its_checkpoints_land_in_the_store() {
+    let Some(conf) = cluster() else { return };
+    let Some(py) = common::venv_python("the open_clip Slurm test") else {
+        return;
+    };
+    let ws = Workspace::new(
+        &conf,
+        &format!(
+            "tureen: 1\n{FAST}params:\n  model: {}\nstages:\n{}",
+            common::OPEN_CLIP_MODEL,
+            common::open_clip_stages(&py, "    executor: slurm\n"),
+        ),
+    );
+    let out = finish(ws.spawn_run(), Duration::from_secs(600));
+    assert!(out.status.success(), "tureen run failed:\n{}", stderr(&out));
+
+    let (job_id, finished) = ws.recorded_job().expect("a Slurm job record");
+    assert!(finished);
+    let line = ws.jobcomp_line(&job_id);
+    assert!(line.contains("JobState=COMPLETED"), "{line}");
+    // tureen launched open_clip under srun, and open_clip itself logged its training.
+    let logs = ws.job_logs();
+    assert_eq!(logs.len(), 1, "{logs:?}");
+    let log = std::fs::read_to_string(&logs[0]).unwrap();
+    assert!(
+        log.contains("$ srun ") && log.contains("-m open_clip_train.main"),
+        "no srun launch in the job log:\n{log}"
+    );
+    assert!(
+        log.contains("Train Epoch: 1"),
+        "no open_clip training lines:\n{log}"
+    );
+
+    let shown = ws
+        .tureen()
+        .args(["show", "latest", "--json"])
+        .output()
+        .unwrap();
+    assert!(shown.status.success(), "{}", stderr(&shown));
+    let record: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap();
+    let core = record["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "core")
+        .unwrap();
+    let series = core["outputs"]["checkpoints"]["series"].as_array().unwrap();
+    assert_eq!(series.len(), 2, "one checkpoint per epoch: {core}");
+    let object = |digest: &serde_json::Value| {
+        let hex = digest.as_str().unwrap().strip_prefix("blake3:").unwrap();
+        ws.store().join("objects").join(&hex[..2]).join(&hex[2..])
+    };
+    for epoch in series {
+        assert!(object(&epoch["digest"]).is_file(), "{epoch}");
+    }
+    let last = object(&series[1]["digest"]);
+    let final_pt = object(&core["outputs"]["final"]["digest"]);
+    assert_eq!(final_pt, last, "`final` is the last epoch");
+
+    // The final checkpoint reads back as open_clip's torch.save file.
+    let inspect = ws
+        .tureen()
+        .arg("inspect")
+        .arg("--json")
+        .arg(&final_pt)
+        .output()
+        .unwrap();
+    assert!(
+        inspect.status.success(),
+        "tureen inspect: {}",
+        stderr(&inspect)
+    );
+    let info: serde_json::Value = serde_json::from_slice(&inspect.stdout).unwrap();
+    assert!(info["tensors"].as_u64().unwrap_or(0) > 0, "{info}");
+    assert_eq!(info["torch"]["key"], "state_dict", "{info}");
 }

@@ -66,3 +66,52 @@ pub fn assert_same_tensors(actual: &Path, reference: &Path) {
         );
     }
 }
+
+/// A ConvNeXt CLIP small enough for open_clip to train in seconds on the CPU, as JSON
+/// (which is also YAML): the `model:` of the open_clip stage tests.
+pub const OPEN_CLIP_MODEL: &str = r#"{"preset": "convnext_atto_64", "embed_dim": 64, "text": {"width": 64, "heads": 2, "layers": 2}}"#;
+
+/// open_clip's BPE vocabulary inside the venv of `py`.
+pub fn open_clip_vocab(py: &Path) -> std::path::PathBuf {
+    std::fs::read_dir(py.parent().unwrap().join("../lib"))
+        .unwrap()
+        .flatten()
+        .map(|e| {
+            e.path()
+                .join("site-packages/open_clip/bpe_simple_vocab_16e6.txt.gz")
+        })
+        .find(|p| p.is_file())
+        .expect("open_clip's BPE vocabulary in the venv")
+}
+
+/// Pipeline stages `synth` (`tureen data synth` shards) and `core` (`kind: open_clip`, 2
+/// short fp32 CPU epochs on them, `model: ${params.model}`), as YAML under `stages:`.
+/// `extra` is added to `core` verbatim (e.g. `    executor: slurm\n`).
+pub fn open_clip_stages(python: &Path, extra: &str) -> String {
+    format!(
+        r#"  synth:
+    kind: command
+    cmd: tureen -q data synth --out ${{outs.data}} --shards 2 --per-shard 32 --size 64 --zeroshot-per-class 2 --retrieval 8
+    outs: {{data: synth}}
+  core:
+    kind: open_clip
+{extra}    inputs: {{data: synth.data}}
+    params:
+      train_data: "train/{{000000..000001}}.tar"
+      train_num_samples: 64
+      batch_size: 16
+      epochs: 2
+      warmup: 2
+      lr: 1.0e-3
+      beta2: 0.98
+      grad_clip_norm: 5.0
+      precision: fp32
+      device: cpu
+      aug_cfg: {{scale: [0.33, 1.0]}}
+      model: ${{params.model}}
+      workers: 1
+      python: {python}
+"#,
+        python = python.display(),
+    )
+}
