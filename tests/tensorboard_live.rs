@@ -72,13 +72,21 @@ fn event_files_follow_a_running_training_stage() {
             "the run ended before it was watched"
         );
         let run = run_dir(dir.path());
-        // The JSON line of a record is written just before its event: read the
-        // metrics count first, then the events.
         let logged = lines(&run.join("core.metrics.jsonl"));
         if logged >= 8 {
-            let shown: usize = scalars(&run.join("tensorboard/core"))
-                .get("loss")
-                .map_or(0, Vec::len);
+            // A record's JSON line is written just before its event, so the newest event
+            // may be a moment behind: give it that moment (a buffered writer would show
+            // none of them until the stage ends, which is far later).
+            let shown_by = Instant::now() + Duration::from_secs(2);
+            let shown = loop {
+                let shown: usize = scalars(&run.join("tensorboard/core"))
+                    .get("loss")
+                    .map_or(0, Vec::len);
+                if shown >= logged || Instant::now() > shown_by {
+                    break shown;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            };
             break (logged, shown);
         }
         std::thread::sleep(Duration::from_millis(5));
