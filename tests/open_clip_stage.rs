@@ -168,12 +168,7 @@ fn open_clip_trains_resumes_and_its_checkpoints_soup_evaluate_and_rewind() {
         "{log}"
     );
     assert!(log.contains("--resume latest"), "{log}");
-    let core = record["stages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["name"] == "core")
-        .unwrap();
+    let core = common::stage_record(&record, "core");
     let series: Vec<String> = core["outputs"]["checkpoints"]["series"]
         .as_array()
         .unwrap()

@@ -543,12 +543,7 @@ fn open_clip_stage_trains_under_srun_on_slurm_and_its_checkpoints_land_in_the_st
         .unwrap();
     assert!(shown.status.success(), "{}", stderr(&shown));
     let record: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap();
-    let core = record["stages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["name"] == "core")
-        .unwrap();
+    let core = common::stage_record(&record, "core");
     let series = core["outputs"]["checkpoints"]["series"].as_array().unwrap();
     assert_eq!(series.len(), 2, "one checkpoint per epoch: {core}");
     let object = |digest: &serde_json::Value| {

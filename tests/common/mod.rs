@@ -115,3 +115,14 @@ pub fn open_clip_stages(python: &Path, extra: &str) -> String {
         python = python.display(),
     )
 }
+
+/// The record of stage `name` in a run record's JSON (`tureen show --json`, or the
+/// record file).
+pub fn stage_record<'a>(record: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    record["stages"]
+        .as_array()
+        .expect("a run record has a stages array")
+        .iter()
+        .find(|s| s["name"] == name)
+        .unwrap_or_else(|| panic!("no stage `{name}` in the record: {record}"))
+}

@@ -44,9 +44,9 @@ impl FileStamp {
         }
     }
 
-    /// Whether a later write could still leave this stamp unchanged: a file modified
-    /// within `margin` of now may be modified again within the same timestamp tick
-    /// ("racily clean", as git calls it), so its digest is not cached as is.
+    /// Whether any later write is sure to change this stamp. A file modified within
+    /// `margin` of now may be modified again within the same timestamp tick without its
+    /// stamp changing ("racily clean", as git calls it), so its digest is not cached as is.
     pub(crate) fn is_settled(&self, margin: Margin) -> bool {
         self.age_ns() > margin.0
     }
@@ -87,7 +87,7 @@ impl Margin {
         // `statfs`'s f_type magic numbers (linux/magic.h) of file systems with
         // nanosecond timestamps from the kernel's clock.
         const LOCAL: [i64; 7] = [
-            0xEF53,     // ext2/3/4
+            0xEF53,      // ext2/3/4
             0x5846_5342, // xfs
             0x9123_683E, // btrfs
             0x0102_1994, // tmpfs

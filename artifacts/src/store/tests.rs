@@ -329,13 +329,19 @@ fn a_file_hashed_just_after_it_was_written_is_cached_once_it_settles() {
     assert_eq!(cached_on_disk(&s, &f), None);
     let margin = Margin::of_filesystem(d.path());
     if !margin.is_short() {
-        eprintln!("skipped: {} has coarse timestamps ({margin:?})", d.path().display());
+        eprintln!(
+            "skipped: {} has coarse timestamps ({margin:?})",
+            d.path().display()
+        );
         return;
     }
     // Settling waits out the file system's margin and confirms the digest.
     let t = std::time::Instant::now();
     s.settle_and_flush_stat_cache();
-    assert!(t.elapsed() < std::time::Duration::from_millis(500), "waited only the margin");
+    assert!(
+        t.elapsed() < std::time::Duration::from_millis(500),
+        "waited only the margin"
+    );
     assert_eq!(cached_on_disk(&s, &f), Some(digest));
 }
 
@@ -350,7 +356,10 @@ fn a_file_rewritten_before_it_settles_keeps_no_stale_digest() {
     fs::write(&f, b"secnd").unwrap();
     s.settle_and_flush_stat_cache();
     let fresh = Store::open(s.root()).unwrap();
-    assert_eq!(fresh.hash_file_cached(&f).unwrap(), Digest::of_bytes(b"secnd"));
+    assert_eq!(
+        fresh.hash_file_cached(&f).unwrap(),
+        Digest::of_bytes(b"secnd")
+    );
 }
 
 #[test]
