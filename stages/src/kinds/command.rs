@@ -351,11 +351,20 @@ pub(crate) fn supervise(
     let pgid = child.id() as libc::pid_t;
     let mut term_sent: Option<Instant> = None;
     let mut escalated = false;
+    // Once both pipes are closed, `recv_timeout` returns at once; without a pause the loop
+    // would spin on `try_wait` (thousands of `wait4` per stage) while the command exits,
+    // taking a core from the stages running beside it. The pause starts short, so a
+    // command's exit is still seen within about a millisecond, and grows to the tick.
+    let mut idle_pause = Duration::from_millis(1);
     let status = loop {
         match rx.recv_timeout(Duration::from_millis(20)) {
             Ok(Some(line)) => ctx.log.line(&line),
             Ok(None) => readers -= 1,
-            Err(_) => {}
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                std::thread::sleep(idle_pause);
+                idle_pause = (idle_pause * 2).min(Duration::from_millis(20));
+            }
         }
         if let Some(status) = child.try_wait().context("waiting for the command")? {
             break status;
