@@ -100,7 +100,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            tureen_engine::eprintln_lossy!("error: {err:#}");
             ExitCode::from(1)
         }
     }

@@ -89,3 +89,20 @@ fn a_report_and_a_starter_pipeline_are_0644_under_umask_022() {
         assert_eq!(mode, 0o644, "{file}: mode {mode:o}");
     }
 }
+
+/// A message that cannot be shown (stderr on a full device) must not turn a finished run
+/// into a crash: the run and its record complete, and the exit status is the run's.
+#[test]
+fn a_run_whose_stderr_cannot_be_written_still_succeeds() {
+    let ws = Workspace::new();
+    ws.write("p.yaml", PIPELINE);
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .expect("/dev/full");
+    for _ in 0..2 {
+        let status = ws.cmd(&["run", "p.yaml"]).stderr(full.try_clone().unwrap()).status();
+        assert!(status.unwrap().success(), "stderr on /dev/full failed the run");
+    }
+    assert_eq!(ws.read("a.txt"), "a\n");
+}

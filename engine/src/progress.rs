@@ -84,7 +84,7 @@ impl Progress {
                 bar.enable_steady_tick(Duration::from_millis(120));
                 bars.insert(stage.to_string(), bar);
             }
-            None => eprintln!("{stage}: {what}"),
+            None => write_line_to_stderr(&format!("{stage}: {what}")),
         }
     }
 
@@ -141,12 +141,23 @@ impl Progress {
     }
 }
 
-/// One `write` per line: `eprintln!` issues one for the text and one for the newline on
-/// the unbuffered stderr, which is 20,000 system calls for a 10,000-stage no-op run.
-fn write_line_to_stderr(line: &str) {
+/// Writes `line` and a newline to stderr in one `write`, ignoring errors. `eprintln!`
+/// issues two writes on the unbuffered stderr (20,000 system calls for a 10,000-stage
+/// no-op run) and panics when stderr cannot be written (`2>/dev/full`); a message that
+/// cannot be shown must not turn a finished run into a crash.
+pub fn write_line_to_stderr(line: &str) {
     use std::io::Write;
     let mut text = String::with_capacity(line.len() + 1);
     text.push_str(line);
     text.push('\n');
     let _ = std::io::stderr().lock().write_all(text.as_bytes());
+}
+
+/// `eprintln!` that never panics: formats its arguments and writes them with
+/// [`write_line_to_stderr`].
+#[macro_export]
+macro_rules! eprintln_lossy {
+    ($($arg:tt)*) => {
+        $crate::progress::write_line_to_stderr(&format!($($arg)*))
+    };
 }

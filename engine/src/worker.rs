@@ -262,7 +262,7 @@ pub fn serve(args: &ServeArgs, registry: &KindRegistry) -> anyhow::Result<bool> 
     match result.status {
         JobStatus::Ran | JobStatus::Cached => Ok(true),
         JobStatus::Failed | JobStatus::Cancelled => {
-            eprintln!("stage {}: {}", job.stage, result.error.unwrap_or_default());
+            crate::eprintln_lossy!("stage {}: {}", job.stage, result.error.unwrap_or_default());
             Ok(false)
         }
     }

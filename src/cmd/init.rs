@@ -33,8 +33,8 @@ pub fn run(args: Args, global: &Global) -> anyhow::Result<ExitCode> {
     }
     super::output::write_bytes(&args.file, STARTER.as_bytes())?;
     if !global.quiet {
-        eprintln!("wrote {}; store {store}", args.file.display());
-        eprintln!("next: tureen run {}", args.file.display());
+        tureen_engine::eprintln_lossy!("wrote {}; store {store}", args.file.display());
+        tureen_engine::eprintln_lossy!("next: tureen run {}", args.file.display());
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -16,7 +16,7 @@ pub fn load(path: &Path, overrides: &[String]) -> Result<(Pipeline, KindRegistry
         Ok(p) => Ok((p, registry)),
         Err(LoadError::Invalid(diags)) => Err(invalid(path, &diags)),
         Err(e) => {
-            eprintln!("error: {:#}", anyhow::Error::from(e));
+            tureen_engine::eprintln_lossy!("error: {:#}", anyhow::Error::from(e));
             Err(ExitCode::from(2))
         }
     }
@@ -25,10 +25,10 @@ pub fn load(path: &Path, overrides: &[String]) -> Result<(Pipeline, KindRegistry
 /// Prints every diagnostic of the invalid pipeline at `path`: exit status 2.
 pub fn invalid(path: &Path, diags: &tureen_engine::diag::Diagnostics) -> ExitCode {
     for d in &diags.0 {
-        eprintln!("error: {d}");
+        tureen_engine::eprintln_lossy!("error: {d}");
     }
     let n = diags.0.len();
-    eprintln!(
+    tureen_engine::eprintln_lossy!(
         "{} is invalid ({n} error{}); nothing was run",
         path.display(),
         if n == 1 { "" } else { "s" }

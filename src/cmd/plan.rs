@@ -75,7 +75,7 @@ pub fn run(args: Args, _global: &Global) -> anyhow::Result<ExitCode> {
     let pipeline = match tureen_engine::pipeline::load(&args.pipeline, &registry, &args.params) {
         Ok(p) => p,
         Err(e @ (LoadError::Invalid(_) | LoadError::Override(_))) => {
-            eprintln!("{e}");
+            tureen_engine::eprintln_lossy!("{e}");
             return Ok(ExitCode::from(2));
         }
         Err(e) => return Err(e.into()),

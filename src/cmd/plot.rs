@@ -41,7 +41,7 @@ pub fn run(args: Args, global: &Global) -> anyhow::Result<ExitCode> {
     super::output::write_atomically(&args.output, |tmp| chart::draw(&curves, tmp, format))?;
     if !global.quiet {
         let stages: Vec<&str> = curves.loss.iter().map(|c| c.stage.as_str()).collect();
-        eprintln!(
+        tureen_engine::eprintln_lossy!(
             "wrote {} ({} curves: {}; {} evaluated models)",
             args.output.display(),
             curves.loss.len() + curves.top1.len(),
@@ -53,7 +53,7 @@ pub fn run(args: Args, global: &Global) -> anyhow::Result<ExitCode> {
                 .stderr
                 .map(|se| format!(" ± {se:.2}"))
                 .unwrap_or_default();
-            eprintln!(
+            tureen_engine::eprintln_lossy!(
                 "  {:<20} {:<16} top-1 {:6.2}%{se}",
                 ev.eval_stage, ev.model_stage, ev.top1
             );

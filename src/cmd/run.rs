@@ -64,7 +64,7 @@ pub fn run(args: Args, global: &Global) -> anyhow::Result<ExitCode> {
         return Ok(invalid(&args.pipeline, &diags));
     }
     if store.how == super::discover::How::New && !args.dry_run && !global.quiet {
-        eprintln!(
+        tureen_engine::eprintln_lossy!(
             "tureen: no store found above {} or here; creating {}",
             args.pipeline.display(),
             store.path.display()
@@ -112,7 +112,7 @@ pub fn run(args: Args, global: &Global) -> anyhow::Result<ExitCode> {
     let rec = outcome.record.as_ref().expect("real runs have records");
     let count = |s: StageStatus| rec.stages.iter().filter(|x| x.status == s).count();
     if !global.quiet {
-        eprintln!(
+        tureen_engine::eprintln_lossy!(
             "run {}: {} ({} ran, {} cached, {} failed, {} skipped)",
             rec.run_id,
             rec.status,

@@ -65,7 +65,7 @@ pub fn run(args: Args, global: &Global) -> anyhow::Result<ExitCode> {
         listed.push(Listed { rec, headline });
     }
     for line in &unreadable {
-        eprintln!("warning: {line}");
+        tureen_engine::eprintln_lossy!("warning: {line}");
     }
     if args.json {
         print_json(&Value::Array(listed.iter().map(to_json).collect()));
@@ -76,7 +76,7 @@ pub fn run(args: Args, global: &Global) -> anyhow::Result<ExitCode> {
             .pipeline
             .map(|p| format!(" of {}", p.display()))
             .unwrap_or_default();
-        eprintln!("no runs{filter} recorded in {}", store.display());
+        tureen_engine::eprintln_lossy!("no runs{filter} recorded in {}", store.display());
         return Ok(ExitCode::SUCCESS);
     }
     print_table(&runs_table(&listed));

@@ -197,7 +197,7 @@ pub fn run(args: Args, global: &Global) -> anyhow::Result<ExitCode> {
         print_summary(&output, &report, elapsed, stored);
     }
     if !report.non_finite_inherited.is_empty() {
-        eprintln!(
+        tureen_engine::eprintln_lossy!(
             "warning: {} tensor(s) hold infinities or NaNs because an input does ({}); they are averaged as IEEE arithmetic says",
             report.non_finite_inherited.len(),
             report.non_finite_inherited.iter().take(5).cloned().collect::<Vec<_>>().join(", ")

@@ -168,7 +168,7 @@ fn verify(store: &Store, global: &Global) -> anyhow::Result<ExitCode> {
         println!("{p}");
     }
     if !report.problems.is_empty() {
-        eprintln!(
+        tureen_engine::eprintln_lossy!(
             "error: {} problem(s) in {} objects ({}) of {}",
             report.problems.len(),
             report.checked,

@@ -47,7 +47,7 @@ pub fn run(args: Args, global: &Global) -> anyhow::Result<ExitCode> {
     let page = render(&facts);
     super::output::write_bytes(&args.output, page.as_bytes())?;
     if !global.quiet {
-        eprintln!("wrote {} (run {id})", args.output.display());
+        tureen_engine::eprintln_lossy!("wrote {} (run {id})", args.output.display());
     }
     Ok(ExitCode::SUCCESS)
 }
