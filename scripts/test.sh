@@ -7,8 +7,8 @@ repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo"
 
 scripts/setup.sh
-# The Slurm tests run against a real single-node cluster (Debian's slurmctld, slurmd and
-# munge); scripts/slurm/up.sh installs and starts it, its env file exports
+# The Slurm tests run against a real two-node cluster on this host (Debian's slurmctld,
+# slurmd and munge); scripts/slurm/up.sh installs and starts it, its env file exports
 # TUREEN_TEST_SLURM_CONF for the tests, and it is stopped again on exit.
 scripts/slurm/up.sh
 trap 'scripts/slurm/down.sh' EXIT

@@ -1,5 +1,5 @@
-//! `executor: slurm` end to end: the `tureen` binary against the real single-node Slurm
-//! cluster that `scripts/slurm/up.sh` starts (no stand-in `sbatch` anywhere).
+//! `executor: slurm` end to end: the `tureen` binary against the real Slurm cluster that
+//! `scripts/slurm/up.sh` starts (two slurmd on this host; no stand-in `sbatch` anywhere).
 //!
 //! The cluster is found through `TUREEN_TEST_SLURM_CONF` (its slurm.conf), which
 //! `scripts/test.sh` exports after starting it. Without it these tests fail under CI
@@ -425,19 +425,35 @@ fn two_rank_train_stage_on_slurm_ends_with_the_local_two_rank_checkpoint() {
     let Some(conf) = cluster() else { return };
     let on_slurm = Workspace::new(&conf, &two_rank_train("slurm"));
     let out = finish(on_slurm.spawn_run(), Duration::from_secs(300));
-    assert!(out.status.success(), "tureen run (slurm) failed:\n{}", stderr(&out));
+    assert!(
+        out.status.success(),
+        "tureen run (slurm) failed:\n{}",
+        stderr(&out)
+    );
     let local = Workspace::new(&conf, &two_rank_train("local"));
     let out = finish(local.spawn_run(), Duration::from_secs(300));
-    assert!(out.status.success(), "tureen run (local) failed:\n{}", stderr(&out));
+    assert!(
+        out.status.success(),
+        "tureen run (local) failed:\n{}",
+        stderr(&out)
+    );
 
     // One job of two srun tasks (ranks) on the one node, both of which finished.
     let (job_id, finished) = on_slurm.recorded_job().expect("a Slurm job record");
     assert!(finished);
     let shown = on_slurm.slurm(&["scontrol", "show", "job", "-o", &job_id]);
-    assert!(shown.contains("NumNodes=1 ") && shown.contains("NumTasks=2 "), "{shown}");
-    assert!(on_slurm.jobcomp_line(&job_id).contains("JobState=COMPLETED"));
+    assert!(
+        shown.contains("NumNodes=1 ") && shown.contains("NumTasks=2 "),
+        "{shown}"
+    );
+    assert!(on_slurm
+        .jobcomp_line(&job_id)
+        .contains("JobState=COMPLETED"));
     let log = std::fs::read_to_string(&on_slurm.job_logs()[0]).unwrap();
-    assert!(log.contains("rank 1 of 2"), "rank 1 did not run under srun:\n{log}");
+    assert!(
+        log.contains("rank 1 of 2"),
+        "rank 1 did not run under srun:\n{log}"
+    );
 
     let bytes = |ws: &Workspace| {
         let path = ws.path("outputs/core/final.safetensors");
@@ -573,4 +589,104 @@ fn open_clip_stage_trains_under_srun_on_slurm_and_its_checkpoints_land_in_the_st
     let info: serde_json::Value = serde_json::from_slice(&inspect.stdout).unwrap();
     assert!(info["tensors"].as_u64().unwrap_or(0) > 0, "{info}");
     assert_eq!(info["torch"]["key"], "state_dict", "{info}");
+}
+
+#[test]
+fn a_two_node_open_clip_stage_trains_one_world_across_both_nodes() {
+    let Some(conf) = cluster() else { return };
+    let Some(py) = common::venv_python("the two-node open_clip Slurm test") else {
+        return;
+    };
+    // open_clip's own CPU runs under DDP need one change (tests/open_clip/cpu_ddp.py);
+    // tureen launches it as it launches the real thing.
+    let dir = tempfile::tempdir().unwrap();
+    let wrapper = dir.path().join("python-cpu-ddp");
+    let ddp = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/open_clip/cpu_ddp.py");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nexec {} {} \"$@\"\n",
+            py.display(),
+            ddp.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let ranks = dir.path().join("ranks");
+    std::fs::create_dir(&ranks).unwrap();
+    let ws = Workspace::new(
+        &conf,
+        &format!(
+            "tureen: 1\n{FAST}  partition: multi\nparams:\n  model: {}\nstages:\n{}",
+            common::OPEN_CLIP_MODEL,
+            common::open_clip_stages(
+                &wrapper,
+                &format!(
+                    "    executor: slurm\n    resources: {{nodes: 2, cpus: 1}}\n    env: {{TUREEN_TEST_RANKS: {}}}\n",
+                    ranks.display()
+                )
+            ),
+        ),
+    );
+    let out = finish(ws.spawn_run(), Duration::from_secs(600));
+    assert!(out.status.success(), "tureen run failed:\n{}", stderr(&out));
+
+    // One job of two nodes; tureen's own task ran on the first, and launched one
+    // open_clip rank on each node, which met at the first node.
+    let (job_id, finished) = ws.recorded_job().expect("a Slurm job record");
+    assert!(finished);
+    let line = ws.jobcomp_line(&job_id);
+    assert!(
+        line.contains("JobState=COMPLETED") && line.contains("NodeCnt=2"),
+        "{line}"
+    );
+    let logs = ws.job_logs();
+    assert_eq!(logs.len(), 1, "{logs:?}");
+    let log = std::fs::read_to_string(&logs[0]).unwrap();
+    assert!(
+        log.contains("$ srun --overlap --nodes=2 --ntasks=2 --ntasks-per-node=1"),
+        "no two-node launch in the job log:\n{log}"
+    );
+    assert!(
+        log.contains("Running in distributed mode")
+            && log.contains("total 2.")
+            && log.contains("Train Epoch: 1"),
+        "open_clip did not train as a world of two:\n{log}"
+    );
+    let mut seen: Vec<serde_json::Value> = (0..2)
+        .map(|r| {
+            let path = ranks.join(format!("rank-{r}.json"));
+            let text = std::fs::read_to_string(&path)
+                .unwrap_or_else(|e| panic!("rank {r} did not report ({e}); job log:\n{log}"));
+            serde_json::from_str(&text).unwrap()
+        })
+        .collect();
+    seen.sort_by_key(|s| s["rank"].as_u64());
+    for (r, s) in seen.iter().enumerate() {
+        assert_eq!(s["rank"], r as u64, "{s}");
+        assert_eq!(s["world"], 2, "{s}");
+    }
+    assert_ne!(
+        seen[0]["node"], seen[1]["node"],
+        "both ranks on one node: {seen:?}"
+    );
+    // Rank 0 runs on the allocation's first node, where MASTER_ADDR points.
+    assert_eq!(seen[0]["node"], seen[0]["master_addr"], "{seen:?}");
+    assert_eq!(seen[0]["master_addr"], seen[1]["master_addr"], "{seen:?}");
+
+    // Rank 0 wrote a checkpoint per epoch; tureen committed both.
+    let shown = ws
+        .tureen()
+        .args(["show", "latest", "--json"])
+        .output()
+        .unwrap();
+    assert!(shown.status.success(), "{}", stderr(&shown));
+    let record: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap();
+    let core = common::stage_record(&record, "core");
+    let series = core["outputs"]["checkpoints"]["series"].as_array().unwrap();
+    assert_eq!(series.len(), 2, "one checkpoint per epoch: {core}");
 }

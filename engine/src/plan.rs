@@ -165,6 +165,7 @@ pub fn plan(
                 inputs: BTreeMap::new(),
                 workspace: &pipeline.root,
                 gpus,
+                nodes: stage.resources.nodes.max(1),
                 slurm: stage.executor == crate::pipeline::Executor::Slurm,
             };
             for (name, input) in &stage.inputs {

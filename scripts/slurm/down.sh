@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Stop the single-node test cluster started by scripts/slurm/up.sh.
+# Stop the test cluster started by scripts/slurm/up.sh.
 #
 # Daemons are stopped by the pids in their own pid files (never by process name, so nothing
 # else on the machine is touched). `--keep-munge` leaves munged running (used by up.sh when it
@@ -35,6 +35,8 @@ stop() {
     rm -f "$file"
 }
 
-stop slurmd "$dir/run/slurmd.pid"
+for pidfile in "$dir"/run/slurmd-*.pid "$dir/run/slurmd.pid"; do
+    stop slurmd "$pidfile"
+done
 stop slurmctld "$dir/run/slurmctld.pid"
 [ "$keep_munge" = 1 ] || stop munged "$dir/munge/munged.pid"

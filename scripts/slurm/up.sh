@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
-# Start a real single-node Slurm cluster (Debian's slurmctld, slurmd and munge) on this host,
-# for tureen's Slurm executor tests and for trying `executor: slurm` locally.
+# Start a real Slurm cluster (Debian's slurmctld, slurmd and munge) on this host, for tureen's
+# Slurm executor tests and for trying `executor: slurm` locally: two nodes, each its own slurmd
+# (`slurmd -N NAME`, on its own port), `$(hostname -s)` and `$(hostname -s)-2`. The default
+# partition `debug` holds the first node only; the partition `multi` holds both, for jobs of
+# two nodes (both on this host: they share its filesystem, as cluster nodes share theirs).
 #
 # Idempotent: installs the packages only if missing, reuses a running cluster, and keeps all
 # of its state in one scratch folder (default /tmp/tureen-slurm, or $TUREEN_SLURM_DIR):
 #
 #   etc/slurm.conf, etc/gres.conf   configuration (two fake GPUs backed by empty files)
 #   munge/                          key, socket, pid and log of our own munged
-#   state/ spool/ run/ log/         slurmctld state, slurmd spool, pid files, daemon logs
+#   state/ spool/ run/ log/         slurmctld state, slurmd spools, pid files, daemon logs
 #   jobcomp.txt                     one line per finished job (JobCompType=jobcomp/filetxt)
 #   env                             `export SLURM_CONF=...` etc.; source it to use the cluster
 #
@@ -47,7 +50,7 @@ pid_alive() {
 }
 
 tail_logs() {
-    for f in "$dir"/munge/munged.log "$dir"/log/slurmctld.log "$dir"/log/slurmd.log; do
+    for f in "$dir"/munge/munged.log "$dir"/log/slurmctld.log "$dir"/log/slurmd-*.log; do
         [ -f "$f" ] || continue
         printf -- '---- last lines of %s ----\n' "$f" >&2
         tail -n 20 "$f" >&2
@@ -90,6 +93,8 @@ done
 
 # ---- configuration ----------------------------------------------------------------------
 host=$(hostname -s)
+host2=$host-2
+nodes=("$host" "$host2")
 cpus=$(nproc)
 mem_kib=$(awk '/^MemTotal:/ {print $2}' /proc/meminfo)
 # Leave ~10% (at least 512 MiB) for the OS so slurmd never reports less than configured
@@ -104,8 +109,9 @@ for i in 0 1; do
     [ -L "$dir/gpu/gpu$i" ] || { rm -f "$dir/gpu/gpu$i"; ln -s /dev/null "$dir/gpu/gpu$i"; }
 done
 
+slurmd_port=${TUREEN_SLURMD_PORT:-6818}
 new_conf=$(cat <<EOF
-# Written by tureen scripts/slurm/up.sh: a single-node test cluster on $host.
+# Written by tureen scripts/slurm/up.sh: a two-node test cluster on $host.
 ClusterName=tureen
 SlurmctldHost=$host(127.0.0.1)
 SlurmUser=root
@@ -119,13 +125,12 @@ TaskPlugin=task/none
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
 StateSaveLocation=$dir/state
-SlurmdSpoolDir=$dir/spool
+SlurmdSpoolDir=$dir/spool/%n
 SlurmctldPidFile=$dir/run/slurmctld.pid
-SlurmdPidFile=$dir/run/slurmd.pid
+SlurmdPidFile=$dir/run/slurmd-%n.pid
 SlurmctldLogFile=$dir/log/slurmctld.log
-SlurmdLogFile=$dir/log/slurmd.log
+SlurmdLogFile=$dir/log/slurmd-%n.log
 SlurmctldPort=${TUREEN_SLURMCTLD_PORT:-6817}
-SlurmdPort=${TUREEN_SLURMD_PORT:-6818}
 JobAcctGatherType=jobacct_gather/none
 AccountingStorageType=accounting_storage/none
 JobCompType=jobcomp/filetxt
@@ -137,8 +142,11 @@ MinJobAge=300
 InactiveLimit=0
 SchedulerType=sched/backfill
 GresTypes=gpu
-NodeName=$host NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$real_mem Gres=gpu:2 State=UNKNOWN
+# Both nodes are this host (NodeHostname), told apart by their slurmd's port.
+NodeName=$host NodeHostname=$host NodeAddr=127.0.0.1 Port=$slurmd_port CPUs=$cpus RealMemory=$real_mem Gres=gpu:2 State=UNKNOWN
+NodeName=$host2 NodeHostname=$host NodeAddr=127.0.0.1 Port=$((slurmd_port + 1)) CPUs=$cpus RealMemory=$real_mem Gres=gpu:2 State=UNKNOWN
 PartitionName=debug Nodes=$host Default=YES MaxTime=INFINITE State=UP
+PartitionName=multi Nodes=$host,$host2 MaxTime=INFINITE State=UP
 EOF
 )
 new_gres=$(cat <<EOF
@@ -170,19 +178,26 @@ mv "$dir/env.tmp" "$dir/env"
 export SLURM_CONF=$conf
 
 # ---- daemons ----------------------------------------------------------------------------
-if [ "$changed" = 1 ] && { pid_alive "$dir/run/slurmctld.pid" || pid_alive "$dir/run/slurmd.pid"; }; then
+slurmd_pid() { echo "$dir/run/slurmd-$1.pid"; }
+any_slurmd_alive() {
+    local n
+    for n in "${nodes[@]}"; do pid_alive "$(slurmd_pid "$n")" && return 0; done
+    return 1
+}
+if [ "$changed" = 1 ] && { pid_alive "$dir/run/slurmctld.pid" || any_slurmd_alive; }; then
     log "configuration changed: restarting the daemons"
     "$(dirname "$0")/down.sh" --keep-munge
 fi
 
-# start_daemon NAME: start it unless its pid file names a live process, then wait (bounded)
-# for the daemon (which forks) to write its pid file.
+# start_daemon NAME PIDFILE [ARGS...]: start it unless its pid file names a live process,
+# then wait (bounded) for the daemon (which forks) to write its pid file.
 start_daemon() {
-    local name=$1 pidfile=$dir/run/$1.pid i
+    local name=$1 pidfile=$2 i
+    shift 2
     pid_alive "$pidfile" && return 0
-    log "starting $name"
+    log "starting $name $*"
     rm -f "$pidfile" # stale, from a daemon that died
-    "$name" -f "$conf" || { tail_logs; die "$name did not start"; }
+    "$name" -f "$conf" "$@" || { tail_logs; die "$name did not start"; }
     for i in $(seq 100); do
         pid_alive "$pidfile" && return 0
         sleep 0.1
@@ -191,38 +206,44 @@ start_daemon() {
     die "$name exited during start-up (no live pid in $pidfile after 10 s); see logs above, conf $conf"
 }
 started=0
-pid_alive "$dir/run/slurmd.pid" || started=1
-start_daemon slurmctld
-start_daemon slurmd
-
-# ---- wait for the node ------------------------------------------------------------------
-deadline=$((SECONDS + wait_s))
-state=
-while :; do
-    state=$(sinfo -h -N -n "$host" -o '%t' 2>/dev/null | head -n1 || true)
-    case "$state" in
-        idle | mix | alloc) break ;;
-    esac
-    for d in slurmctld slurmd; do
-        pid_alive "$dir/run/$d.pid" || { tail_logs; die "$d exited during start-up; see logs above, conf $conf"; }
-    done
-    if [ $SECONDS -ge $deadline ]; then
-        tail_logs
-        die "node $host not idle after ${wait_s}s (state: '${state:-unknown}'); see logs above, conf $conf"
-    fi
-    # A node left down/drained from an earlier run comes back once slurmd registers
-    # (ReturnToService=2); nudge it in case the old state is sticky.
-    case "$state" in
-        down* | drain* | drng*) scontrol update NodeName="$host" State=RESUME >/dev/null 2>&1 || true ;;
-    esac
-    sleep 0.5
+for n in "${nodes[@]}"; do
+    mkdir -p "$dir/spool/$n"
+    pid_alive "$(slurmd_pid "$n")" || started=1
 done
-# A restarted controller reports the node state it saved; prove that slurmd really takes
-# work by running one trivial step (about a second).
+start_daemon slurmctld "$dir/run/slurmctld.pid"
+for n in "${nodes[@]}"; do
+    start_daemon slurmd "$(slurmd_pid "$n")" -N "$n"
+done
+
+# ---- wait for the nodes -----------------------------------------------------------------
+deadline=$((SECONDS + wait_s))
+for n in "${nodes[@]}"; do
+    state=
+    while :; do
+        state=$(sinfo -h -N -n "$n" -o '%t' 2>/dev/null | head -n1 || true)
+        case "$state" in
+            idle | mix | alloc) break ;;
+        esac
+        pid_alive "$dir/run/slurmctld.pid" || { tail_logs; die "slurmctld exited during start-up; see logs above, conf $conf"; }
+        pid_alive "$(slurmd_pid "$n")" || { tail_logs; die "slurmd of $n exited during start-up; see logs above, conf $conf"; }
+        if [ $SECONDS -ge $deadline ]; then
+            tail_logs
+            die "node $n not idle after ${wait_s}s (state: '${state:-unknown}'); see logs above, conf $conf"
+        fi
+        # A node left down/drained from an earlier run comes back once slurmd registers
+        # (ReturnToService=2); nudge it in case the old state is sticky.
+        case "$state" in
+            down* | drain* | drng*) scontrol update NodeName="$n" State=RESUME >/dev/null 2>&1 || true ;;
+        esac
+        sleep 0.5
+    done
+done
+# A restarted controller reports the node states it saved; prove that both slurmd really
+# take work by running one trivial step on the two nodes (about a second).
 if [ "$started" = 1 ]; then
-    if ! out=$(timeout 60 srun --quiet --nodes=1 --ntasks=1 --time=1 --job-name=tureen-slurm-up true 2>&1); then
+    if ! out=$(timeout 60 srun --quiet --partition=multi --nodes=2 --ntasks=2 --time=1 --job-name=tureen-slurm-up true 2>&1); then
         tail_logs
-        die "a trivial job (srun true) did not run within 60 s: $out"
+        die "a trivial two-node job (srun true) did not run within 60 s: $out"
     fi
 fi
-log "node $host is $state (cluster in $dir; source $dir/env)"
+log "nodes ${nodes[*]} are up (cluster in $dir; source $dir/env)"

@@ -523,7 +523,8 @@ fn rewind_estimate_from(
 
 /// Estimate of an `open_clip` stage (`python -m open_clip_train.main`), from its params
 /// as open_clip reads them. `batch_size` is per GPU and the world is what the kind
-/// launches: one process per GPU under `srun` on Slurm, one process locally. Steps per
+/// launches: one process per GPU (at least one per node) under `srun` on Slurm, one
+/// process locally. Steps per
 /// epoch are those of open_clip's webdataset loader (`ceil(train_num_samples / global
 /// batch)`, rounded up to a multiple of `workers`); each epoch is one interval and one
 /// checkpoint of weights and AdamW moments. The compute needs the model's config: the
@@ -536,7 +537,8 @@ pub fn estimate_open_clip(
     use crate::kinds::open_clip::OpenClipParams;
     let p = OpenClipParams::from_params(decl.params)?;
     let world = if inputs.slurm {
-        u32::try_from(inputs.gpus.max(1)).unwrap_or(u32::MAX)
+        // One process per GPU, and at least one on each node (as `launch` starts them).
+        u32::try_from(inputs.gpus.max(u64::from(inputs.nodes))).unwrap_or(u32::MAX)
     } else {
         1
     };

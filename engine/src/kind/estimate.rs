@@ -142,8 +142,11 @@ pub struct EstimateInputs<'a> {
     pub workspace: &'a std::path::Path,
     /// GPUs the stage is given in all (`resources.gpus x nodes`).
     pub gpus: u64,
+    /// Nodes the stage is given (`resources.nodes`, at least 1).
+    pub nodes: u32,
     /// Whether Slurm runs the stage: a kind that starts its own processes (open_clip:
-    /// one per GPU under `srun`, one locally) sizes its world from this and `gpus`.
+    /// one per GPU, at least one per node, under `srun`; one locally) sizes its world
+    /// from this, `gpus` and `nodes`.
     pub slurm: bool,
 }
 

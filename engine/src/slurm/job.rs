@@ -251,15 +251,12 @@ mod tests {
 
     #[test]
     fn sbatch_args_name_the_job_log_and_resources() {
-        let mut spec = SlurmJobSpec::stage_exec(
-            "r1",
-            "train",
-            Path::new("/t"),
-            Path::new("/s/50%/job.json"),
-        );
+        let mut spec =
+            SlurmJobSpec::stage_exec("r1", "train", Path::new("/t"), Path::new("/s/50%/job.json"));
         spec.resources = SlurmResources {
             nodes: 2,
             tasks_per_node: 4,
+            step_nodes: 2,
             gpus_per_node: 4,
             cpus_per_task: 16,
             mem_bytes: None,

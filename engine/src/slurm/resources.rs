@@ -13,8 +13,10 @@
 //!
 //! | ranks per node of a data-parallel stage | `--ntasks-per-node=T` (if > 1) |
 //!
-//! One task runs per node, except for a data-parallel stage: one task per rank,
-//! `tasks_per_node` on each node (CPUs are per task, memory and GPUs per node).
+//! A data-parallel stage runs one task per rank, `tasks_per_node` on each node (CPUs
+//! are per task, memory and GPUs per node). Any other stage is one process: one task on
+//! the allocation's first node, which owns the whole allocation and may spread over it
+//! itself (an `open_clip` stage starts its ranks on every node with `srun`).
 
 use serde_json::Value;
 
@@ -24,10 +26,13 @@ use crate::resources::{validate_time, Resources};
 /// The resources of one stage, in Slurm's terms.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SlurmResources {
-    /// `--nodes`; one task (one `tureen stage-exec`) runs on each.
+    /// `--nodes`: the allocation.
     pub nodes: u32,
     /// `--ntasks-per-node`: the ranks on each node of a data-parallel stage, else 1.
     pub tasks_per_node: u32,
+    /// The nodes the stage's own tasks (`tureen stage-exec`) run on: every node for a
+    /// data-parallel stage, else 1 (the stage is one process on the first node).
+    pub step_nodes: u32,
     /// `--gpus-per-node`; 0 asks for no GPU.
     pub gpus_per_node: u32,
     /// `--cpus-per-task`.
@@ -43,6 +48,7 @@ impl Default for SlurmResources {
         SlurmResources {
             nodes: 1,
             tasks_per_node: 1,
+            step_nodes: 1,
             gpus_per_node: 0,
             cpus_per_task: 1,
             mem_bytes: None,
@@ -58,6 +64,8 @@ impl SlurmResources {
         SlurmResources {
             nodes: resources.nodes,
             tasks_per_node: (world / resources.nodes.max(1)).max(1),
+            // A data-parallel world is `nodes x tasks_per_node`, never below `nodes`.
+            step_nodes: if world > 1 { resources.nodes } else { 1 },
             gpus_per_node: resources.gpus,
             cpus_per_task: resources.cpus,
             mem_bytes: resources.memory,
@@ -255,6 +263,7 @@ mod tests {
         let r = SlurmResources {
             nodes: 2,
             tasks_per_node: 1,
+            step_nodes: 1,
             gpus_per_node: 8,
             cpus_per_task: 12,
             mem_bytes: Some(64 << 30),
@@ -269,6 +278,25 @@ mod tests {
                 "--mem=65536M",
                 "--time=2-00:00:00"
             ]
+        );
+    }
+
+    #[test]
+    fn a_stage_of_one_process_runs_on_the_first_node_of_its_allocation() {
+        let two_nodes = Resources {
+            nodes: 2,
+            gpus: 4,
+            ..Default::default()
+        };
+        // open_clip, a command: one task on the first node; the allocation stays whole.
+        let one = SlurmResources::from_pipeline(&two_nodes, 1);
+        assert_eq!((one.nodes, one.step_nodes, one.tasks_per_node), (2, 1, 1));
+        assert_eq!(one.sbatch_args().unwrap()[0], "--nodes=2");
+        // A data-parallel stage: a task per rank on every node.
+        let ranks = SlurmResources::from_pipeline(&two_nodes, 8);
+        assert_eq!(
+            (ranks.nodes, ranks.step_nodes, ranks.tasks_per_node),
+            (2, 2, 4)
         );
     }
 

@@ -168,7 +168,7 @@ pub(crate) fn submit(
         dir: &spec.dir,
         command: &spec.command,
         env: &spec.env,
-        nodes: spec.resources.nodes,
+        nodes: spec.resources.step_nodes,
         tasks_per_node: spec.resources.tasks_per_node,
         cpus_per_task: spec.resources.cpus_per_task,
         attempt,
@@ -389,12 +389,8 @@ mod tests {
     #[test]
     fn missing_sbatch_is_a_clear_error_and_leaves_no_record() {
         let dir = tempfile::tempdir().unwrap();
-        let mut spec = SlurmJobSpec::stage_exec(
-            "r",
-            "s",
-            Path::new("/t"),
-            &dir.path().join("job.json"),
-        );
+        let mut spec =
+            SlurmJobSpec::stage_exec("r", "s", Path::new("/t"), &dir.path().join("job.json"));
         spec.command = vec!["/bin/true".into()];
         let options = SlurmOptions {
             bin_dir: Some(dir.path().join("no-such-bin")),

@@ -1,6 +1,7 @@
 //! The batch script tureen hands to `sbatch` on stdin.
 //!
-//! It runs the stage's command once per node with `srun` inside the allocation, then
+//! It runs the stage's tasks with `srun` inside the allocation (one per rank of a
+//! data-parallel stage, else one on the first node), then
 //! writes the exit code, with the node list, to `slurm-<job id>.exit` in the stage's
 //! Slurm directory: written to a temporary name, synced, and renamed, so a waiting tureen
 //! sees either no file or a complete one. A job killed before that point (scancel, a
@@ -27,11 +28,12 @@ pub fn log_name(job_id: &str) -> String {
 pub struct ScriptSpec<'a> {
     /// The stage's Slurm directory, on a filesystem the compute nodes share.
     pub dir: &'a Path,
-    /// The program and its arguments, run by `srun` on every node of the allocation.
+    /// The program and its arguments, run by `srun` as each of the stage's tasks.
     pub command: &'a [String],
     /// Exported before `srun` (the job otherwise inherits the submitting environment).
     pub env: &'a BTreeMap<String, String>,
-    /// `--nodes` of the allocation.
+    /// The nodes the stage's tasks span (`srun --nodes`): the allocation's for a
+    /// data-parallel stage, 1 for a stage of one process.
     pub nodes: u32,
     /// Tasks on each node: the ranks of a data-parallel stage, else 1.
     pub tasks_per_node: u32,
@@ -253,7 +255,7 @@ mod tests {
             script.contains("dir='/shared/store/slurm/run 1/core'\n"),
             "{script}"
         );
-        // No exit code unless every task (one per node) recorded that it finished.
+        // No exit code unless every task (one per rank) recorded that it finished.
         assert!(
             script.contains("if [ \"${#finished[@]}\" -ne 2 ]; then"),
             "{script}"

@@ -1,6 +1,6 @@
 //! How `open_clip_train.main` is started: one local process, or inside a Slurm
-//! allocation one process per GPU under `srun`, with the rendezvous variables open_clip
-//! expects but does not set (`MASTER_ADDR`, `MASTER_PORT`).
+//! allocation one process per GPU on every node under `srun`, with the rendezvous
+//! variables open_clip expects but does not set (`MASTER_ADDR`, `MASTER_PORT`).
 
 use std::collections::BTreeMap;
 
@@ -48,10 +48,12 @@ impl Environment for System {
     }
 }
 
-/// Decides how to launch for `gpus` GPUs visible to this stage. Outside Slurm
-/// (`SLURM_JOB_ID` unset): one process. Inside an allocation: `srun` with one task per
-/// GPU (at least one) on the node, `MASTER_ADDR` the allocation's first host and
-/// `MASTER_PORT` derived from the job id, so concurrent jobs on one node do not collide.
+/// Decides how to launch for `gpus` GPUs visible to this stage on its node. Outside
+/// Slurm (`SLURM_JOB_ID` unset): one process. Inside an allocation of N nodes: `srun`
+/// with one task per GPU (at least one) on each of the N nodes, as open_clip expects
+/// (it reads its rank and world from `SLURM_PROCID`, `SLURM_NTASKS`, `SLURM_LOCALID`);
+/// `MASTER_ADDR` is the allocation's first host (where rank 0 runs) and `MASTER_PORT`
+/// derived from the job id, so concurrent jobs on one node do not collide.
 pub fn launch(env: &dyn Environment, gpus: usize) -> anyhow::Result<Launch> {
     let Some(job) = env.var("SLURM_JOB_ID") else {
         return Ok(Launch {
@@ -59,39 +61,44 @@ pub fn launch(env: &dyn Environment, gpus: usize) -> anyhow::Result<Launch> {
             env: BTreeMap::new(),
         });
     };
-    let nodes: u64 = env
+    // The job's node count, not the step's: tureen's own step spans the first node only.
+    let nodes = match env
         .var("SLURM_JOB_NUM_NODES")
         .or_else(|| env.var("SLURM_NNODES"))
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(1);
-    anyhow::ensure!(
-        nodes == 1,
-        "an open_clip stage runs on one node (`resources.nodes: 1`); this allocation has {nodes}, and tureen starts one stage process per node"
-    );
+    {
+        None => 1,
+        Some(n) => n.parse::<usize>().ok().filter(|&n| n >= 1).ok_or_else(|| {
+            anyhow::anyhow!(
+                "inside Slurm job {job}: SLURM_JOB_NUM_NODES is {n:?}, not a node count"
+            )
+        })?,
+    };
     let nodelist = env
         .var("SLURM_JOB_NODELIST")
         .or_else(|| env.var("SLURM_NODELIST"))
         .ok_or_else(|| {
             anyhow::anyhow!("inside Slurm job {job} but SLURM_JOB_NODELIST is not set")
         })?;
-    let master = env
-        .hostnames(&nodelist)?
-        .into_iter()
-        .next()
-        .ok_or_else(|| anyhow::anyhow!("`scontrol show hostnames {nodelist}` listed no host"))?;
-    let tasks = gpus.max(1);
+    let hosts = env.hostnames(&nodelist)?;
+    anyhow::ensure!(
+        hosts.len() == nodes,
+        "Slurm job {job} has {nodes} node(s) but `scontrol show hostnames {nodelist}` listed {}: {}",
+        hosts.len(),
+        hosts.join(", ")
+    );
+    let per_node = gpus.max(1);
     Ok(Launch {
         prefix: vec![
             "srun".into(),
-            // The stage's own step holds the allocation's resources; this one shares them.
+            // The stage's own step holds the first node's resources; this one shares them.
             "--overlap".into(),
-            "--nodes=1".into(),
-            format!("--ntasks={tasks}"),
-            format!("--ntasks-per-node={tasks}"),
+            format!("--nodes={nodes}"),
+            format!("--ntasks={}", nodes * per_node),
+            format!("--ntasks-per-node={per_node}"),
             "--kill-on-bad-exit=1".into(),
         ],
         env: BTreeMap::from([
-            ("MASTER_ADDR".to_string(), master),
+            ("MASTER_ADDR".to_string(), hosts[0].clone()),
             ("MASTER_PORT".to_string(), master_port(&job).to_string()),
         ]),
     })
@@ -119,8 +126,11 @@ mod tests {
             self.0.get(name).map(|v| v.to_string())
         }
         fn hostnames(&self, nodelist: &str) -> anyhow::Result<Vec<String>> {
-            assert_eq!(nodelist, "gpu[07-08]");
-            Ok(vec!["gpu07".into(), "gpu08".into()])
+            Ok(match nodelist {
+                "gpu07" => vec!["gpu07".into()],
+                "gpu[07-08]" => vec!["gpu07".into(), "gpu08".into()],
+                other => panic!("unexpected node list {other}"),
+            })
         }
     }
 
@@ -135,7 +145,7 @@ mod tests {
         let env = Fake(BTreeMap::from([
             ("SLURM_JOB_ID", "123456"),
             ("SLURM_JOB_NUM_NODES", "1"),
-            ("SLURM_JOB_NODELIST", "gpu[07-08]"),
+            ("SLURM_JOB_NODELIST", "gpu07"),
         ]));
         let l = launch(&env, 8).unwrap();
         assert_eq!(
@@ -159,14 +169,52 @@ mod tests {
     }
 
     #[test]
-    fn several_nodes_are_refused_with_the_reason() {
+    fn several_nodes_run_one_task_per_gpu_on_every_node_with_rank_0_on_the_first() {
         let env = Fake(BTreeMap::from([
             ("SLURM_JOB_ID", "7"),
             ("SLURM_JOB_NUM_NODES", "2"),
+            // The step tureen runs in spans one node; the job's count is the one that counts.
+            ("SLURM_NNODES", "1"),
+            ("SLURM_JOB_NODELIST", "gpu[07-08]"),
+        ]));
+        let l = launch(&env, 8).unwrap();
+        assert_eq!(
+            l.prefix,
+            [
+                "srun",
+                "--overlap",
+                "--nodes=2",
+                "--ntasks=16",
+                "--ntasks-per-node=8",
+                "--kill-on-bad-exit=1"
+            ]
+        );
+        assert_eq!(l.env["MASTER_ADDR"], "gpu07");
+        // CPU nodes: one process on each.
+        let cpu = launch(&env, 0).unwrap();
+        assert!(cpu.prefix.contains(&"--ntasks=2".to_string()), "{cpu:?}");
+        assert!(
+            cpu.prefix.contains(&"--ntasks-per-node=1".to_string()),
+            "{cpu:?}"
+        );
+    }
+
+    #[test]
+    fn a_node_count_that_disagrees_with_the_node_list_is_an_error() {
+        let env = Fake(BTreeMap::from([
+            ("SLURM_JOB_ID", "7"),
+            ("SLURM_JOB_NUM_NODES", "3"),
             ("SLURM_JOB_NODELIST", "gpu[07-08]"),
         ]));
         let e = launch(&env, 8).unwrap_err().to_string();
-        assert!(e.contains("one node"), "{e}");
+        assert!(e.contains("3 node(s)") && e.contains("gpu07, gpu08"), "{e}");
+        let env = Fake(BTreeMap::from([
+            ("SLURM_JOB_ID", "7"),
+            ("SLURM_JOB_NUM_NODES", "two"),
+            ("SLURM_JOB_NODELIST", "gpu[07-08]"),
+        ]));
+        let e = launch(&env, 8).unwrap_err().to_string();
+        assert!(e.contains("\"two\""), "{e}");
     }
 
     #[test]
