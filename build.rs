@@ -5,7 +5,7 @@
 include!("stages/torch/build/rpath.rs");
 
 fn main() {
-    libtorch_rpath();
+    libtorch_rpath(&["-bin=tureen-torch", "-tests"]);
     build_info();
 }
 

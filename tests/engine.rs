@@ -513,3 +513,72 @@ fn a_file_named_like_a_stage_reference_is_the_file() {
     let tree = ws.ok(&["dag", "p.yaml"]);
     assert!(tree.contains("└── use (command)"), "{tree}");
 }
+
+/// The action cache's log (`cache/entries.log`) only spares a run from opening one entry
+/// file per stage: without it, or with garbage in it, every hit is still a hit, and the
+/// newest result of a key wins.
+#[test]
+fn the_cache_log_is_an_index_that_a_run_can_lose_or_find_damaged() {
+    let ws = Workspace::new();
+    ws.write("p.yaml", CHAIN);
+    ws.ok(&["run", "p.yaml"]);
+    let log = ws.store().join("cache/entries.log");
+    let lines = |text: &str| text.lines().count();
+    assert_eq!(lines(&std::fs::read_to_string(&log).unwrap()), 2);
+
+    // Lost (a store written before the log existed): the entries' files answer, and the
+    // run writes their lines back.
+    std::fs::remove_file(&log).unwrap();
+    ws.ok(&["run", "p.yaml"]);
+    let cached = vec![
+        ("make".to_string(), "cached".to_string()),
+        ("upper".to_string(), "cached".to_string()),
+    ];
+    assert_eq!(last_statuses(&ws.store()), cached);
+    let healed = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(lines(&healed), 2, "{healed}");
+
+    // Damaged: a foreign line, a line whose JSON is cut, a torn last append.
+    let mut damaged = String::from("not a line of the log\n");
+    for line in healed.lines() {
+        damaged.push_str(&line[..line.len() / 2]);
+        damaged.push('\n');
+    }
+    damaged.push_str(&healed[..70]);
+    std::fs::write(&log, damaged).unwrap();
+    ws.ok(&["run", "p.yaml"]);
+    assert_eq!(last_statuses(&ws.store()), cached);
+
+    // A stage that gives other bytes each time, forced to run again: its newest result
+    // is the one a later run restores.
+    ws.write(
+        "p.yaml",
+        &CHAIN.replace("tr a-z A-Z < a.txt > b.txt", "date +%s%N > b.txt"),
+    );
+    ws.ok(&["run", "p.yaml"]);
+    let first = ws.read("b.txt");
+    ws.ok(&["run", "p.yaml", "--force", "upper"]);
+    let newest = ws.read("b.txt");
+    assert_ne!(first, newest);
+    ws.write("b.txt", "edited by hand\n");
+    ws.ok(&["run", "p.yaml"]);
+    assert_eq!(status_of(&ws.store(), "upper"), "cached");
+    assert_eq!(ws.read("b.txt"), newest);
+
+    // gc rewrites the log: one line per key with an entry file.
+    ws.ok(&["store", "gc"]);
+    let compacted = std::fs::read_to_string(&log).unwrap();
+    let keys: std::collections::BTreeSet<&str> = compacted.lines().map(|l| &l[..64]).collect();
+    assert_eq!(keys.len(), compacted.lines().count(), "{compacted}");
+    let entries = std::fs::read_dir(ws.store().join("cache"))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "json")
+        })
+        .count();
+    assert_eq!(keys.len(), entries);
+}

@@ -169,7 +169,7 @@ impl From<blake3::Hash> for Digest {
 
 impl fmt::Display for Digest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{DIGEST_PREFIX}{}", self.to_hex())
+        f.write_str(std::str::from_utf8(&self.prefixed_hex()).expect("ASCII"))
     }
 }
 
@@ -195,16 +195,41 @@ impl FromStr for Digest {
     }
 }
 
+impl Digest {
+    /// `blake3:<hex>` in a buffer on the stack (records and keys serialize many digests).
+    fn prefixed_hex(&self) -> [u8; DIGEST_PREFIX.len() + 64] {
+        let mut out = [0u8; DIGEST_PREFIX.len() + 64];
+        out[..DIGEST_PREFIX.len()].copy_from_slice(DIGEST_PREFIX.as_bytes());
+        for (i, b) in self.0.iter().enumerate() {
+            let at = DIGEST_PREFIX.len() + 2 * i;
+            out[at] = b"0123456789abcdef"[usize::from(b >> 4)];
+            out[at + 1] = b"0123456789abcdef"[usize::from(b & 15)];
+        }
+        out
+    }
+}
+
 impl serde::Serialize for Digest {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(self)
+        let text = self.prefixed_hex();
+        serializer.serialize_str(std::str::from_utf8(&text).expect("ASCII"))
     }
 }
 
 impl<'de> serde::Deserialize<'de> for Digest {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Digest, D::Error> {
-        let s = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
-        s.parse().map_err(serde::de::Error::custom)
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = Digest;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a digest `blake3:<64 lowercase hex digits>`")
+            }
+            // Borrowed or not, the text is only read: no String is made for it.
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Digest, E> {
+                s.parse().map_err(E::custom)
+            }
+        }
+        deserializer.deserialize_str(Visitor)
     }
 }
 

@@ -132,6 +132,22 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     result
 }
 
+/// Writes `bytes` to `path` atomically but without waiting for the disk: a temp file in
+/// the same directory, renamed. Readers (and a killed writer) never see half a file; a
+/// power loss may lose it. For logs (run records, machine descriptions), not results.
+pub fn replace_unsynced(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let stem = path
+        .file_name()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = unique_temp_path(parent_dir(path), &stem);
+    let written = fs::write(&tmp, bytes).and_then(|()| fs::rename(&tmp, path));
+    if written.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    written
+}
+
 /// Clones `src` into the new, empty file `dst` with the FICLONE ioctl (btrfs, XFS, bcachefs,
 /// OCFS2...). Returns `Ok(false)` when the filesystem cannot share extents, so the caller
 /// can fall back; the two files then never influence each other.

@@ -156,6 +156,7 @@ impl<'s> Lineage<'s> {
             .into_iter()
             .flatten()
             .flatten()
+            .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
             .filter_map(|e| serde_json::from_slice(&std::fs::read(e.path()).ok()?).ok())
             .collect();
         // The same artifact can come out of several entries (a stage re-run with new

@@ -78,10 +78,12 @@ impl MachineInfo {
         log.with_extension("machine.json")
     }
 
-    /// Writes this as pretty JSON to `path`, atomically (a reader never sees half a file).
+    /// Writes this as pretty JSON to `path`, atomically (a reader never sees half a file)
+    /// and, like the run record it belongs to, without an fsync: it is written once per
+    /// stage, and two fsyncs a stage were a fifth of a run of short command stages.
     pub fn write(&self, path: &Path) -> std::io::Result<()> {
         let bytes = serde_json::to_vec_pretty(self).expect("machine infos serialize");
-        tureen_artifacts::fsutil::write_atomic(path, &bytes)
+        tureen_artifacts::fsutil::replace_unsynced(path, &bytes)
     }
 
     /// The machine file at `path`, if there is a readable one.

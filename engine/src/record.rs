@@ -196,16 +196,10 @@ impl RunRecord {
         // Compact: a 10,000-stage record is 12 MB pretty-printed and 40% of that is
         // indentation; `tureen show --json` prints it readably.
         let bytes = serde_json::to_vec(self).expect("records serialize");
-        // Atomic (temp file + rename: a reader or a killed tureen never sees half a
-        // record) but not fsynced: a record is a log, not a result, and two fsyncs
-        // would dominate a no-op run. Cache entries, which are results, are fsynced.
-        let dir = path.parent().expect("runs dir");
-        let tmp = tureen_artifacts::fsutil::unique_temp_path(dir, &format!("{}.json", self.run_id));
-        let written = std::fs::write(&tmp, &bytes).and_then(|()| std::fs::rename(&tmp, &path));
-        if written.is_err() {
-            let _ = std::fs::remove_file(&tmp);
-        }
-        written
+        // Atomic (a reader or a killed tureen never sees half a record) but not fsynced:
+        // a record is a log, not a result, and two fsyncs would dominate a no-op run.
+        // Cache entries, which are results, are fsynced.
+        tureen_artifacts::fsutil::replace_unsynced(&path, &bytes)
     }
 
     /// Reads the record at `path`; the error names the file and says whether it could
@@ -344,5 +338,4 @@ mod tests {
         assert!(find("latest~2").unwrap_err().contains("only 2 run(s)"));
         assert!(find("latest~x").unwrap_err().contains("latest~N"));
     }
-
 }

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 include!("build/rpath.rs");
 
 fn main() {
-    libtorch_rpath();
+    libtorch_rpath(&[""]);
     compile_shim();
     numerics_shim();
 }

@@ -643,11 +643,31 @@ impl Store {
                 path: path.to_path_buf(),
             });
         }
-        if let Some(d) = self.cached_digest(path, &meta, is_link) {
+        self.hash_stat_file_cached(path, &meta, is_link)
+    }
+
+    /// [`Store::hash_file_cached`] of a regular file the caller has just stat'ed without
+    /// following links (`meta`, from [`fs::symlink_metadata`]): one `stat` fewer.
+    pub fn hash_regular_file_cached(&self, path: &Path, meta: &fs::Metadata) -> Result<Digest> {
+        if !meta.file_type().is_file() {
+            return Err(StoreError::UnsupportedFileType {
+                path: path.to_path_buf(),
+            });
+        }
+        self.hash_stat_file_cached(path, meta, false)
+    }
+
+    fn hash_stat_file_cached(
+        &self,
+        path: &Path,
+        meta: &fs::Metadata,
+        is_link: bool,
+    ) -> Result<Digest> {
+        if let Some(d) = self.cached_digest(path, meta, is_link) {
             return Ok(d);
         }
         let digest = Digest::of_file(path).map_err(io_err("hash", path))?;
-        self.remember(path, &meta, is_link, digest);
+        self.remember(path, meta, is_link, digest);
         Ok(digest)
     }
 

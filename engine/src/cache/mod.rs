@@ -1,9 +1,14 @@
 //! The action cache: `<store>/cache/<key-hex>.json` maps a stage key to the digests
 //! of the outputs it produced. Separate from the content store (objects are shared
-//! between entries and outlive them until `gc`).
+//! between entries and outlive them until `gc`). Every entry is also appended to the
+//! cache's log (the private `log` module), which a run reads once through
+//! [`ActionCache`] instead of opening one file per stage.
+
+mod log;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock};
 
 use serde::{Deserialize, Serialize};
 use tureen_artifacts::{Digest, Store};
@@ -86,25 +91,114 @@ pub fn entry_path(store: &Path, key: &Digest) -> PathBuf {
 }
 
 /// The entry for `key` if there is one and every object it names is still in the store
-/// (an entry whose objects were garbage-collected is a miss, not an error).
+/// (an entry whose objects were garbage-collected is a miss, not an error). Reads the
+/// entry's own file, so it sees an entry the moment it is inserted.
 pub fn lookup(store: &Store, key: &Digest) -> Option<CacheEntry> {
     let bytes = std::fs::read(entry_path(store.root(), key)).ok()?;
     let entry: CacheEntry = serde_json::from_slice(&bytes).ok()?;
-    if entry.key != *key {
+    if entry.key != *key || !complete(store, &entry.outputs) {
         return None;
     }
-    let complete = entry
-        .outputs
-        .values()
-        .flat_map(|o| o.artifacts())
-        .all(|a| store.contains(&a.digest));
-    complete.then_some(entry)
+    Some(entry)
 }
 
-/// Writes the entry atomically (a reader sees the old entry, none, or the whole new one).
+/// Writes the entry atomically (a reader sees the old entry, none, or the whole new one),
+/// then appends it to the cache's log.
 pub fn insert(store: &Store, entry: &CacheEntry) -> std::io::Result<()> {
     let path = entry_path(store.root(), &entry.key);
     std::fs::create_dir_all(path.parent().expect("cache dir"))?;
     let bytes = serde_json::to_vec_pretty(entry).expect("entries serialize");
-    tureen_artifacts::fsutil::write_atomic(&path, &bytes)
+    tureen_artifacts::fsutil::write_atomic(&path, &bytes)?;
+    // The log only saves later runs the file's reading: a failed append costs them that.
+    let _ = log::append(store.root(), &log_line(entry));
+    Ok(())
+}
+
+/// Rewrites the cache's log with the last line of each key whose entry file still
+/// exists (`tureen store gc` does, before it looks for the objects to keep). Returns
+/// the lines dropped.
+pub fn compact_log(store: &Store) -> std::io::Result<usize> {
+    log::compact(store.root(), |key, _| {
+        entry_path(store.root(), key).is_file()
+    })
+}
+
+/// What the log keeps of an entry: what a lookup needs (the fingerprint, five times
+/// larger, stays in the entry's file).
+#[derive(Serialize, Deserialize)]
+struct Hit<Outputs> {
+    key: Digest,
+    outputs: Outputs,
+}
+
+/// Whether every object the outputs name is in the store.
+fn complete(store: &Store, outputs: &BTreeMap<String, OutputRecord>) -> bool {
+    outputs
+        .values()
+        .flat_map(|o| o.artifacts())
+        .all(|a| store.contains(&a.digest))
+}
+
+fn log_line(entry: &CacheEntry) -> Vec<u8> {
+    let hit = Hit {
+        key: entry.key,
+        outputs: &entry.outputs,
+    };
+    log::line(
+        &entry.key,
+        &serde_json::to_vec(&hit).expect("entries serialize"),
+    )
+}
+
+/// The action cache as one run sees it: many lookups, the log read once for all of
+/// them. Entries the log lacks (written before there was a log, or whose append failed)
+/// come from their files, and [`ActionCache::finish`] adds them to the log.
+pub struct ActionCache<'s> {
+    store: &'s Store,
+    log: OnceLock<log::Log>,
+    missing: Mutex<Vec<u8>>,
+}
+
+impl<'s> ActionCache<'s> {
+    /// The cache of `store`; nothing is read until the first lookup.
+    pub fn new(store: &'s Store) -> ActionCache<'s> {
+        ActionCache {
+            store,
+            log: OnceLock::new(),
+            missing: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The outputs of `key`'s entry, if it has one whose objects are all in the store
+    /// (as [`lookup`] decides).
+    pub fn outputs(&self, key: &Digest) -> Option<BTreeMap<String, OutputRecord>> {
+        let log = self.log.get_or_init(|| log::Log::read(self.store.root()));
+        let logged = log
+            .get(key)
+            .and_then(|json| serde_json::from_slice::<Hit<BTreeMap<_, _>>>(json).ok())
+            .filter(|hit| hit.key == *key);
+        if let Some(hit) = logged {
+            if complete(self.store, &hit.outputs) {
+                return Some(hit.outputs);
+            }
+            // Collected objects, or a log behind its file: the file decides.
+        }
+        let entry = lookup(self.store, key)?;
+        if log.get(key).is_none() {
+            if let Ok(mut missing) = self.missing.lock() {
+                missing.extend(log_line(&entry));
+            }
+        }
+        Some(entry.outputs)
+    }
+
+    /// Adds the entries found only in their files to the log, in one append, and
+    /// compacts the log when most of it is superseded lines.
+    pub fn finish(self) {
+        let missing = self.missing.into_inner().unwrap_or_default();
+        let _ = log::append(self.store.root(), &missing);
+        if self.log.get().is_some_and(log::Log::wants_compaction) {
+            let _ = compact_log(self.store);
+        }
+    }
 }

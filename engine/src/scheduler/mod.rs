@@ -243,10 +243,10 @@ fn plan(run: &mut RunState<'_>) -> RunOutcome {
             Err(e) => (Decision::Failed(format!("{e:#}")), None),
             Ok(Lookup {
                 key,
-                hit: Some(entry),
+                hit: Some(outputs),
                 ..
             }) => {
-                run.states[i] = State::Done(entry.outputs);
+                run.states[i] = State::Done(outputs);
                 (Decision::Cached, Some(key))
             }
             Ok(Lookup { key, fp, .. }) => (Decision::Run(run.why(i, &fp)), Some(key)),
@@ -339,7 +339,7 @@ fn decide_ready(run: &mut RunState<'_>, progress: &mut Progress) {
                 run.fail(i, msg);
             }
             Ok(mut look) => match look.hit.take() {
-                Some(entry) => match run.restore(i, look, entry) {
+                Some(outputs) => match run.restore(i, look, outputs) {
                     Ok(()) => progress.println(&format!("{name}: cached")),
                     Err(e) => progress.error(&format!("{name}: FAILED: {e:#}")),
                 },

@@ -13,7 +13,7 @@ use super::pool::{Pool, Unsatisfiable};
 use super::why::History;
 use super::workspace;
 use super::{Decision, PlanLine, RunOptions};
-use crate::cache::{self, CacheEntry, OutputRecord};
+use crate::cache::{ActionCache, OutputRecord};
 use crate::job::{self, JobInput, JobRun, JobStage, StageJob};
 use crate::key::Fingerprint;
 use crate::kind::KindRegistry;
@@ -44,7 +44,8 @@ pub(super) struct Lookup {
     pub fp: Fingerprint,
     pub key: Digest,
     pub inputs: BTreeMap<String, JobInput>,
-    pub hit: Option<CacheEntry>,
+    /// The outputs of the cache's entry for the key.
+    pub hit: Option<BTreeMap<String, OutputRecord>>,
 }
 
 /// Everything the scheduler knows about a run in progress.
@@ -52,6 +53,7 @@ pub(super) struct RunState<'a> {
     pub pipeline: &'a Pipeline,
     pub registry: &'a KindRegistry,
     pub store: &'a Store,
+    pub cache: ActionCache<'a>,
     pub opts: &'a RunOptions,
     pub run_id: String,
     pub run_dir: PathBuf,
@@ -111,6 +113,7 @@ impl<'a> RunState<'a> {
             pipeline,
             registry,
             store,
+            cache: ActionCache::new(store),
             opts,
             run_id,
             force,
@@ -153,7 +156,7 @@ impl<'a> RunState<'a> {
         let hit = if self.force[i] || self.opts.no_cache {
             None
         } else {
-            cache::lookup(self.store, &key)
+            self.cache.outputs(&key)
         };
         Ok(Lookup {
             fp,
@@ -183,10 +186,15 @@ impl<'a> RunState<'a> {
 
     /// Stage `i` is restored from the cache: its outputs are put in the workspace and
     /// its downstreams may go on.
-    pub fn restore(&mut self, i: usize, look: Lookup, entry: CacheEntry) -> anyhow::Result<()> {
+    pub fn restore(
+        &mut self,
+        i: usize,
+        look: Lookup,
+        outputs: BTreeMap<String, OutputRecord>,
+    ) -> anyhow::Result<()> {
         let stage = self.stage(i);
         let mut rec = new_record(stage, StageStatus::Cached, Some(look.key), Some(look.fp));
-        if let Err(e) = workspace::materialize(self.store, self.pipeline, stage, &entry.outputs) {
+        if let Err(e) = workspace::materialize(self.store, self.pipeline, stage, &outputs) {
             rec.status = StageStatus::Failed;
             rec.error = Some(format!("{e:#}"));
             self.records[i] = Some(rec);
@@ -195,9 +203,9 @@ impl<'a> RunState<'a> {
         }
         rec.why = vec!["up to date".into()];
         rec.inputs = recorded_inputs(stage, &look.inputs);
-        rec.outputs = entry.outputs.clone();
+        rec.outputs = outputs.clone();
         self.records[i] = Some(rec);
-        self.done(i, entry.outputs);
+        self.done(i, outputs);
         Ok(())
     }
 
@@ -370,7 +378,16 @@ impl<'a> RunState<'a> {
     /// The stage records in order, every selected stage with one (those that never
     /// started are `cancelled` after an interrupt, else `skipped`), and the plan lines
     /// that summarize them.
-    pub fn into_records(mut self, interrupted: bool) -> (Vec<StageRecord>, Vec<PlanLine>) {
+    pub fn into_records(self, interrupted: bool) -> (Vec<StageRecord>, Vec<PlanLine>) {
+        let (records, plan, cache) = self.into_parts(interrupted);
+        cache.finish();
+        (records, plan)
+    }
+
+    fn into_parts(
+        mut self,
+        interrupted: bool,
+    ) -> (Vec<StageRecord>, Vec<PlanLine>, ActionCache<'a>) {
         let unstarted = if interrupted {
             StageStatus::Cancelled
         } else {
@@ -386,7 +403,7 @@ impl<'a> RunState<'a> {
             records.push(rec);
         }
         let plan = records.iter().map(plan_line).collect();
-        (records, plan)
+        (records, plan, self.cache)
     }
 }
 

@@ -54,7 +54,7 @@ pub(super) fn materialize(
         };
         let OutputRecord::One(a) = rec else { continue };
         let current = match std::fs::symlink_metadata(&dest) {
-            Ok(m) if m.is_file() && !a.tree => store.hash_file_cached(&dest).ok(),
+            Ok(m) if m.is_file() && !a.tree => store.hash_regular_file_cached(&dest, &m).ok(),
             Ok(m) if m.is_dir() && a.tree => tree_digest(store, &dest).ok(),
             _ => None,
         };

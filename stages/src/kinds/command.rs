@@ -307,19 +307,19 @@ pub(crate) fn prepare(command: &mut Command, under_supervisor: bool) {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     command.process_group(0);
-    // A supervisor turns SIGTERM into killing the command's whole tree; a bare child is
-    // killed outright.
-    let death_signal = if under_supervisor {
-        libc::SIGTERM
-    } else {
-        libc::SIGKILL
-    };
-    // SAFETY: prctl is async-signal-safe; it asks the kernel to signal the child if
-    // this thread's process dies (e.g. `kill -9 tureen`), so no orphan keeps writing
+    if under_supervisor {
+        // The supervisor asks for its own parent-death signal first thing and then
+        // checks that its parent is still this process, so there is nothing to do
+        // between fork and exec: std then starts it with posix_spawn (vfork), not a
+        // fork that copies this process's page tables, once per command stage.
+        return;
+    }
+    // SAFETY: prctl is async-signal-safe; it asks the kernel to kill the child if this
+    // thread's process dies (e.g. `kill -9 tureen`), so no orphan keeps writing
     // outputs behind a later run's back.
     unsafe {
         command.pre_exec(move || {
-            libc::prctl(libc::PR_SET_PDEATHSIG, death_signal);
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
             Ok(())
         });
     }
@@ -349,22 +349,17 @@ pub(crate) fn supervise(
     }
     drop(tx);
     let pgid = child.id() as libc::pid_t;
+    let exit = ExitWatch::new(pgid);
     let mut term_sent: Option<Instant> = None;
     let mut escalated = false;
-    // Once both pipes are closed, `recv_timeout` returns at once; without a pause the loop
-    // would spin on `try_wait` (thousands of `wait4` per stage) while the command exits,
-    // taking a core from the stages running beside it. The pause starts short, so a
-    // command's exit is still seen within about a millisecond, and grows to the tick.
-    let mut idle_pause = Duration::from_millis(1);
     let status = loop {
-        match rx.recv_timeout(Duration::from_millis(20)) {
+        match rx.recv_timeout(TICK) {
             Ok(Some(line)) => ctx.log.line(&line),
             Ok(None) => readers -= 1,
             Err(mpsc::RecvTimeoutError::Timeout) => {}
-            Err(mpsc::RecvTimeoutError::Disconnected) => {
-                std::thread::sleep(idle_pause);
-                idle_pause = (idle_pause * 2).min(Duration::from_millis(20));
-            }
+            // Both pipes are closed (a supervisor closes its copies at once): wait for the
+            // child's exit itself, else the loop would spin on `try_wait`.
+            Err(mpsc::RecvTimeoutError::Disconnected) => exit.wait(TICK),
         }
         if let Some(status) = child.try_wait().context("waiting for the command")? {
             break status;
@@ -392,7 +387,9 @@ pub(crate) fn supervise(
                     unsafe { libc::kill(-pgid, libc::SIGTERM) };
                     escalated = true;
                 }
-                Some(t) if t.elapsed() > GRACE * 2 || (t.elapsed() > GRACE && !under_supervisor) => {
+                Some(t)
+                    if t.elapsed() > GRACE * 2 || (t.elapsed() > GRACE && !under_supervisor) =>
+                {
                     ctx.log
                         .line("== tureen: still running after the grace period: SIGKILL");
                     // SAFETY: as above.
@@ -421,6 +418,53 @@ pub(crate) fn supervise(
         anyhow::bail!("interrupted");
     }
     Ok(status)
+}
+
+/// How often [`supervise`] runs its `tick` and checks for a cancel while the child runs.
+const TICK: Duration = Duration::from_millis(20);
+
+/// Waits for a child's exit without reaping it: a pidfd (Linux 5.3) that becomes
+/// readable the moment the child exits, or, without one, a pause that starts at a
+/// millisecond and doubles up to the wait asked for.
+struct ExitWatch {
+    pidfd: Option<std::os::fd::OwnedFd>,
+    pause: std::cell::Cell<Duration>,
+}
+
+impl ExitWatch {
+    fn new(pid: libc::pid_t) -> ExitWatch {
+        // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+        let pidfd = (fd >= 0).then(|| {
+            // SAFETY: `fd` is a descriptor we just opened and own.
+            unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) }
+        });
+        ExitWatch {
+            pidfd,
+            pause: std::cell::Cell::new(Duration::from_millis(1)),
+        }
+    }
+
+    /// Returns when the child has exited, or after at most `limit`.
+    fn wait(&self, limit: Duration) {
+        use std::os::fd::AsRawFd as _;
+        match &self.pidfd {
+            Some(fd) => {
+                let mut poll = libc::pollfd {
+                    fd: fd.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                };
+                // SAFETY: one valid pollfd; an error or a timeout just returns.
+                unsafe { libc::poll(&mut poll, 1, limit.as_millis() as libc::c_int) };
+            }
+            None => {
+                let pause = self.pause.get().min(limit);
+                std::thread::sleep(pause);
+                self.pause.set((pause * 2).min(limit));
+            }
+        }
+    }
 }
 
 fn spawn_reader(stream: impl Read + Send + 'static, tx: mpsc::Sender<Option<String>>) {

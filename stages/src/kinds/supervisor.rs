@@ -7,7 +7,8 @@
 //! /bin/sh -c ...`), which
 //! - is a child subreaper (`PR_SET_CHILD_SUBREAPER`): every orphaned descendant of the
 //!   command becomes its child, wherever it moved to (other groups, sessions);
-//! - gets SIGTERM when `tureen` dies (`PR_SET_PDEATHSIG`, set before it starts);
+//! - gets SIGTERM when `tureen` dies (`PR_SET_PDEATHSIG`, set first thing; a parent
+//!   that died before that is seen by `getppid`, and nothing is started);
 //! - when the shell exits, or `tureen` dies, or a stop it was asked for runs past its
 //!   grace period, kills the shell's process group and then every child it has until it
 //!   has none left, and exits with the shell's status.
