@@ -67,9 +67,24 @@ fn kill_9_mid_stage_leaves_no_partial_object_and_the_rerun_resumes() {
         "running",
         "a killed run stays marked as running"
     );
-    // No cache entry claims the interrupted stage.
-    let entries = std::fs::read_dir(ws.store().join("cache")).unwrap().count();
+    // No cache entry claims the interrupted stage: one entry file, one line in the log.
+    let cache = ws.store().join("cache");
+    let entries = std::fs::read_dir(&cache)
+        .unwrap()
+        .filter(|e| {
+            let path = e.as_ref().unwrap().path();
+            path.extension().is_some_and(|x| x == "json")
+        })
+        .count();
     assert_eq!(entries, 1, "only `first` completed");
+    let log = std::fs::read_to_string(cache.join("entries.log")).unwrap();
+    assert_eq!(log.lines().count(), 1, "only `first` completed: {log}");
+    assert_eq!(
+        std::fs::read_dir(&cache).unwrap().count(),
+        2,
+        "nothing but the entry and the log in {}",
+        cache.display()
+    );
 
     ws.write("fast", "");
     ws.ok(&["run", "p.yaml"]);

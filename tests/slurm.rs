@@ -116,6 +116,18 @@ impl Workspace {
         logs
     }
 
+    /// Stage `name`'s record in the latest run, as `tureen show latest --json` prints it.
+    fn latest_stage_record(&self, name: &str) -> serde_json::Value {
+        let shown = self
+            .tureen()
+            .args(["show", "latest", "--json"])
+            .output()
+            .unwrap();
+        assert!(shown.status.success(), "{}", stderr(&shown));
+        let record: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap();
+        common::stage_record(&record, name).clone()
+    }
+
     fn slurm(&self, args: &[&str]) -> String {
         let out = Command::new(args[0])
             .args(&args[1..])
@@ -552,14 +564,7 @@ fn open_clip_stage_trains_under_srun_on_slurm_and_its_checkpoints_land_in_the_st
         "no open_clip training lines:\n{log}"
     );
 
-    let shown = ws
-        .tureen()
-        .args(["show", "latest", "--json"])
-        .output()
-        .unwrap();
-    assert!(shown.status.success(), "{}", stderr(&shown));
-    let record: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap();
-    let core = common::stage_record(&record, "core");
+    let core = ws.latest_stage_record("core");
     let series = core["outputs"]["checkpoints"]["series"].as_array().unwrap();
     assert_eq!(series.len(), 2, "one checkpoint per epoch: {core}");
     let object = |digest: &serde_json::Value| {
@@ -679,14 +684,7 @@ fn a_two_node_open_clip_stage_trains_one_world_across_both_nodes() {
     assert_eq!(seen[0]["master_addr"], seen[1]["master_addr"], "{seen:?}");
 
     // Rank 0 wrote a checkpoint per epoch; tureen committed both.
-    let shown = ws
-        .tureen()
-        .args(["show", "latest", "--json"])
-        .output()
-        .unwrap();
-    assert!(shown.status.success(), "{}", stderr(&shown));
-    let record: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap();
-    let core = common::stage_record(&record, "core");
+    let core = ws.latest_stage_record("core");
     let series = core["outputs"]["checkpoints"]["series"].as_array().unwrap();
     assert_eq!(series.len(), 2, "one checkpoint per epoch: {core}");
 }
