@@ -93,12 +93,10 @@ impl Digest {
 
     /// The 64 lowercase hex digits, without the `blake3:` prefix (used for object paths).
     pub fn to_hex(&self) -> String {
-        let mut s = String::with_capacity(64);
-        for b in self.0 {
-            s.push(char::from(b"0123456789abcdef"[usize::from(b >> 4)]));
-            s.push(char::from(b"0123456789abcdef"[usize::from(b & 15)]));
-        }
-        s
+        let text = self.prefixed_hex();
+        std::str::from_utf8(&text[DIGEST_PREFIX.len()..])
+            .expect("ASCII")
+            .to_string()
     }
 
     /// Parses 64 lowercase hex digits (no prefix).

@@ -113,6 +113,17 @@ pub fn parent_dir(path: &Path) -> &Path {
 /// Writes `bytes` to `path` atomically: a temp file in the same directory, fsync, rename,
 /// fsync of the directory. Readers see either the old file or the complete new one.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    replace(path, bytes, true)
+}
+
+/// Writes `bytes` to `path` atomically but without waiting for the disk: a temp file in
+/// the same directory, renamed. Readers (and a killed writer) never see half a file; a
+/// power loss may lose it. For logs (run records, machine descriptions), not results.
+pub fn replace_unsynced(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    replace(path, bytes, false)
+}
+
+fn replace(path: &Path, bytes: &[u8], durable: bool) -> io::Result<()> {
     let dir = parent_dir(path);
     let stem = path
         .file_name()
@@ -122,30 +133,19 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let result = (|| {
         let mut f = create_new(&tmp)?;
         f.write_all(bytes)?;
-        f.sync_all()?;
+        if durable {
+            f.sync_all()?;
+        }
         fs::rename(&tmp, path)?;
-        sync_dir(dir)
+        if durable {
+            sync_dir(dir)?;
+        }
+        Ok(())
     })();
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
     }
     result
-}
-
-/// Writes `bytes` to `path` atomically but without waiting for the disk: a temp file in
-/// the same directory, renamed. Readers (and a killed writer) never see half a file; a
-/// power loss may lose it. For logs (run records, machine descriptions), not results.
-pub fn replace_unsynced(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let stem = path
-        .file_name()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = unique_temp_path(parent_dir(path), &stem);
-    let written = fs::write(&tmp, bytes).and_then(|()| fs::rename(&tmp, path));
-    if written.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    written
 }
 
 /// Clones `src` into the new, empty file `dst` with the FICLONE ioctl (btrfs, XFS, bcachefs,

@@ -190,9 +190,8 @@ fn verify(store: &Store, global: &Global) -> anyhow::Result<ExitCode> {
 fn gc(store: &Store, dry_run: bool, global: &Global) -> anyhow::Result<()> {
     if !dry_run {
         // Superseded lines of the cache's log would keep their objects alive.
-        tureen_engine::cache::compact_log(store).with_context(|| {
-            format!("cannot compact the cache log of {}", store.root().display())
-        })?;
+        tureen_engine::cache::compact_log(store)
+            .context("cannot compact the action cache's log")?;
     }
     let report = store.gc(&GcOptions { dry_run })?;
     let verb = if dry_run { "would remove" } else { "removed" };

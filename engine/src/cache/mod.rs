@@ -121,6 +121,10 @@ pub fn compact_log(store: &Store) -> std::io::Result<usize> {
     log::compact(store.root(), |key, _| {
         entry_path(store.root(), key).is_file()
     })
+    .map_err(|e| {
+        let path = log::path(store.root());
+        std::io::Error::new(e.kind(), format!("{}: {e}", path.display()))
+    })
 }
 
 /// What the log keeps of an entry: what a lookup needs (the fingerprint, five times
@@ -172,9 +176,11 @@ impl<'s> ActionCache<'s> {
     /// The outputs of `key`'s entry, if it has one whose objects are all in the store
     /// (as [`lookup`] decides).
     pub fn outputs(&self, key: &Digest) -> Option<BTreeMap<String, OutputRecord>> {
-        let log = self.log.get_or_init(|| log::Log::read(self.store.root()));
-        let logged = log
-            .get(key)
+        let line = self
+            .log
+            .get_or_init(|| log::Log::read(self.store.root()))
+            .get(key);
+        let logged = line
             .and_then(|json| serde_json::from_slice::<Hit<BTreeMap<_, _>>>(json).ok())
             .filter(|hit| hit.key == *key);
         if let Some(hit) = logged {
@@ -184,7 +190,7 @@ impl<'s> ActionCache<'s> {
             // Collected objects, or a log behind its file: the file decides.
         }
         let entry = lookup(self.store, key)?;
-        if log.get(key).is_none() {
+        if line.is_none() {
             if let Ok(mut missing) = self.missing.lock() {
                 missing.extend(log_line(&entry));
             }

@@ -377,17 +377,8 @@ impl<'a> RunState<'a> {
 
     /// The stage records in order, every selected stage with one (those that never
     /// started are `cancelled` after an interrupt, else `skipped`), and the plan lines
-    /// that summarize them.
-    pub fn into_records(self, interrupted: bool) -> (Vec<StageRecord>, Vec<PlanLine>) {
-        let (records, plan, cache) = self.into_parts(interrupted);
-        cache.finish();
-        (records, plan)
-    }
-
-    fn into_parts(
-        mut self,
-        interrupted: bool,
-    ) -> (Vec<StageRecord>, Vec<PlanLine>, ActionCache<'a>) {
+    /// that summarize them. The run is over: the cache's log gets what it lacked.
+    pub fn into_records(mut self, interrupted: bool) -> (Vec<StageRecord>, Vec<PlanLine>) {
         let unstarted = if interrupted {
             StageStatus::Cancelled
         } else {
@@ -403,7 +394,8 @@ impl<'a> RunState<'a> {
             records.push(rec);
         }
         let plan = records.iter().map(plan_line).collect();
-        (records, plan, self.cache)
+        self.cache.finish();
+        (records, plan)
     }
 }
 

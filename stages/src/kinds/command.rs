@@ -349,7 +349,7 @@ pub(crate) fn supervise(
     }
     drop(tx);
     let pgid = child.id() as libc::pid_t;
-    let exit = ExitWatch::new(pgid);
+    let mut exit = ExitWatch::new(pgid);
     let mut term_sent: Option<Instant> = None;
     let mut escalated = false;
     let status = loop {
@@ -428,7 +428,7 @@ const TICK: Duration = Duration::from_millis(20);
 /// millisecond and doubles up to the wait asked for.
 struct ExitWatch {
     pidfd: Option<std::os::fd::OwnedFd>,
-    pause: std::cell::Cell<Duration>,
+    pause: Duration,
 }
 
 impl ExitWatch {
@@ -441,12 +441,12 @@ impl ExitWatch {
         });
         ExitWatch {
             pidfd,
-            pause: std::cell::Cell::new(Duration::from_millis(1)),
+            pause: Duration::from_millis(1),
         }
     }
 
     /// Returns when the child has exited, or after at most `limit`.
-    fn wait(&self, limit: Duration) {
+    fn wait(&mut self, limit: Duration) {
         use std::os::fd::AsRawFd as _;
         match &self.pidfd {
             Some(fd) => {
@@ -459,9 +459,9 @@ impl ExitWatch {
                 unsafe { libc::poll(&mut poll, 1, limit.as_millis() as libc::c_int) };
             }
             None => {
-                let pause = self.pause.get().min(limit);
+                let pause = self.pause.min(limit);
                 std::thread::sleep(pause);
-                self.pause.set((pause * 2).min(limit));
+                self.pause = (pause * 2).min(limit);
             }
         }
     }
