@@ -68,8 +68,6 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    // Supervisors of command stages are this program, started with a marker argument.
-    tureen_stages::kinds::supervisor::run_if_requested();
     let cli = Cli::parse();
     if cli.command.only_prints() {
         end_quietly_on_a_closed_pipe();

@@ -37,6 +37,25 @@ pub fn remove_stale_temps(dir: &Path, stem: &str) -> Vec<PathBuf> {
     crate::stale::remove_stale(dir, &temp_prefix(stem))
 }
 
+/// Removes the temp files ([`unique_temp_path`]) that dead writers left in `dir`, once
+/// per directory and process: a killed materialize leaves one beside its destination.
+/// Scanning the directory before every file written into it, as the per-name
+/// [`remove_stale_temps`] does, made a first run of N stages writing into one folder
+/// quadratic in N. A writer that dies later is a later process's to clean up after.
+pub fn remove_stale_temps_once(dir: &Path) -> Vec<PathBuf> {
+    static SCANNED: std::sync::Mutex<Option<std::collections::HashSet<PathBuf>>> =
+        std::sync::Mutex::new(None);
+    let mut scanned = SCANNED.lock().unwrap_or_else(|e| e.into_inner());
+    if !scanned
+        .get_or_insert_with(Default::default)
+        .insert(dir.to_path_buf())
+    {
+        return Vec::new();
+    }
+    drop(scanned);
+    crate::stale::remove_stale_where(dir, |name| name.starts_with('.') && name.ends_with(".tmp"))
+}
+
 /// Removes `path` whatever it is: a file, a link, or a directory tree, including the
 /// read-only directories of materialized tree objects. A missing path is not an error.
 pub fn remove_all(path: &Path) -> io::Result<()> {
@@ -236,6 +255,27 @@ pub(crate) fn make_fifo(path: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stale_temps_of_any_name_go_at_the_first_write_into_a_folder_and_are_not_looked_for_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = crate::stale::host();
+        let dead = |stem: &str| dir.path().join(format!(".{stem}.4194999@{host}.0.1.tmp"));
+        let user_file = dir.path().join(".notes.txt");
+        for path in [dead("a.txt"), dead("b.txt"), user_file.clone()] {
+            fs::write(path, b"x").unwrap();
+        }
+        let mut removed = remove_stale_temps_once(dir.path());
+        removed.sort();
+        assert_eq!(removed, vec![dead("a.txt"), dead("b.txt")]);
+        assert!(user_file.exists(), "only tureen's temp names are judged");
+        fs::write(dead("c.txt"), b"x").unwrap();
+        assert_eq!(remove_stale_temps_once(dir.path()), Vec::<PathBuf>::new());
+        assert!(
+            dead("c.txt").exists(),
+            "the folder was cleaned once by this process"
+        );
+    }
 
     #[test]
     fn write_atomic_replaces_content_and_leaves_no_temp_files() {

@@ -141,13 +141,19 @@ fn boot_time() -> Option<SystemTime> {
 /// Removes every stale entry of `dir` (not recursing) whose name starts with `prefix`
 /// and returns what it removed. Entries it cannot judge or remove are left alone.
 pub fn remove_stale(dir: &Path, prefix: &str) -> Vec<PathBuf> {
+    remove_stale_where(dir, |name| name.starts_with(prefix))
+}
+
+/// Removes every stale entry of `dir` (not recursing) whose name `wanted` accepts and
+/// returns what it removed. Entries it cannot judge or remove are left alone.
+pub fn remove_stale_where(dir: &Path, wanted: impl Fn(&str) -> bool) -> Vec<PathBuf> {
     let mut removed = Vec::new();
     let Ok(entries) = fs::read_dir(dir) else {
         return removed;
     };
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        if !name.starts_with(prefix) {
+        if !wanted(&name) {
             continue;
         }
         let Some(owner) = owner_of(&name) else {

@@ -2,14 +2,15 @@
 # Engine overhead benchmark: a no-op `tureen run` of a 4-stage command pipeline against
 # `dvc repro` and `snakemake -c1` on the same pipeline, then the first run, the first
 # no-op after it, and steady no-op runs of generated 1,000- and 10,000-stage DAGs.
-# Prints a table of medians (RUNS runs each, after a warm-up). With BEFORE set to an
-# older tureen binary, every tureen row is measured for both in the same run and the
-# table gains a ratio column (after / before): these machines are noisy, so compare
-# within one run, never across runs.
+# Prints a table of medians (RUNS runs each, after a warm-up; FIRST first runs). With
+# BEFORE set to an older tureen binary, every tureen row is measured for both binaries
+# in turns (before, after, after, before, ...) and the table gains a ratio column
+# (after / before): these machines are noisy, so compare within one run, never across
+# runs.
 #
 #   bench/engine/run.sh                          # target/release/tureen only
 #   BEFORE=/path/to/old/tureen RUNS=9 bench/engine/run.sh
-#   SIZES="1000" bench/engine/run.sh             # skip the 10,000-stage DAG
+#   SIZES="1000" FIRST=5 bench/engine/run.sh     # skip the 10,000-stage DAG
 #
 # DVC and Snakemake come from a throwaway venv (VENV, default /work/venv-bench), created
 # with pip on first use; the comparison is skipped if they cannot be installed.
@@ -19,12 +20,12 @@ repo=$(cd "$here/../.." && pwd)
 TUREEN=$(realpath "${TUREEN:-$repo/target/release/tureen}")
 BEFORE=${BEFORE:+$(realpath "$BEFORE")}
 RUNS=${RUNS:-7}
+FIRST=${FIRST:-1}
 SIZES=${SIZES:-1000 10000}
 VENV=${VENV:-/work/venv-bench}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 timeit() { python3 "$here/timeit.py" "$RUNS" "$@"; }
-cputime() { python3 "$here/timeit.py" --cpu "$RUNS" "$@"; }
 ms_since() { python3 -c "import sys; print(f'{($(date +%s.%N) - $1) * 1000:.0f}')"; }
 
 if [ ! -x "$VENV/bin/dvc" ] || [ ! -x "$VENV/bin/snakemake" ]; then
@@ -97,10 +98,14 @@ rule join:
     shell: "cat left.txt right.txt > join.txt"
 SMK
 
-# rows[i] = label; vals[<bin>:i] = value. Rows are added in the order measured.
+# Tags and binaries: "after" alone, or "before" and "after" measured in turns.
+tags=(after); declare -A bin=([after]=$TUREEN)
+if [ -n "$BEFORE" ]; then tags=(before after); bin[before]=$BEFORE; fi
+
+# rows[i] = label; vals[<tag>:i] = value. Rows are added in the order measured.
 declare -a rows=()
 declare -A vals=()
-row() { # row BIN LABEL VALUE
+row() { # row TAG LABEL VALUE
   local i found=
   for i in "${!rows[@]}"; do
     if [ "${rows[$i]}" = "$2" ]; then found=$i; break; fi
@@ -109,40 +114,65 @@ row() { # row BIN LABEL VALUE
   vals["$1:$found"]=$3
 }
 
-# Every tureen row, for the binary $2 under the tag $1.
-measure() {
-  local tag=$1 bin=$2 dir="$work/$1"
-  small_pipeline "$dir/small"
-  export TUREEN_STORE="$dir/small/.tureen"
-  "$bin" -q run "$dir/small/p.yaml" >/dev/null
-  row "$tag" "tureen --version (process start only)" "$(timeit "$dir/small" "$bin" --version)"
-  row "$tag" "tureen run, 4-stage no-op (target < 20)" "$(timeit "$dir/small" "$bin" -q run p.yaml)"
-  row "$tag" "  4-stage no-op, engine only (after start-up)" \
-    "$(python3 "$here/engine_time.py" "$RUNS" "$dir/small" "$bin" -v run --plain p.yaml)"
-  row "$tag" "tureen status, 4 stages" "$(timeit "$dir/small" "$bin" -q status p.yaml)"
-  local n big start
-  for n in $SIZES; do
-    big="$dir/big$n"
-    python3 "$here/gen_dag.py" "$n" "$big"
-    export TUREEN_STORE="$big/.tureen"
-    start=$(date +%s.%N)
-    "$bin" -q run "$big/big.yaml" -j 2 >/dev/null
-    row "$tag" "tureen run, $n-stage first run (-j 2, once)" "$(ms_since "$start")"
-    start=$(date +%s.%N)
-    "$bin" -q run "$big/big.yaml" >/dev/null
-    row "$tag" "tureen run, $n-stage first no-op after it (once)" "$(ms_since "$start")"
-    row "$tag" "tureen run, $n-stage no-op (target < 300 at 10,000)" "$(timeit "$big" "$bin" -q run big.yaml)"
-    row "$tag" "  $n-stage no-op, CPU time (user + system)" "$(cputime "$big" "$bin" -q run big.yaml)"
-    row "$tag" "  $n-stage no-op, engine only (after start-up)" \
-      "$(python3 "$here/engine_time.py" "$RUNS" "$big" "$bin" -v run --plain big.yaml)"
-    row "$tag" "tureen run --dry-run, $n-stage plan (all cached)" "$(timeit "$big" "$bin" -q run big.yaml --dry-run)"
-    row "$tag" "tureen status, $n stages" "$(timeit "$big" "$bin" -q status big.yaml)"
-    rm -rf "$big"
+# each LABEL MODE SUBDIR ARGS...: one row, every tag's binary run in turns (timeit.py)
+# with ARGS in $work/TAG/SUBDIR against that folder's store.
+each() {
+  local label=$1 mode=$2 sub=$3 tag groups=() medians
+  shift 3
+  for tag in "${tags[@]}"; do
+    [ ${#groups[@]} -gt 0 ] && groups+=(::)
+    groups+=("$work/$tag/$sub" "TUREEN_STORE=$work/$tag/$sub/.tureen" "${bin[$tag]}" "$@")
   done
+  read -r -a medians <<< "$(python3 "$here/timeit.py" $mode "$RUNS" "${groups[@]}")"
+  for i in "${!tags[@]}"; do row "${tags[$i]}" "$label" "${medians[$i]}"; done
 }
 
-[ -n "$BEFORE" ] && measure before "$BEFORE"
-measure after "$TUREEN"
+# first_runs N: the first run of the N-stage DAG, then the first no-op after it, FIRST
+# times per tag in fresh folders, tags in turns; rows get the medians. The last
+# repetition's folder stays for the steady rows.
+first_runs() {
+  local n=$1 k tag start order
+  declare -A first=() noop=()
+  for ((k = 0; k < FIRST; k++)); do
+    order=("${tags[@]}")
+    [ $((k % 2)) = 1 ] && order=($(printf '%s\n' "${tags[@]}" | tac))
+    for tag in "${order[@]}"; do
+      rm -rf "$work/$tag/big$n"
+      python3 "$here/gen_dag.py" "$n" "$work/$tag/big$n"
+      cd "$work/$tag/big$n"
+      start=$(date +%s.%N)
+      TUREEN_STORE=$PWD/.tureen "${bin[$tag]}" -q run big.yaml -j 2 >/dev/null
+      first[$tag]+="$(ms_since "$start") "
+      start=$(date +%s.%N)
+      TUREEN_STORE=$PWD/.tureen "${bin[$tag]}" -q run big.yaml >/dev/null
+      noop[$tag]+="$(ms_since "$start") "
+      cd - >/dev/null
+    done
+  done
+  for tag in "${tags[@]}"; do
+    row "$tag" "tureen run, $n-stage first run (-j 2, median of $FIRST)" "$(median ${first[$tag]})"
+    row "$tag" "tureen run, $n-stage first no-op after it" "$(median ${noop[$tag]})"
+  done
+}
+median() { python3 -c "import statistics, sys; print(f'{statistics.median(map(float, sys.argv[1:])):.0f}')" "$@"; }
+
+for tag in "${tags[@]}"; do
+  small_pipeline "$work/$tag/small"
+  (cd "$work/$tag/small" && TUREEN_STORE=$PWD/.tureen "${bin[$tag]}" -q run p.yaml >/dev/null)
+done
+each "tureen --version (process start only)" "" small --version
+each "tureen run, 4-stage no-op (target < 20)" "" small -q run p.yaml
+each "  4-stage no-op, engine only (after start-up)" --engine small -v run --plain p.yaml
+each "tureen status, 4 stages" "" small -q status p.yaml
+for n in $SIZES; do
+  first_runs "$n"
+  each "tureen run, $n-stage no-op (target < 300 at 10,000)" "" "big$n" -q run big.yaml
+  each "  $n-stage no-op, CPU time (user + system)" --cpu "big$n" -q run big.yaml
+  each "  $n-stage no-op, engine only (after start-up)" --engine "big$n" -v run --plain big.yaml
+  each "tureen run --dry-run, $n-stage plan (all cached)" "" "big$n" -q run big.yaml --dry-run
+  each "tureen status, $n stages" "" "big$n" -q status big.yaml
+  for tag in "${tags[@]}"; do rm -rf "$work/$tag/big$n"; done
+done
 
 t_dvc=n/a; t_smk=n/a
 if [ -x "$VENV/bin/dvc" ]; then

@@ -195,7 +195,10 @@ impl RunRecord {
         std::fs::create_dir_all(path.parent().expect("runs dir"))?;
         // Compact: a 10,000-stage record is 12 MB pretty-printed and 40% of that is
         // indentation; `tureen show --json` prints it readably.
-        let bytes = serde_json::to_vec(self).expect("records serialize");
+        // Sized for the usual 700-odd bytes a stage, so that a big record is not copied
+        // at every doubling of its buffer.
+        let mut bytes = Vec::with_capacity(4096 + 1024 * self.stages.len());
+        serde_json::to_writer(&mut bytes, self).expect("records serialize");
         // Atomic (a reader or a killed tureen never sees half a record) but not fsynced:
         // a record is a log, not a result, and two fsyncs would dominate a no-op run.
         // Cache entries, which are results, are fsynced.

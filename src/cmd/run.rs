@@ -54,12 +54,18 @@ pub fn mode(global: &Global, plain: bool) -> Mode {
 
 pub fn run(args: Args, global: &Global) -> anyhow::Result<ExitCode> {
     let clock = std::time::Instant::now();
+    // The store's indexes are parsed on another core while the pipeline loads (an
+    // error finding the store still comes after the pipeline's own).
+    let located = global.locate_store(Some(&args.pipeline)).map(|store| {
+        let dir = scheduler::StoreDir::read_ahead(&store.path);
+        (store, dir)
+    });
     let (pipeline, registry) = match load(&args.pipeline, &args.params) {
         Ok(v) => v,
         Err(code) => return Ok(code),
     };
     let loaded = clock.elapsed();
-    let store = global.locate_store(Some(&args.pipeline))?;
+    let (store, store_dir) = located?;
     if let Err(diags) = scheduler::preflight(&pipeline, &store.path, args.gpus.as_deref()) {
         return Ok(invalid(&args.pipeline, &diags));
     }
@@ -85,7 +91,7 @@ pub fn run(args: Args, global: &Global) -> anyhow::Result<ExitCode> {
         Some(0) | None => {}
         Some(j) => opts.jobs = j,
     }
-    let outcome = scheduler::run(&pipeline, &registry, &store.path, &opts, cancel)?;
+    let outcome = scheduler::run(&pipeline, &registry, store_dir, &opts, cancel)?;
     tracing::info!(
         "engine time: {:.2} ms ({} stages; load and validate {:.2} ms)",
         clock.elapsed().as_secs_f64() * 1e3,

@@ -26,11 +26,17 @@ pub struct Args {
 }
 
 pub fn run(args: Args, global: &Global) -> anyhow::Result<ExitCode> {
+    // The store's indexes are parsed on another core while the pipeline loads (an
+    // error finding the store still comes after the pipeline's own).
+    let located = global.locate_store(Some(&args.pipeline)).map(|store| {
+        let dir = scheduler::StoreDir::read_ahead(&store.path);
+        (store, dir)
+    });
     let (pipeline, registry) = match super::load::load(&args.pipeline, &args.params) {
         Ok(v) => v,
         Err(code) => return Ok(code),
     };
-    let store = global.locate_store(Some(&args.pipeline))?;
+    let (store, store_dir) = located?;
     let opts = RunOptions {
         dry_run: true,
         overrides: args.params,
@@ -39,7 +45,7 @@ pub fn run(args: Args, global: &Global) -> anyhow::Result<ExitCode> {
     let outcome = scheduler::run(
         &pipeline,
         &registry,
-        &store.path,
+        store_dir,
         &opts,
         tureen_engine::interrupt::flag(),
     )?;

@@ -32,6 +32,7 @@ use crate::fsutil;
 use crate::writeback::Writeback;
 use crate::Digest;
 use lock::FileLock;
+pub use statcache::StatCacheSnapshot;
 use statcache::{FileStamp, Margin, StatCache};
 pub use tree::{is_safe_relative_path, join_relative, Tree, TREE_MAGIC};
 
@@ -381,6 +382,26 @@ impl Store {
         })
     }
 
+    /// Reads the stat cache of the store at `root` (made absolute as [`Store::open`]
+    /// does) now, e.g. on a thread of its own while the caller does other work, for
+    /// [`Store::adopt_stat_cache`].
+    pub fn read_stat_cache(root: &Path) -> StatCacheSnapshot {
+        let root = std::path::absolute(root).unwrap_or_else(|_| root.to_path_buf());
+        StatCacheSnapshot::read(&root)
+    }
+
+    /// Uses `snapshot` as the stat cache read from disk, instead of reading it at the
+    /// first lookup. Ignored if it is another store's, or if this store read its own
+    /// already.
+    pub fn adopt_stat_cache(&self, snapshot: StatCacheSnapshot) {
+        if snapshot.root != self.root {
+            return;
+        }
+        if let Ok(mut state) = self.stat.lock() {
+            state.cache.adopt(snapshot.entries);
+        }
+    }
+
     /// The store's root directory (absolute).
     pub fn root(&self) -> &Path {
         &self.root
@@ -586,7 +607,7 @@ impl Store {
             .file_name()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_default();
-        fsutil::remove_stale_temps(dir, &stem);
+        fsutil::remove_stale_temps_once(dir);
         let temp = fsutil::unique_temp_path(dir, &stem);
         let result = (|| match kind_of(&src)? {
             ObjectKind::File => place_file(&src, &temp),

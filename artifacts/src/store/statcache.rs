@@ -134,7 +134,7 @@ impl Margin {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct Entry {
+pub(super) struct Entry {
     stamp: FileStamp,
     digest: Digest,
 }
@@ -200,7 +200,35 @@ fn read(root: &Path) -> HashMap<PathBuf, Entry> {
     entries
 }
 
+/// A store's stat cache as read from its files, ahead of a first lookup (see
+/// [`super::Store::read_stat_cache`]).
+#[derive(Debug)]
+pub struct StatCacheSnapshot {
+    pub(super) root: PathBuf,
+    pub(super) entries: HashMap<PathBuf, Entry>,
+}
+
+impl StatCacheSnapshot {
+    pub(super) fn read(root: &Path) -> StatCacheSnapshot {
+        StatCacheSnapshot {
+            root: root.to_path_buf(),
+            entries: read(root),
+        }
+    }
+}
+
 impl StatCache {
+    /// Takes `entries`, read from disk ahead of time, as what a first lookup would read;
+    /// nothing if the cache was read already.
+    pub(crate) fn adopt(&mut self, mut entries: HashMap<PathBuf, Entry>) {
+        if self.entries.is_none() {
+            for l in &self.pending {
+                entries.insert(l.path.clone(), l.entry.clone());
+            }
+            self.entries = Some(entries);
+        }
+    }
+
     /// The digest recorded for `path` if the file still has `stamp`.
     pub(crate) fn lookup(&mut self, root: &Path, path: &Path, stamp: &FileStamp) -> Option<Digest> {
         let pending = &self.pending;

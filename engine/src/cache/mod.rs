@@ -154,6 +154,25 @@ fn log_line(entry: &CacheEntry) -> Vec<u8> {
     )
 }
 
+/// The log of a store's action cache, read ahead of a run (e.g. on a thread of its own
+/// while the pipeline loads) for [`ActionCache::with_log`].
+#[derive(Debug)]
+pub struct LogSnapshot {
+    root: PathBuf,
+    log: log::Log,
+}
+
+impl LogSnapshot {
+    /// Reads the log of the store at `root` (made absolute as `Store::open` does).
+    pub fn read(root: &Path) -> LogSnapshot {
+        let root = std::path::absolute(root).unwrap_or_else(|_| root.to_path_buf());
+        LogSnapshot {
+            log: log::Log::read(&root),
+            root,
+        }
+    }
+}
+
 /// The action cache as one run sees it: many lookups, the log read once for all of
 /// them. Entries the log lacks (written before there was a log, or whose append failed)
 /// come from their files, and [`ActionCache::finish`] adds them to the log.
@@ -171,6 +190,21 @@ impl<'s> ActionCache<'s> {
             log: OnceLock::new(),
             missing: Mutex::new(Vec::new()),
         }
+    }
+
+    /// The cache of `store` with its log as `log` read it ahead of time (a log of
+    /// another store is ignored).
+    pub fn with_log(store: &'s Store, log: LogSnapshot) -> ActionCache<'s> {
+        let cache = ActionCache::new(store);
+        if log.root == store.root() {
+            let _ = cache.log.set(log.log);
+        }
+        cache
+    }
+
+    /// The store whose cache this is.
+    pub fn store(&self) -> &'s Store {
+        self.store
     }
 
     /// The outputs of `key`'s entry, if it has one whose objects are all in the store

@@ -9,13 +9,15 @@
 //! The pieces, one module each: `state` (where each stage is; decided, failed and
 //! finished in one place each), `inputs` (fingerprints), `pool` (local resources),
 //! `workspace` (outputs at their paths), `why` (explanations), `launch` (a stage's job on
-//! its thread), and [`preflight`] (what a run checks before it touches anything).
+//! its thread), [`preflight`] (what a run checks before it touches anything) and
+//! [`StoreDir`] (the store's indexes, read ahead while the pipeline loads).
 
 mod inputs;
 mod launch;
 mod pool;
 mod preflight;
 mod state;
+mod store_dir;
 mod why;
 mod workspace;
 
@@ -37,6 +39,7 @@ use crate::record::{self, RunRecord, RunStatus};
 use launch::Msg;
 use pool::Pool;
 use state::{Lookup, RunState, State};
+pub use store_dir::StoreDir;
 
 pub use pool::{detect_gpus, machine_cpus, machine_memory};
 pub use preflight::preflight;
@@ -144,7 +147,7 @@ pub struct RunOutcome {
 pub fn run(
     pipeline: &Pipeline,
     registry: &KindRegistry,
-    store_dir: &Path,
+    store_dir: StoreDir,
     opts: &RunOptions,
     cancel: &AtomicBool,
 ) -> anyhow::Result<RunOutcome> {
@@ -158,11 +161,11 @@ pub fn run(
     };
     // A dry run must not create a store: plan against an empty scratch one instead.
     let scratch;
-    let store_root = if opts.dry_run && !store_dir.join("objects").is_dir() {
+    let store_root = if opts.dry_run && !store_dir.path().join("objects").is_dir() {
         scratch = tempfile::tempdir()?;
         scratch.path().to_path_buf()
     } else {
-        store_dir.to_path_buf()
+        store_dir.path().to_path_buf()
     };
     let store = Store::open(&store_root)
         .with_context(|| format!("cannot open the store {}", store_root.display()))?;
@@ -174,7 +177,7 @@ pub fn run(
     let mut run = RunState::new(
         pipeline,
         registry,
-        &store,
+        store_dir.action_cache(&store),
         opts,
         &selected,
         force,

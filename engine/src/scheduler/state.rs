@@ -79,12 +79,13 @@ impl<'a> RunState<'a> {
     pub fn new(
         pipeline: &'a Pipeline,
         registry: &'a KindRegistry,
-        store: &'a Store,
+        cache: ActionCache<'a>,
         opts: &'a RunOptions,
         selected: &[bool],
         force: Vec<bool>,
         run_id: String,
     ) -> RunState<'a> {
+        let store = cache.store();
         let pipeline_abs = pipeline_path(pipeline);
         let order = pipeline.topo_order();
         let mut position = vec![0; order.len()];
@@ -113,7 +114,7 @@ impl<'a> RunState<'a> {
             pipeline,
             registry,
             store,
-            cache: ActionCache::new(store),
+            cache,
             opts,
             run_id,
             force,

@@ -18,15 +18,15 @@
 //! binary, whose directory is also put first on `PATH`), `TUREEN_STAGE`,
 //! `TUREEN_WORK_DIR` (a scratch directory removed afterwards) and
 //! `CUDA_VISIBLE_DEVICES` (the GPUs the scheduler handed out; empty for a stage that
-//! asked for none). In `tureen` the command runs under a [`super::supervisor`]: when
-//! the shell exits, whatever it left running is killed, and a `tureen` killed with
-//! SIGKILL takes the command's whole process tree with it.
+//! asked for none). The command runs under a [`super::supervisor`]: when the shell
+//! exits, whatever it left running is killed, and a `tureen` killed with SIGKILL takes
+//! the command's whole process tree with it.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read};
-use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Component, Path};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -39,7 +39,7 @@ use tureen_engine::kind::{
 };
 use tureen_engine::subst;
 
-use super::supervisor;
+use super::supervisor::{self, Supervised};
 
 /// How long a cancelled command gets between SIGTERM and SIGKILL.
 const GRACE: Duration = Duration::from_secs(5);
@@ -235,7 +235,7 @@ impl StageWork for CommandKind {
 
         ctx.log.line(&format!("$ {}", script.replace('\n', "\n$ ")));
         let exe = std::env::current_exe().ok();
-        let (mut command, under_supervisor) = supervised_command("/bin/sh");
+        let mut command = Command::new("/bin/sh");
         command.arg("-c").arg(&script).current_dir(ctx.workspace);
         command.envs(ctx.env.iter());
         if let Some(exe) = &exe {
@@ -259,9 +259,8 @@ impl StageWork for CommandKind {
                 .collect::<Vec<_>>()
                 .join(","),
         );
-        prepare(&mut command, under_supervisor);
-        let mut child = command.spawn().context("cannot start /bin/sh")?;
-        let status = supervise(&mut child, ctx, under_supervisor, &mut |_| Ok(()))?;
+        let mut child = supervisor::spawn(&command).context("cannot start /bin/sh")?;
+        let status = supervise(&mut child, ctx, &mut |_| Ok(()))?;
 
         if !status.success() {
             if let Some(sig) = status.signal() {
@@ -281,60 +280,14 @@ impl StageWork for CommandKind {
     }
 }
 
-/// A command running `program`, under a supervisor (this program again, see
-/// [`supervisor`]) when one can be had, so that nothing the program starts outlives the
-/// stage or a killed tureen; and whether it is supervised.
-pub(crate) fn supervised_command(program: &str) -> (Command, bool) {
-    match std::env::current_exe() {
-        Ok(exe) if supervisor::available() => {
-            let mut c = Command::new(exe);
-            c.arg(supervisor::ARG)
-                .arg("--parent")
-                .arg(std::process::id().to_string())
-                .arg("--")
-                .arg(program);
-            (c, true)
-        }
-        _ => (Command::new(program), false),
-    }
-}
-
-/// Prepares a child for [`supervise`]: no stdin, stdout and stderr piped to the log,
-/// its own process group, and death with this process.
-pub(crate) fn prepare(command: &mut Command, under_supervisor: bool) {
-    command
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    command.process_group(0);
-    if under_supervisor {
-        // The supervisor asks for its own parent-death signal first thing and then
-        // checks that its parent is still this process, so there is nothing to do
-        // between fork and exec: std then starts it with posix_spawn (vfork), not a
-        // fork that copies this process's page tables, once per command stage.
-        return;
-    }
-    // SAFETY: prctl is async-signal-safe; it asks the kernel to kill the child if this
-    // thread's process dies (e.g. `kill -9 tureen`), so no orphan keeps writing
-    // outputs behind a later run's back.
-    unsafe {
-        command.pre_exec(move || {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            Ok(())
-        });
-    }
-}
-
-/// Forwards output lines to the log until the child exits; on cancel, stops its
-/// process group (SIGTERM, then SIGKILL after [`GRACE`]). A child `under_supervisor`
-/// stops the command's tree itself: it gets SIGTERM twice (the second means now), and
-/// SIGKILL only if it is still there a grace period later. `tick` runs every poll (about
-/// every 20 ms) while the child runs, e.g. to commit what it has written; an error from
-/// it stops the child's group and is returned.
+/// Forwards output lines to the log until the supervised command exits; on cancel,
+/// has its supervisor stop it: SIGTERM, a second SIGTERM (now) after [`GRACE`], and
+/// SIGKILL only if the supervisor is still there a grace period later. `tick` runs every
+/// poll (about every 20 ms) while the child runs, e.g. to commit what it has written; an
+/// error from it stops the child's group and is returned.
 pub(crate) fn supervise(
-    child: &mut Child,
+    child: &mut Supervised,
     ctx: &mut StageContext<'_>,
-    under_supervisor: bool,
     tick: &mut dyn FnMut(&mut StageContext<'_>) -> anyhow::Result<()>,
 ) -> anyhow::Result<std::process::ExitStatus> {
     let (tx, rx) = mpsc::channel::<Option<String>>();
@@ -380,16 +333,14 @@ pub(crate) fn supervise(
                     unsafe { libc::kill(-pgid, libc::SIGTERM) };
                     term_sent = Some(Instant::now());
                 }
-                Some(t) if t.elapsed() > GRACE && under_supervisor && !escalated => {
+                Some(t) if t.elapsed() > GRACE && !escalated => {
                     ctx.log
                         .line("== tureen: still running after the grace period: killing it");
                     // SAFETY: as above; the supervisor kills the command's whole tree.
                     unsafe { libc::kill(-pgid, libc::SIGTERM) };
                     escalated = true;
                 }
-                Some(t)
-                    if t.elapsed() > GRACE * 2 || (t.elapsed() > GRACE && !under_supervisor) =>
-                {
+                Some(t) if t.elapsed() > GRACE * 2 => {
                     ctx.log
                         .line("== tureen: still running after the grace period: SIGKILL");
                     // SAFETY: as above.

@@ -51,7 +51,8 @@ use tureen_engine::kind::{
     StageWork,
 };
 
-use super::command::{prepare, supervise, supervised_command};
+use super::command::supervise;
+use super::supervisor;
 use crate::model::config_from_json;
 
 pub use launch::{launch, master_port, Environment, Launch, System};
@@ -366,15 +367,10 @@ impl StageWork for OpenClipKind {
             ));
         }
         let mut watcher = watch::Watcher::new(&checkpoints, resumed);
-        let (mut command, under_supervisor) =
-            trainer_command(ctx, &p, &train_data, &model_dir, &logs)?;
-        prepare(&mut command, under_supervisor);
-        let mut child = command
-            .spawn()
+        let command = trainer_command(ctx, &p, &train_data, &model_dir, &logs)?;
+        let mut child = supervisor::spawn(&command)
             .with_context(|| format!("cannot start {:?}", command.get_program()))?;
-        let status = supervise(&mut child, ctx, under_supervisor, &mut |ctx| {
-            watcher.poll(ctx, false)
-        })?;
+        let status = supervise(&mut child, ctx, &mut |ctx| watcher.poll(ctx, false))?;
         anyhow::ensure!(
             status.success(),
             "open_clip_train.main exited with {status} (epochs committed so far are kept; the next run resumes from them)"
@@ -404,7 +400,7 @@ fn trainer_command(
     train_data: &str,
     model_dir: &Path,
     logs: &Path,
-) -> anyhow::Result<(std::process::Command, bool)> {
+) -> anyhow::Result<std::process::Command> {
     let launch = launch(&System, ctx.gpus.len())?;
     let python = python_program(p.python.as_deref(), ctx.workspace);
     let mut argv: Vec<String> = launch.prefix.clone();
@@ -417,7 +413,7 @@ fn trainer_command(
     ctx.log.line(&format!("$ {}", argv.join(" ")));
     // Under the supervisor: open_clip's data loader workers must not outlive a killed
     // tureen either.
-    let (mut command, under_supervisor) = supervised_command(&argv[0]);
+    let mut command = std::process::Command::new(&argv[0]);
     command
         .args(&argv[1..])
         .current_dir(ctx.work_dir)
@@ -428,7 +424,7 @@ fn trainer_command(
         let gpus: Vec<String> = ctx.gpus.iter().map(u32::to_string).collect();
         command.env("CUDA_VISIBLE_DEVICES", gpus.join(","));
     }
-    Ok((command, under_supervisor))
+    Ok(command)
 }
 
 /// The python to run: `python3` on PATH by default; a relative path with a `/` is
