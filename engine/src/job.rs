@@ -418,8 +418,11 @@ fn lock_stage_key(
 }
 
 /// A job's private scratch directory under `<store>/tmp` (`views-<key>.<pid>@<host>`):
-/// input trees and checkpoint views live here while the job runs. Removed when the job
-/// ends; if the process is killed, by the next process that finds its pid dead.
+/// input trees and checkpoint views live here while the job runs. Created by the first
+/// view put there (most jobs, every command stage's among them, need none, and a
+/// directory made and removed per stage is inode churn that slows a first run of small
+/// stages), removed when the job ends; if the process is killed, by the next process
+/// that finds its pid dead.
 pub(crate) struct Scratch(PathBuf);
 
 impl Scratch {
@@ -429,8 +432,8 @@ impl Scratch {
             &key.to_hex()[..16],
             tureen_artifacts::stale::owner_token()
         ));
-        let _ = tureen_artifacts::fsutil::remove_all(&dir);
-        std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        tureen_artifacts::fsutil::remove_all(&dir)
+            .with_context(|| format!("cannot remove the old {}", dir.display()))?;
         Ok(Scratch(dir))
     }
 

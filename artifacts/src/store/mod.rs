@@ -642,7 +642,10 @@ impl Store {
             let _ = fsutil::remove_all(&temp);
             return Err(io_err("rename into place", dest)(e));
         }
-        fsutil::sync_dir(dir).map_err(io_err("fsync", dir))?;
+        // Not fsynced: a materialized copy is derived from the store, which is durable.
+        // After a crash, a copy whose rename or data was lost shows another size or
+        // mtime, so the stat cache does not vouch for it and the next run restores it.
+        // (One fsync a command stage was a fifth of a first run of small stages.)
         // Its digest is known: the next run need not hash the copy to find it unchanged.
         if let Ok((meta, is_link)) = stat(dest) {
             if meta.is_file() {
@@ -1190,19 +1193,23 @@ fn copy_hashing(src: &File, len: u64, dst: &mut HashingWriter<File>) -> io::Resu
 /// Places one object file at `target` (which must not exist): reflink, hard link (not as
 /// root) or copy; the result is read-only.
 fn place_file(src: &Path, target: &Path) -> Result<Placement> {
-    let src_file = File::open(src).map_err(io_err("open", src))?;
-    {
-        let dst = fsutil::create_new(target).map_err(io_err("create", target))?;
-        if fsutil::reflink(&src_file, &dst).map_err(io_err("reflink", target))? {
-            fsutil::set_mode(target, 0o444).map_err(io_err("make read-only", target))?;
-            return Ok(Placement::Reflink);
+    let mut src_file = File::open(src).map_err(io_err("open", src))?;
+    let mut dst = fsutil::create_new(target).map_err(io_err("create", target))?;
+    if fsutil::reflink(&src_file, &dst).map_err(io_err("reflink", target))? {
+        fsutil::set_mode(target, 0o444).map_err(io_err("make read-only", target))?;
+        return Ok(Placement::Reflink);
+    }
+    // Root ignores permission bits, so a hard link would let it write to the object; as
+    // root the copy goes into the file already made (no second inode per output).
+    if !fsutil::running_as_root() {
+        drop(dst);
+        fs::remove_file(target).map_err(io_err("remove", target))?;
+        if fs::hard_link(src, target).is_ok() {
+            return Ok(Placement::Hardlink);
         }
+        dst = fsutil::create_new(target).map_err(io_err("create", target))?;
     }
-    fs::remove_file(target).map_err(io_err("remove", target))?;
-    if !fsutil::running_as_root() && fs::hard_link(src, target).is_ok() {
-        return Ok(Placement::Hardlink);
-    }
-    fs::copy(src, target).map_err(io_err("copy to", target))?;
+    io::copy(&mut src_file, &mut dst).map_err(io_err("copy to", target))?;
     fsutil::set_mode(target, 0o444).map_err(io_err("make read-only", target))?;
     Ok(Placement::Copy)
 }

@@ -154,6 +154,11 @@ fn log_line(entry: &CacheEntry) -> Vec<u8> {
     )
 }
 
+/// Where the log of the action cache of the store at `root` is.
+pub fn log_path(root: &Path) -> PathBuf {
+    log::path(root)
+}
+
 /// The log of a store's action cache, read ahead of a run (e.g. on a thread of its own
 /// while the pipeline loads) for [`ActionCache::with_log`].
 #[derive(Debug)]

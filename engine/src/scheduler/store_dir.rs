@@ -11,6 +11,10 @@ use tureen_artifacts::Store;
 
 use crate::cache::{ActionCache, LogSnapshot};
 
+/// Below this size of the cache log (some 250 entries), reading the indexes takes less
+/// than starting a thread.
+const READ_AHEAD_MIN_LOG_BYTES: u64 = 64 << 10;
+
 /// The directory of the store a run uses, with its indexes perhaps being read.
 #[derive(Debug)]
 pub struct StoreDir {
@@ -28,17 +32,26 @@ impl StoreDir {
     }
 
     /// The store at `dir`, its indexes read from now on, on a thread of their own (if
-    /// there is a store there to read).
+    /// there is a store there whose cache log is big enough to be worth a thread).
     pub fn read_ahead(dir: &Path) -> StoreDir {
-        let mut store = StoreDir::at(dir);
-        if dir.join("objects").is_dir() {
-            let dir = dir.to_path_buf();
-            store.reading = std::thread::Builder::new()
-                .name("store-indexes".into())
-                .spawn(move || (LogSnapshot::read(&dir), Store::read_stat_cache(&dir)))
-                .ok();
+        let log_len = std::fs::metadata(crate::cache::log_path(dir)).map_or(0, |m| m.len());
+        if log_len < READ_AHEAD_MIN_LOG_BYTES {
+            return StoreDir::at(dir);
         }
-        store
+        StoreDir::reading(dir)
+    }
+
+    /// The store at `dir`, its indexes being read on a thread of their own.
+    fn reading(dir: &Path) -> StoreDir {
+        let path = dir.to_path_buf();
+        let reading = std::thread::Builder::new()
+            .name("store-indexes".into())
+            .spawn(move || (LogSnapshot::read(&path), Store::read_stat_cache(&path)))
+            .ok();
+        StoreDir {
+            dir: dir.to_path_buf(),
+            reading,
+        }
     }
 
     /// The store's directory.
@@ -109,14 +122,26 @@ mod tests {
             std::fs::create_dir(store.root().join("cache")).unwrap();
         };
         // What was read of `a` does not answer for `b`, which reads its own.
-        let cache_of_b = StoreDir::read_ahead(a.root()).action_cache(&b);
+        let cache_of_b = StoreDir::reading(a.root()).action_cache(&b);
         forget_entries(&b);
         assert!(cache_of_b.outputs(&key).is_none());
         // Once read ahead, `a`'s entry is found from its log alone: its files may go.
-        let cache_of_a = StoreDir::read_ahead(a.root()).action_cache(&a);
+        let cache_of_a = StoreDir::reading(a.root()).action_cache(&a);
         forget_entries(&a);
         assert!(cache_of_a.outputs(&key).is_some());
         let lazy = StoreDir::at(a.root()).action_cache(&a);
         assert!(lazy.outputs(&key).is_none());
+    }
+
+    #[test]
+    fn only_a_big_cache_log_is_worth_a_thread() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = store_with_one_entry(dir.path());
+        assert!(StoreDir::read_ahead(store.root()).reading.is_none());
+        let log = crate::cache::log_path(store.root());
+        let line = std::fs::read(&log).unwrap();
+        let copies = READ_AHEAD_MIN_LOG_BYTES as usize / line.len() + 1;
+        std::fs::write(&log, line.repeat(copies)).unwrap();
+        assert!(StoreDir::read_ahead(store.root()).reading.is_some());
     }
 }
