@@ -197,8 +197,7 @@ fn copy_new(path: &Path, offset: u64, out: &mut impl std::io::Write) -> anyhow::
 /// Whether run `id` is still going: its record says so and some process holds the
 /// store's run lock (every run holds it shared until it ends).
 fn still_running(store: &Path, id: &str) -> bool {
-    let running =
-        RunRecord::read(&RunRecord::path(store, id)).is_ok_and(|r| r.status == RunStatus::Running);
+    let running = RunRecord::read(&RunRecord::path(store, id)).is_ok_and(|r| r.status == RunStatus::Running);
     running && store_lock_held(store)
 }
 

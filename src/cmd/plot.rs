@@ -55,9 +55,7 @@ pub fn run(args: Args, global: &Global) -> anyhow::Result<ExitCode> {
                 .unwrap_or_default();
             tureen_engine::eprintln_lossy!(
                 "  {:<20} {:<16} top-1 {:6.2}%{se}",
-                ev.eval_stage,
-                ev.model_stage,
-                ev.top1
+                ev.eval_stage, ev.model_stage, ev.top1
             );
         }
     }

@@ -162,10 +162,7 @@ fn stage_row(f: &Facts, s: &StageRecord) -> Vec<String> {
 /// `local`, or `slurm` with the job ids (the earlier attempts' first), from the job
 /// record the Slurm executor keeps per key (`<store>/slurm/<key>/slurm-job.json`).
 fn executor(f: &Facts, s: &StageRecord) -> String {
-    let Some(key) = s
-        .key
-        .filter(|_| s.executor == tureen_engine::pipeline::Executor::Slurm)
-    else {
+    let Some(key) = s.key.filter(|_| s.executor == tureen_engine::pipeline::Executor::Slurm) else {
         return esc(s.executor.as_str());
     };
     let path = f
