@@ -318,9 +318,9 @@ pub(crate) fn supervise(
             break status;
         }
         if let Err(e) = tick(ctx) {
-            // SAFETY: signalling the child's own process group.
-            unsafe { libc::kill(-pgid, libc::SIGKILL) };
-            let _ = child.wait();
+            // The supervisor kills the command's whole tree (a SIGKILL to it would leave
+            // the command's descendants running).
+            let _ = child.kill();
             return Err(e);
         }
         if ctx.cancel.load(Ordering::Relaxed) {

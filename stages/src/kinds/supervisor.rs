@@ -14,7 +14,7 @@
 //!
 //! Chosen over a cgroup (needs a delegated cgroup v2 subtree, which containers and
 //! Slurm jobs rarely give) and a PID namespace (needs privileges or user namespaces):
-//! it only needs Linux 3.4 and no rights. What it cannot catch: a process that
+//! it only needs Linux 3.5 (with `/proc/<pid>/task/<tid>/children`) and no rights. What it cannot catch: a process that
 //! re-parents itself out of reach (none can: orphans always land on the nearest
 //! subreaper) or ignores SIGKILL (none can), so the limit is a process in
 //! uninterruptible sleep, which the supervisor waits for.
@@ -26,7 +26,12 @@
 //! from the fork on the child makes only system calls, on memory prepared before it
 //! ([`Prepared`]); it never allocates, locks, panics or returns into Rust's runtime.
 //! The command itself is started from the supervisor with `clone(CLONE_VM |
-//! CLONE_VFORK)`, as `posix_spawn` does, so its start copies no page tables.
+//! CLONE_VFORK)`, as `posix_spawn` does, so its start copies no page tables. While a
+//! command runs, its supervisor shares tureen's memory copy-on-write: pages tureen
+//! writes in the meantime are copied, once each, which a long stage beside a busy
+//! tureen pays in resident memory. The supervisor must not dump core either (it would
+//! be a copy of tureen): one that re-raises a crash signal of its command first makes
+//! itself non-dumpable.
 
 use std::ffi::{CString, OsStr, OsString};
 use std::fs::File;
@@ -36,7 +41,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// How long the command gets between the forwarded SIGTERM and SIGKILL.
 pub const GRACE: Duration = Duration::from_secs(5);
@@ -65,6 +70,19 @@ impl Supervised {
     /// The supervisor's exit status (the command's) if it has exited; reaps it.
     pub fn try_wait(&mut self) -> io::Result<Option<ExitStatus>> {
         self.reap(libc::WNOHANG)
+    }
+
+    /// Asks the supervisor to kill the command's whole tree now (two stop requests, the
+    /// second of which means now) and waits for it.
+    pub fn kill(&mut self) -> io::Result<ExitStatus> {
+        let group = -self.pid;
+        // SAFETY: signals the supervisor's own group (it is alone in it). Two different
+        // signals, so that both count even if they arrive together.
+        unsafe {
+            libc::kill(group, libc::SIGTERM);
+            libc::kill(group, libc::SIGHUP);
+        }
+        self.wait()
     }
 
     /// Waits for the supervisor to exit; its status is the command's.
@@ -208,12 +226,15 @@ fn resolve(program: &OsStr, path: Option<&OsStr>, cwd: Option<&Path>) -> io::Res
         })
         .find(|candidate| is_executable(candidate))
         .map(std::path::absolute)
-        .unwrap_or_else(|| Err(io::Error::from(io::ErrorKind::NotFound)))
+        .unwrap_or_else(|| Err(io::Error::from_raw_os_error(libc::ENOENT)))
 }
 
 fn is_executable(path: &Path) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    let Ok(c) = CString::new(path.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: access reads a NUL-terminated path.
+    path.is_file() && unsafe { libc::access(c.as_ptr(), libc::X_OK) } == 0
 }
 
 fn cstring(bytes: &[u8]) -> io::Result<CString> {
@@ -308,7 +329,7 @@ fn fork_supervisor(prepared: &mut Prepared, fds: &ChildFds) -> io::Result<libc::
 /// The supervisor: code that runs in the forked child only. Nothing here allocates,
 /// takes a lock, or can panic; every call is a system call or arithmetic on locals.
 mod child {
-    use super::{ChildFds, Instant, Prepared, GRACE};
+    use super::{ChildFds, Prepared, GRACE};
 
     /// Where the supervisor's descriptors go: stdio at 0-2, the report pipe at 3.
     const REPORT_FD: libc::c_int = 3;
@@ -325,6 +346,8 @@ mod child {
             libc::_exit(1); // tureen died before we started anything
         }
         reset_handlers();
+        // Ignored, it would reap the command behind our back (and never tell us).
+        libc::signal(libc::SIGCHLD, libc::SIG_DFL);
         if let Err(errno) = place_descriptors(fds) {
             report_and_exit(fds.report, errno);
         }
@@ -359,7 +382,7 @@ mod child {
     /// Every signal this process caught goes back to its default action (ignored ones
     /// stay ignored, as across an exec).
     unsafe fn reset_handlers() {
-        for sig in 1..libc::SIGRTMAX() {
+        for sig in 1..=libc::SIGRTMAX() {
             let mut old: libc::sigaction = std::mem::zeroed();
             if libc::sigaction(sig, std::ptr::null(), &mut old) == 0
                 && old.sa_sigaction != libc::SIG_DFL
@@ -435,6 +458,7 @@ mod child {
     /// What the command's clone reads, and writes back if its exec fails.
     struct Start<'a> {
         prepared: &'a Prepared,
+        supervisor: libc::pid_t,
         exec_errno: libc::c_int,
     }
 
@@ -444,6 +468,7 @@ mod child {
         let stack = prepared.stack.as_mut_ptr().add(prepared.stack.len()) as usize & !15;
         let mut start = Start {
             prepared,
+            supervisor: libc::getpid(),
             exec_errno: 0,
         };
         // CLONE_VFORK: we resume once the command has exec'd or exited, and the clone
@@ -477,6 +502,9 @@ mod child {
             libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
             libc::setpgid(0, 0);
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            if libc::getppid() != start.supervisor {
+                libc::_exit(127); // the supervisor died before the death signal was set
+            }
             libc::execve(
                 start.prepared.program.as_ptr(),
                 start.prepared.argv.as_ptr(),
@@ -501,13 +529,13 @@ mod child {
         parent: libc::pid_t,
         set: &libc::sigset_t,
     ) -> libc::c_int {
-        let mut deadline: Option<Instant> = None;
+        let mut deadline: Option<libc::time_t> = None;
         loop {
             if let Some(status) = reap(shell) {
                 kill_tree(shell);
                 return status;
             }
-            if deadline.is_some_and(|d| Instant::now() >= d) {
+            if deadline.is_some_and(|d| monotonic_secs() >= d) {
                 return kill_tree(shell).unwrap_or(libc::SIGKILL);
             }
             let timeout = libc::timespec {
@@ -521,9 +549,20 @@ mod child {
                     return kill_tree(shell).unwrap_or(libc::SIGKILL);
                 }
                 libc::kill(-shell, libc::SIGTERM);
-                deadline = Instant::now().checked_add(GRACE);
+                deadline = Some(monotonic_secs().saturating_add(GRACE.as_secs() as libc::time_t));
             }
         }
+    }
+
+    /// Seconds on the monotonic clock (std's `Instant` may panic, in theory).
+    fn monotonic_secs() -> libc::time_t {
+        let mut now = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: writes the time into a local.
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+        now.tv_sec
     }
 
     /// Reaps every child that has exited; returns the shell's status if it was among
@@ -563,16 +602,40 @@ mod child {
     /// SIGKILLs our current children, as /proc lists them (as many as one read holds;
     /// the caller's loop comes back for the rest).
     unsafe fn kill_children() {
-        let fd = libc::open(
-            c"/proc/thread-self/children".as_ptr(),
-            libc::O_RDONLY | libc::O_CLOEXEC,
-        );
+        // `/proc/self/task/<our pid>/children`: we have one thread, whose id is our pid.
+        let mut path = [0u8; 64];
+        let mut len = 0;
+        let mut push = |bytes: &[u8]| {
+            for &b in bytes {
+                if let Some(slot) = path.get_mut(len) {
+                    *slot = b;
+                    len += 1;
+                }
+            }
+        };
+        push(b"/proc/self/task/");
+        let mut digits = [0u8; 12];
+        let mut n = libc::getpid().unsigned_abs();
+        let mut first = digits.len();
+        loop {
+            first -= 1;
+            digits[first] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 || first == 0 {
+                break;
+            }
+        }
+        push(&digits[first..]);
+        push(b"/children\0");
+        let fd = libc::open(path.as_ptr().cast(), libc::O_RDONLY | libc::O_CLOEXEC);
         if fd < 0 {
             return;
         }
         let mut buf = [0u8; 4096];
         let n = libc::read(fd, buf.as_mut_ptr().cast(), buf.len());
         libc::close(fd);
+        // Each pid is followed by a space: one cut off at the end of the read is left
+        // for the next pass, never killed as a shorter number.
         let mut pid: libc::pid_t = 0;
         for &b in buf.iter().take(n.max(0) as usize) {
             if b.is_ascii_digit() {
@@ -586,9 +649,6 @@ mod child {
                 pid = 0;
             }
         }
-        if pid > 0 {
-            libc::kill(pid, libc::SIGKILL);
-        }
     }
 
     /// Ends this process the way the shell ended: its exit code, or its signal.
@@ -601,6 +661,14 @@ mod child {
         } else {
             libc::SIGKILL
         };
+        // A command that crashed dumps its own core; its supervisor, a copy of tureen,
+        // must not dump another.
+        libc::prctl(libc::PR_SET_DUMPABLE, 0);
+        let no_core = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        libc::setrlimit(libc::RLIMIT_CORE, &no_core);
         libc::signal(sig, libc::SIG_DFL);
         let mut only: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut only);
@@ -615,6 +683,7 @@ mod child {
 mod tests {
     use super::*;
     use std::io::Read as _;
+    use std::time::Instant;
 
     fn output(child: &mut Supervised) -> (String, String) {
         let mut out = String::new();
@@ -673,6 +742,18 @@ mod tests {
         assert_eq!(not_exec.raw_os_error(), Some(libc::EACCES));
     }
 
+    /// Whether a live process has `marker` in its command line.
+    fn processes_with(marker: &str) -> bool {
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+            .any(|pid| {
+                let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+                String::from_utf8_lossy(&cmd).contains(marker) && !stat.contains(") Z ")
+            })
+    }
+
     #[test]
     fn nothing_the_command_started_outlives_it() {
         let marker = format!("tureen-supervisor-test-{}", std::process::id());
@@ -680,15 +761,19 @@ mod tests {
             format!("sh -c 'sleep 300' {marker}-bg & setsid sh -c 'sleep 300' {marker}-s &");
         let mut child = spawn(Command::new("sh").args(["-c", &script])).unwrap();
         assert!(child.wait().unwrap().success());
-        let left: Vec<_> = std::fs::read_dir("/proc")
-            .unwrap()
-            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-            .filter(|pid| {
-                let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-                String::from_utf8_lossy(&cmd).contains(&marker)
-            })
-            .collect();
-        assert_eq!(left, Vec::<u32>::new());
+        assert!(!processes_with(&marker));
+    }
+
+    #[test]
+    fn kill_takes_the_whole_tree_at_once() {
+        let marker = format!("tureen-supervisor-kill-{}", std::process::id());
+        let script = format!("trap '' TERM; setsid sh -c 'sleep 300' {marker} & sleep 300");
+        let mut child = spawn(Command::new("sh").args(["-c", &script])).unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        let started = Instant::now();
+        assert_eq!(child.kill().unwrap().signal(), Some(libc::SIGKILL));
+        assert!(started.elapsed() < GRACE, "no grace period for a kill");
+        assert!(!processes_with(&marker), "the tree went with it");
     }
 
     #[test]
