@@ -117,7 +117,8 @@ impl Supervised {
 
 /// Starts `command` (its program, arguments, environment and directory; stdin is
 /// `/dev/null`, stdout and stderr are pipes) under a supervisor. Errors are those of
-/// starting the program, as [`Command::spawn`] reports them.
+/// starting the program, as [`Command::spawn`] reports them. Nothing else of `command`
+/// is used: not its stdio, `env_clear`, `pre_exec`, user or group settings.
 pub fn spawn(command: &Command) -> io::Result<Supervised> {
     let mut prepared = Prepared::new(command)?;
     let null = open_cloexec(c"/dev/null")?;
