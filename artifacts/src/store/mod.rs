@@ -645,7 +645,6 @@ impl Store {
         // Not fsynced: a materialized copy is derived from the store, which is durable.
         // After a crash, a copy whose rename or data was lost shows another size or
         // mtime, so the stat cache does not vouch for it and the next run restores it.
-        // (One fsync a command stage was a fifth of a first run of small stages.)
         // Its digest is known: the next run need not hash the copy to find it unchanged.
         if let Ok((meta, is_link)) = stat(dest) {
             if meta.is_file() {

@@ -218,8 +218,8 @@ impl StatCacheSnapshot {
 }
 
 impl StatCache {
-    /// Takes `entries`, read from disk ahead of time, as what a first lookup would read;
-    /// nothing if the cache was read already.
+    /// Takes `entries`, read from disk (now by a first lookup, or ahead of time), as the
+    /// cache's, with what was learnt meanwhile on top; nothing if it has them already.
     pub(crate) fn adopt(&mut self, mut entries: HashMap<PathBuf, Entry>) {
         if self.entries.is_none() {
             for l in &self.pending {
@@ -231,15 +231,11 @@ impl StatCache {
 
     /// The digest recorded for `path` if the file still has `stamp`.
     pub(crate) fn lookup(&mut self, root: &Path, path: &Path, stamp: &FileStamp) -> Option<Digest> {
-        let pending = &self.pending;
-        let entries = self.entries.get_or_insert_with(|| {
-            let mut entries = read(root);
-            for l in pending {
-                entries.insert(l.path.clone(), l.entry.clone());
-            }
-            entries
-        });
-        entries
+        if self.entries.is_none() {
+            self.adopt(read(root));
+        }
+        self.entries
+            .as_ref()?
             .get(path)
             .filter(|e| e.stamp == *stamp)
             .map(|e| e.digest)

@@ -21,7 +21,8 @@
 //!
 //! The supervisor is a `fork` of the calling process that never `exec`s: starting a
 //! program for it (this one again, as earlier versions did) cost a process start-up per
-//! stage, which doubled the time of a first run of a thousand small command stages.
+//! stage, which nearly doubled the time of a first run of a thousand small command
+//! stages.
 //! The price is discipline: the fork copies one thread of a multithreaded process, so
 //! from the fork on the child makes only system calls, on memory prepared before it
 //! ([`Prepared`]); it never allocates, locks, panics or returns into Rust's runtime.
