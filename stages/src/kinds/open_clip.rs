@@ -36,6 +36,7 @@
 //! a stage killed mid-run resumes from its last committed epoch and keeps its series.
 //! Outputs: `checkpoints` (every epoch's `.pt`, in order) and `final` (the last).
 
+mod estimate;
 mod launch;
 mod watch;
 
@@ -336,7 +337,7 @@ impl StageKind for OpenClipKind {
         decl: &StageDecl<'_>,
         inputs: &EstimateInputs<'_>,
     ) -> Result<Option<StageEstimate>, ParamError> {
-        crate::plan::estimate_open_clip(decl, inputs)
+        estimate::estimate(decl, inputs)
     }
 }
 
