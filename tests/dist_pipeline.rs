@@ -144,15 +144,9 @@ fn tureen_run_launches_two_local_ranks_that_equal_one_process_and_replay_the_sam
 /// Pids of the rank-`rank` worker processes whose command line mentions `needle`.
 fn ranks_with(needle: &str, rank: u32) -> Vec<u32> {
     let want = format!("RANK={rank}");
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
-            String::from_utf8_lossy(&cmdline).contains(needle)
-                && environ.split(|&b| b == 0).any(|v| v == want.as_bytes())
-        })
+    let live = engine_common::live_processes().into_iter();
+    live.filter(|p| p.cmdline.contains(needle) && p.has_env(&want))
+        .map(|p| p.pid)
         .collect()
 }
 

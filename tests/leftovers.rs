@@ -44,14 +44,9 @@ fn kill9(child: &mut Child) {
 
 /// Pids of live processes whose command line contains `marker`.
 fn processes_with(marker: &str) -> Vec<u32> {
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            String::from_utf8_lossy(&cmd).contains(marker) && !stat.contains(") Z ")
-        })
+    let live = engine_common::live_processes().into_iter();
+    live.filter(|p| p.cmdline.contains(marker))
+        .map(|p| p.pid)
         .collect()
 }
 

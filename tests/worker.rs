@@ -38,16 +38,9 @@ fn long_train() -> String {
 /// Pids of live `tureen-torch` processes working for the store under `dir`.
 fn workers_for(dir: &Path) -> Vec<u32> {
     let needle = dir.display().to_string();
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            let cmdline = String::from_utf8_lossy(&cmdline);
-            let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            // A zombie has finished; only a running worker counts.
-            cmdline.contains("tureen-torch") && cmdline.contains(&needle) && !state.contains(") Z ")
-        })
+    let live = engine_common::live_processes().into_iter();
+    live.filter(|p| p.cmdline.contains("tureen-torch") && p.cmdline.contains(&needle))
+        .map(|p| p.pid)
         .collect()
 }
 

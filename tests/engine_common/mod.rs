@@ -151,3 +151,36 @@ pub fn status_of(store: &Path, stage: &str) -> String {
         .map(|(_, s)| s)
         .unwrap_or_else(|| panic!("no stage {stage}"))
 }
+
+/// A process seen in `/proc`: its pid and command line (arguments joined by NULs).
+pub struct Process {
+    pub pid: u32,
+    pub cmdline: String,
+}
+
+impl Process {
+    /// Whether its environment holds exactly `var` (`NAME=value`).
+    pub fn has_env(&self, var: &str) -> bool {
+        let environ = std::fs::read(format!("/proc/{}/environ", self.pid)).unwrap_or_default();
+        environ.split(|&b| b == 0).any(|v| v == var.as_bytes())
+    }
+}
+
+/// The processes alive now; zombies, which have finished, are left out.
+pub fn live_processes() -> Vec<Process> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            !stat.is_empty() && !stat.contains(") Z ")
+        })
+        .map(|pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            Process {
+                pid,
+                cmdline: String::from_utf8_lossy(&cmdline).into_owned(),
+            }
+        })
+        .collect()
+}
