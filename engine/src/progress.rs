@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::io::IsTerminal;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
@@ -23,7 +23,19 @@ pub enum Mode {
 pub struct Progress {
     bars: Option<(MultiProgress, HashMap<String, ProgressBar>)>,
     quiet: bool,
+    held: Option<Held>,
 }
+
+/// Lines held back to be shown together (see [`Progress::hold`]).
+struct Held {
+    text: String,
+    since: Instant,
+}
+
+/// Held lines are shown once they are this old or this long, so that a slow stage
+/// amid a burst (one whose inputs are hashed) does not hide the lines before it.
+const HOLD_AT_MOST: Duration = Duration::from_millis(100);
+const HOLD_AT_MOST_BYTES: usize = 64 << 10;
 
 impl Progress {
     /// A display in `mode`; `Auto` checks once, here, whether stderr is a terminal.
@@ -38,29 +50,54 @@ impl Progress {
         Progress {
             bars,
             quiet: mode == Mode::Quiet,
+            held: None,
+        }
+    }
+
+    /// Holds the lines that stay until [`Progress::release`] (or for at most 100 ms), to
+    /// show a burst of them at once: the 10,000 `cached` lines of a no-op run were
+    /// 10,000 writes to stderr, or 10,000 redraws of the live display.
+    pub fn hold(&mut self) {
+        self.held.get_or_insert_with(|| Held {
+            text: String::new(),
+            since: Instant::now(),
+        });
+    }
+
+    /// Shows the lines held since [`Progress::hold`], and holds no more.
+    pub fn release(&mut self) {
+        if let Some(held) = self.held.take().filter(|h| !h.text.is_empty()) {
+            self.show(held.text.trim_end_matches('\n'));
         }
     }
 
     /// A line that stays (stage finished, cached, failed...).
-    pub fn println(&self, line: &str) {
-        if self.quiet {
-            return;
-        }
-        match &self.bars {
-            Some((multi, _)) => {
-                let _ = multi.println(line);
-            }
-            None => write_line_to_stderr(line),
+    pub fn println(&mut self, line: &str) {
+        if !self.quiet {
+            self.error(line);
         }
     }
 
     /// A message that is always shown, even with `-q` (failures).
-    pub fn error(&self, line: &str) {
+    pub fn error(&mut self, line: &str) {
+        let Some(held) = &mut self.held else {
+            return self.show(line);
+        };
+        held.text.push_str(line);
+        held.text.push('\n');
+        if held.since.elapsed() >= HOLD_AT_MOST || held.text.len() >= HOLD_AT_MOST_BYTES {
+            self.release();
+            self.hold();
+        }
+    }
+
+    /// Shows `lines` (one or more, without the last newline) above the live lines.
+    fn show(&self, lines: &str) {
         match &self.bars {
             Some((multi, _)) => {
-                let _ = multi.println(line);
+                let _ = multi.println(lines);
             }
-            None => write_line_to_stderr(line),
+            None => write_line_to_stderr(lines),
         }
     }
 
@@ -130,14 +167,23 @@ impl Progress {
         self.error(line);
     }
 
-    /// Removes every live line left, before the run's summary is printed.
+    /// Shows what is held and removes every live line left, before the run's summary
+    /// is printed.
     pub fn clear(&mut self) {
+        self.release();
         if let Some((multi, bars)) = &mut self.bars {
             for (_, bar) in bars.drain() {
                 bar.finish_and_clear();
             }
             let _ = multi.clear();
         }
+    }
+}
+
+impl Drop for Progress {
+    /// Held lines are shown even when a run ends on an error.
+    fn drop(&mut self) {
+        self.release();
     }
 }
 

@@ -333,6 +333,7 @@ fn execute(mut run: RunState<'_>, cancel: &AtomicBool) -> anyhow::Result<RunOutc
 
 /// Every ready stage keyed and looked up: restored from the cache, or queued to run.
 fn decide_ready(run: &mut RunState<'_>, progress: &mut Progress) {
+    progress.hold();
     while let Some(i) = run.next_ready() {
         let name = &run.pipeline.stages[i].name;
         match run.look_up(i) {
@@ -353,6 +354,7 @@ fn decide_ready(run: &mut RunState<'_>, progress: &mut Progress) {
             },
         }
     }
+    progress.release();
 }
 
 fn show_event(run: &RunState<'_>, progress: &mut Progress, i: usize, e: JobEvent) {
