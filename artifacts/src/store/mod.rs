@@ -116,6 +116,12 @@ pub enum StoreError {
 
 type Result<T, E = StoreError> = std::result::Result<T, E>;
 
+/// `<root>/objects/<first two hex digits>/<the other 62>`.
+fn object_path(root: &Path, digest: &Digest) -> PathBuf {
+    let hex = digest.to_hex();
+    root.join("objects").join(&hex[..2]).join(&hex[2..])
+}
+
 /// Builds a closure that wraps an `io::Error` with what was done to which path.
 fn io_err(action: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> StoreError {
     let path = path.into();
@@ -415,13 +421,19 @@ impl Store {
     /// Where the object named `digest` lives (whether or not it exists):
     /// `<store>/objects/<hex[0..2]>/<hex[2..]>`.
     pub fn object_path(&self, digest: &Digest) -> PathBuf {
-        let hex = digest.to_hex();
-        self.root.join("objects").join(&hex[..2]).join(&hex[2..])
+        object_path(&self.root, digest)
     }
 
     /// Whether the object is present.
     pub fn contains(&self, digest: &Digest) -> bool {
-        self.object_path(digest).is_file()
+        Store::contains_at(&self.root, digest)
+    }
+
+    /// Whether the store at `root` (absolute, as [`Store::open`] makes it) holds the
+    /// object, as [`Store::contains`] answers: for a reader without a `Store`, such as
+    /// a thread checking cache entries ahead of a run.
+    pub fn contains_at(root: &Path, digest: &Digest) -> bool {
+        object_path(root, digest).is_file()
     }
 
     /// Errors with [`StoreError::NotFound`] unless the object is present.

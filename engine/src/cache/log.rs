@@ -93,6 +93,13 @@ impl Log {
         self.last.get(key).map(|r| &self.bytes[r.clone()])
     }
 
+    /// Each key's last line (its JSON), the most recently written first.
+    pub fn newest_first(&self) -> impl Iterator<Item = (&Digest, &[u8])> {
+        let mut last: Vec<_> = self.last.iter().collect();
+        last.sort_unstable_by_key(|(_, r)| std::cmp::Reverse(r.start));
+        last.into_iter().map(|(k, r)| (k, &self.bytes[r.clone()]))
+    }
+
     /// Whether enough of the log is superseded (or unreadable) lines to rewrite it.
     pub fn wants_compaction(&self) -> bool {
         self.lines > 1000 && self.lines > 2 * self.last.len()
