@@ -385,7 +385,9 @@ impl<'a> RunState<'a> {
         } else {
             StageStatus::Skipped
         };
-        let mut records = Vec::new();
+        // Sized once: a record is large, and growing the vector by doubling copied them
+        // again and again (two thirds of this function's time in a 10,000-stage no-op).
+        let mut records = Vec::with_capacity(self.order.len());
         for &i in &self.order {
             let rec = match self.records[i].take() {
                 Some(rec) => rec,
