@@ -168,8 +168,7 @@ pub fn remove_stale_where(dir: &Path, wanted: impl Fn(&str) -> bool) -> Vec<Path
         }
         let path = entry.path();
         let gone = if meta.is_dir() {
-            make_writable(&path);
-            fs::remove_dir_all(&path)
+            crate::fsutil::remove_all(&path)
         } else {
             fs::remove_file(&path)
         };
@@ -179,17 +178,6 @@ pub fn remove_stale_where(dir: &Path, wanted: impl Fn(&str) -> bool) -> Vec<Path
     }
     removed.sort();
     removed
-}
-
-/// Read-only directories (materialized trees) must be writable to be emptied.
-pub fn make_writable(dir: &Path) {
-    use std::os::unix::fs::PermissionsExt;
-    let _ = fs::set_permissions(dir, fs::Permissions::from_mode(0o755));
-    for entry in fs::read_dir(dir).into_iter().flatten().flatten() {
-        if entry.file_type().is_ok_and(|t| t.is_dir()) {
-            make_writable(&entry.path());
-        }
-    }
 }
 
 #[cfg(test)]

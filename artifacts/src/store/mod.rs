@@ -1026,11 +1026,8 @@ impl Store {
             // Trees materialized by tureen versions that kept them; no run holds the
             // store now (the lock above), so nothing reads them.
             let trees = self.tmp_dir().join("trees");
-            if trees.is_dir() {
-                crate::stale::make_writable(&trees);
-                if fs::remove_dir_all(&trees).is_ok() {
-                    report.stale_temps_removed += 1;
-                }
+            if trees.is_dir() && fsutil::remove_all(&trees).is_ok() {
+                report.stale_temps_removed += 1;
             }
         }
         let day = std::time::Duration::from_secs(24 * 3600);

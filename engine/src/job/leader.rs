@@ -96,8 +96,7 @@ impl<'a> Leader<'a> {
         };
         let outputs =
             outcome.and_then(|produced| store_outputs(self.store, job, produced, &journal));
-        tureen_artifacts::stale::make_writable(&work_dir);
-        let _ = std::fs::remove_dir_all(&work_dir);
+        let _ = tureen_artifacts::fsutil::remove_all(&work_dir);
         Ok(Attempted {
             outputs,
             journal,
