@@ -282,6 +282,7 @@ impl<W: io::Write> HashingWriter<W> {
     }
 
     /// The wrapped writer and the digest of everything written.
+    #[cfg(test)]
     pub fn finish(self) -> (W, Digest) {
         let digest = self.digest();
         (self.inner, digest)

@@ -12,19 +12,20 @@
 //! - [`soup`]: streaming, deterministic weighted averages of checkpoints.
 //! - [`convert`]: any checkpoint rewritten as safetensors, with provenance.
 //! - [`fsutil`]: atomic writes and fast copies shared with the engine.
-//! - [`writeback`]: early writeback of large files, so that their final `fsync` is short.
+//! - `writeback` (internal): early writeback of large files, so that their final `fsync`
+//!   is short.
 
 #![warn(missing_docs)]
 
 pub mod checkpoint;
 pub mod convert;
-pub mod digest;
+mod digest;
 pub mod fsutil;
 pub mod safetensors;
 pub mod stale;
 pub mod store;
 pub mod torch;
-pub mod writeback;
+mod writeback;
 
 pub use digest::{Digest, ParseDigestError};
 pub use store::{Store, StoreError};

@@ -82,11 +82,13 @@ impl Writeback {
     }
 
     /// How many windows have had their writeback started.
+    #[cfg(test)]
     pub fn windows_started(&self) -> usize {
         self.started.load(Ordering::Relaxed)
     }
 
     /// Number of windows the file is divided into.
+    #[cfg(test)]
     pub fn windows(&self) -> usize {
         self.filled.len()
     }

@@ -25,7 +25,7 @@
 //! stages.
 //! The price is discipline: the fork copies one thread of a multithreaded process, so
 //! from the fork on the child makes only system calls, on memory prepared before it
-//! ([`Prepared`]); it never allocates, locks, panics or returns into Rust's runtime.
+//! (`Prepared`); it never allocates, locks, panics or returns into Rust's runtime.
 //! The command itself is started from the supervisor with `clone(CLONE_VM |
 //! CLONE_VFORK)`, as `posix_spawn` does, so its start copies no page tables. While a
 //! command runs, its supervisor shares tureen's memory copy-on-write: pages tureen
