@@ -32,8 +32,8 @@ struct Held {
     since: Instant,
 }
 
-/// Held lines are shown once they are this old or this long, so that a slow stage
-/// amid a burst (one whose inputs are hashed) does not hide the lines before it.
+/// Held lines are shown once they are this old (see [`Progress::release_if_due`]) or
+/// this long.
 const HOLD_AT_MOST: Duration = Duration::from_millis(100);
 const HOLD_AT_MOST_BYTES: usize = 64 << 10;
 
@@ -54,9 +54,9 @@ impl Progress {
         }
     }
 
-    /// Holds the lines that stay until [`Progress::release`] (or for at most 100 ms), to
-    /// show a burst of them at once: the 10,000 `cached` lines of a no-op run were
-    /// 10,000 writes to stderr, or 10,000 redraws of the live display.
+    /// Holds the lines that stay until [`Progress::release`], to show a burst of them at
+    /// once: the 10,000 `cached` lines of a no-op run were 10,000 writes to stderr, or
+    /// 10,000 redraws of the live display.
     pub fn hold(&mut self) {
         self.held.get_or_insert_with(|| Held {
             text: String::new(),
@@ -68,6 +68,21 @@ impl Progress {
     pub fn release(&mut self) {
         if let Some(held) = self.held.take().filter(|h| !h.text.is_empty()) {
             self.show(held.text.trim_end_matches('\n'));
+        }
+    }
+
+    /// Shows the held lines once they have waited 100 ms, and goes on holding. The
+    /// scheduler asks before each decision, so a line waits at most that plus the
+    /// decision under way (which may hash a stage's inputs: the time is only known
+    /// after).
+    pub fn release_if_due(&mut self) {
+        if self
+            .held
+            .as_ref()
+            .is_some_and(|h| h.since.elapsed() >= HOLD_AT_MOST)
+        {
+            self.release();
+            self.hold();
         }
     }
 
@@ -85,7 +100,7 @@ impl Progress {
         };
         held.text.push_str(line);
         held.text.push('\n');
-        if held.since.elapsed() >= HOLD_AT_MOST || held.text.len() >= HOLD_AT_MOST_BYTES {
+        if held.text.len() >= HOLD_AT_MOST_BYTES {
             self.release();
             self.hold();
         }

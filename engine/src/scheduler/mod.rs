@@ -335,6 +335,7 @@ fn execute(mut run: RunState<'_>, cancel: &AtomicBool) -> anyhow::Result<RunOutc
 fn decide_ready(run: &mut RunState<'_>, progress: &mut Progress) {
     progress.hold();
     while let Some(i) = run.next_ready() {
+        progress.release_if_due();
         let name = &run.pipeline.stages[i].name;
         match run.look_up(i) {
             Err(e) => {
