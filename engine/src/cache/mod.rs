@@ -97,7 +97,7 @@ pub fn entry_path(store: &Path, key: &Digest) -> PathBuf {
 pub fn lookup(store: &Store, key: &Digest) -> Option<CacheEntry> {
     let bytes = std::fs::read(entry_path(store.root(), key)).ok()?;
     let entry: CacheEntry = serde_json::from_slice(&bytes).ok()?;
-    if entry.key != *key || !complete(store, &entry.outputs) {
+    if entry.key != *key || !complete(store.root(), &entry.outputs) {
         return None;
     }
     Some(entry)
@@ -143,13 +143,8 @@ fn decode(key: &Digest, json: &[u8]) -> Option<Hit<BTreeMap<String, OutputRecord
         .filter(|hit| hit.key == *key)
 }
 
-/// Whether every object the outputs name is in the store.
-fn complete(store: &Store, outputs: &BTreeMap<String, OutputRecord>) -> bool {
-    complete_at(store.root(), outputs)
-}
-
-/// [`complete`] for the store at `root`.
-fn complete_at(root: &Path, outputs: &BTreeMap<String, OutputRecord>) -> bool {
+/// Whether every object the outputs name is in the store at `root`.
+fn complete(root: &Path, outputs: &BTreeMap<String, OutputRecord>) -> bool {
     outputs
         .values()
         .flat_map(|o| o.artifacts())
@@ -209,7 +204,7 @@ impl LogSnapshot {
             let Some(hit) = decode(key, json) else {
                 continue;
             };
-            if complete_at(&self.root, &hit.outputs) {
+            if complete(&self.root, &hit.outputs) {
                 self.complete.insert(*key, hit.outputs);
             }
         }
@@ -264,7 +259,7 @@ impl<'s> ActionCache<'s> {
             .get_or_init(|| log::Log::read(self.store.root()))
             .get(key);
         if let Some(hit) = line.and_then(|json| decode(key, json)) {
-            if complete(self.store, &hit.outputs) {
+            if complete(self.store.root(), &hit.outputs) {
                 return Some(hit.outputs);
             }
             // Collected objects, or a log behind its file: the file decides.

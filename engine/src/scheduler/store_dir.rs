@@ -99,8 +99,6 @@ impl StoreDir {
 mod tests {
     use std::collections::BTreeMap;
 
-    use std::os::unix::fs::PermissionsExt;
-
     use super::*;
     use crate::cache::{self, ArtifactRecord, CacheEntry, OutputRecord};
     use crate::key::{Fingerprint, KEY_FORMAT};
@@ -175,13 +173,7 @@ mod tests {
         let cache = ActionCache::with_log(&store, unchecked);
         assert!(cache.outputs(&key).is_some());
         // An entry whose object is gone is not kept as complete: its lookup misses.
-        let objects = store.root().join("objects");
-        std::fs::set_permissions(&objects, std::fs::Permissions::from_mode(0o755)).ok();
-        for sub in std::fs::read_dir(&objects).unwrap() {
-            let sub = sub.unwrap().path();
-            std::fs::set_permissions(&sub, std::fs::Permissions::from_mode(0o755)).unwrap();
-            std::fs::remove_dir_all(&sub).unwrap();
-        }
+        tureen_artifacts::fsutil::remove_all(&store.root().join("objects")).unwrap();
         let mut gone = LogSnapshot::read(store.root());
         gone.check_entries(&AtomicBool::new(false));
         assert!(ActionCache::with_log(&store, gone).outputs(&key).is_none());
